@@ -1,0 +1,16 @@
+//! The types of `mesh.yaml` and of the control-plane protocol, shared by
+//! `remora-proxy` and `remora-control`, with their validation. No I/O
+//! beyond reading a named file.
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod load;
+pub mod locate;
+pub mod mesh;
+
+pub use duration::HumanDuration;
+pub use load::{parse_mesh, read_mesh, ConfigError, Problem};
+pub use mesh::*;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,326 @@
+//! Reading `mesh.yaml`: YAML syntax and types through serde (unknown keys
+//! are errors), then the checks that span the file. Every problem names
+//! the file, line, column and key.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use crate::locate::{locate, Position, Segment};
+use crate::mesh::{LoadBalancer, Mesh, Protocol, RetryPolicy};
+
+/// One thing wrong with a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub position: Option<Position>,
+    /// The dotted key path, e.g. `services.orders.routes[0].timeout`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(p) = self.position {
+            write!(f, ":{}:{}", p.line, p.column)?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a file; never empty.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and checks a mesh config. `file` only names the source in errors.
+pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
+    let mesh: Mesh = match serde_yaml::from_str(text) {
+        Ok(mesh) => mesh,
+        // An empty file is an empty mesh, not an error.
+        Err(_) if text.trim().is_empty() || text.trim() == "---" => Mesh::default(),
+        Err(e) => {
+            return Err(ConfigError {
+                problems: vec![serde_problem(file, &e)],
+            })
+        }
+    };
+    let problems: Vec<Problem> = check(&mesh)
+        .into_iter()
+        .map(|(path, message)| Problem {
+            file: file.to_string(),
+            position: locate(text, &path),
+            key: dotted(&path),
+            message,
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(mesh)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// Reads a mesh config from disk.
+pub fn read_mesh(path: &Path) -> Result<Mesh, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: file.clone(),
+            position: None,
+            key: String::new(),
+            message: e.to_string(),
+        }],
+    })?;
+    parse_mesh(&file, &text)
+}
+
+fn serde_problem(file: &str, e: &serde_yaml::Error) -> Problem {
+    // serde_yaml prefixes the message with the key path ("services.orders: ...")
+    // and suffixes it with the position; split both off into their fields.
+    let full = e.to_string();
+    let without_position = match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    };
+    let (key, message) = match without_position.split_once(": ") {
+        Some((key, rest)) if !key.contains(' ') => (key.to_string(), rest.to_string()),
+        _ => (String::new(), without_position),
+    };
+    Problem {
+        file: file.to_string(),
+        position: e.location().map(|l| Position {
+            line: l.line(),
+            column: l.column(),
+        }),
+        key,
+        message,
+    }
+}
+
+fn dotted(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for s in path {
+        match s {
+            Segment::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+struct Checker {
+    problems: Vec<(Vec<Segment>, String)>,
+}
+
+impl Checker {
+    fn problem(&mut self, path: &[Segment], extra: &[Segment], message: impl Into<String>) {
+        let mut p = path.to_vec();
+        p.extend_from_slice(extra);
+        self.problems.push((p, message.into()));
+    }
+}
+
+fn key(k: &str) -> Segment {
+    Segment::Key(k.to_string())
+}
+
+/// Service names are what apps put in the authority: DNS labels.
+pub fn is_valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The checks serde cannot make: references between parts of the file and
+/// settings that contradict each other.
+fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    for (name, svc) in &mesh.services {
+        let at = vec![key("services"), key(name)];
+        if !is_valid_service_name(name) {
+            c.problem(&at, &[], format!("{name:?} is not a valid service name (lowercase letters, digits and '-', at most 63)"));
+        }
+        match (svc.load_balancer, &svc.hash_on) {
+            (LoadBalancer::RingHash, None) => c.problem(
+                &at,
+                &[key("load_balancer")],
+                "ring-hash needs hash_on: { header: NAME }",
+            ),
+            (lb, Some(_)) if lb != LoadBalancer::RingHash => c.problem(
+                &at,
+                &[key("hash_on")],
+                "hash_on applies only to load_balancer: ring-hash",
+            ),
+            _ => {}
+        }
+        if svc.protocol == Protocol::Tcp && !svc.routes.is_empty() {
+            c.problem(&at, &[key("routes")], "a tcp service has no HTTP routes");
+        }
+        if let Some(retry) = &svc.retry {
+            check_retry(&mut c, &at, retry);
+        }
+        if let Some(cb) = &svc.circuit_breaker {
+            if cb.consecutive_failures == 0 {
+                c.problem(
+                    &at,
+                    &[key("circuit_breaker"), key("consecutive_failures")],
+                    "must be at least 1",
+                );
+            }
+            if cb.max_ejected_percent > 100 {
+                c.problem(
+                    &at,
+                    &[key("circuit_breaker"), key("max_ejected_percent")],
+                    "must be within 0 and 100",
+                );
+            }
+        }
+        if let Some(hc) = &svc.health_check {
+            if !hc.path.starts_with('/') {
+                c.problem(
+                    &at,
+                    &[key("health_check"), key("path")],
+                    "must start with '/'",
+                );
+            }
+            if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+                c.problem(
+                    &at,
+                    &[key("health_check")],
+                    "unhealthy_after and healthy_after must be at least 1",
+                );
+            }
+        }
+        if let Some(rl) = svc.inbound.as_ref().and_then(|i| i.rate_limit) {
+            if rl.requests_per_second == 0 {
+                c.problem(
+                    &at,
+                    &[
+                        key("inbound"),
+                        key("rate_limit"),
+                        key("requests_per_second"),
+                    ],
+                    "must be at least 1",
+                );
+            }
+        }
+        let mut seen_addresses = BTreeSet::new();
+        for (i, ep) in svc.endpoints.iter().enumerate() {
+            if !seen_addresses.insert(ep.address) {
+                c.problem(
+                    &at,
+                    &[key("endpoints"), Segment::Index(i), key("address")],
+                    format!("{} is listed twice", ep.address),
+                );
+            }
+        }
+        let mut route_names = BTreeSet::new();
+        for (i, route) in svc.routes.iter().enumerate() {
+            let at = [at.as_slice(), &[key("routes"), Segment::Index(i)]].concat();
+            if let Some(n) = &route.name {
+                if !route_names.insert(n.as_str()) {
+                    c.problem(
+                        &at,
+                        &[key("name")],
+                        format!("route name {n:?} is used twice in this service"),
+                    );
+                }
+            }
+            let m = &route.matches;
+            let path_kinds = [
+                m.path.is_some(),
+                m.path_prefix.is_some(),
+                m.path_regex.is_some(),
+            ];
+            if path_kinds.iter().filter(|b| **b).count() > 1 {
+                c.problem(
+                    &at,
+                    &[key("match")],
+                    "give at most one of path, path_prefix and path_regex",
+                );
+            }
+            for (k, p) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+                if p.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                    c.problem(&at, &[key("match"), key(k)], "must start with '/'");
+                }
+            }
+            if !route.split.is_empty() && route.split.iter().all(|s| s.weight == 0) {
+                c.problem(
+                    &at,
+                    &[key("split")],
+                    "the weights add up to zero, so no request could be sent",
+                );
+            }
+            for (j, split) in route.split.iter().enumerate() {
+                if let Some(other) = &split.service {
+                    if !mesh.services.contains_key(other) {
+                        c.problem(
+                            &at,
+                            &[key("split"), Segment::Index(j), key("service")],
+                            format!("no service named {other:?} in this mesh"),
+                        );
+                    }
+                }
+            }
+            if let Some(retry) = &route.retry {
+                check_retry(&mut c, &at, retry);
+            }
+        }
+    }
+    c.problems
+}
+
+fn check_retry(c: &mut Checker, at: &[Segment], retry: &RetryPolicy) {
+    const MAX_ATTEMPTS: u32 = 10;
+    if retry.attempts > MAX_ATTEMPTS {
+        c.problem(
+            at,
+            &[key("retry"), key("attempts")],
+            format!("at most {MAX_ATTEMPTS} extra tries"),
+        );
+    }
+    if retry.backoff.base > retry.backoff.max {
+        c.problem(
+            at,
+            &[key("retry"), key("backoff")],
+            "base must not exceed max",
+        );
+    }
+    if retry.on.is_empty() {
+        c.problem(
+            at,
+            &[key("retry"), key("on")],
+            "name at least one condition to retry on",
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! Finds where a key path (`services.orders.routes[1].split[0]`) sits in a
+//! YAML text, so that problems found after deserializing still point at a
+//! line and column. serde_yaml keeps no positions once a value is built.
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// One step of a key path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// A 1-based line and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+enum Node {
+    Scalar,
+    Map(Vec<(String, Position, Node)>),
+    Seq(Vec<(Position, Node)>),
+}
+
+#[derive(Default)]
+struct Builder {
+    /// Open collections, each with its pending key while a map waits for a value.
+    stack: Vec<(Node, Option<(String, Position)>, Position)>,
+    root: Option<(Position, Node)>,
+}
+
+impl Builder {
+    fn push_value(&mut self, at: Position, node: Node, scalar: Option<String>) {
+        match self.stack.last_mut() {
+            None => self.root = Some((at, node)),
+            Some((Node::Map(entries), pending, _)) => match pending.take() {
+                Some((key, key_at)) => entries.push((key, key_at, node)),
+                None => *pending = Some((scalar.unwrap_or_default(), at)),
+            },
+            Some((Node::Seq(items), _, _)) => items.push((at, node)),
+            Some((Node::Scalar, _, _)) => unreachable!("scalars hold nothing"),
+        }
+    }
+}
+
+impl MarkedEventReceiver for Builder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let at = Position {
+            line: mark.line(),
+            column: mark.col() + 1,
+        };
+        match event {
+            Event::Scalar(value, ..) => self.push_value(at, Node::Scalar, Some(value)),
+            Event::Alias(_) => self.push_value(at, Node::Scalar, None),
+            Event::MappingStart(..) => self.stack.push((Node::Map(Vec::new()), None, at)),
+            Event::SequenceStart(..) => self.stack.push((Node::Seq(Vec::new()), None, at)),
+            Event::MappingEnd | Event::SequenceEnd => {
+                if let Some((node, _, start)) = self.stack.pop() {
+                    self.push_value(start, node, None);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The position of the deepest part of `path` found in `text`: the key of a
+/// map entry, or the start of a sequence item. `None` when the text does not
+/// parse or the path's first step is missing.
+pub fn locate(text: &str, path: &[Segment]) -> Option<Position> {
+    let mut builder = Builder::default();
+    Parser::new_from_str(text).load(&mut builder, false).ok()?;
+    let (mut best, mut node) = builder.root.as_ref().map(|(_, node)| (None, node))?;
+    for segment in path {
+        let next = match (segment, node) {
+            (Segment::Key(k), Node::Map(entries)) => entries
+                .iter()
+                .find(|(key, ..)| key == k)
+                .map(|(_, at, n)| (*at, n)),
+            (Segment::Index(i), Node::Seq(items)) => items.get(*i).map(|(at, n)| (*at, n)),
+            _ => None,
+        };
+        match next {
+            Some((at, n)) => {
+                best = Some(at);
+                node = n;
+            }
+            None => break,
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "\
+services:
+  orders:
+    routes:
+      - name: a
+      - name: b
+        split:
+          - service: nowhere
+";
+
+    fn key(k: &str) -> Segment {
+        Segment::Key(k.into())
+    }
+
+    #[test]
+    fn finds_a_nested_key() {
+        let path = [
+            key("services"),
+            key("orders"),
+            key("routes"),
+            Segment::Index(1),
+            key("split"),
+            Segment::Index(0),
+            key("service"),
+        ];
+        assert_eq!(
+            locate(TEXT, &path),
+            Some(Position {
+                line: 7,
+                column: 13
+            })
+        );
+    }
+
+    #[test]
+    fn stops_at_the_deepest_part_that_exists() {
+        let path = [key("services"), key("orders"), key("timeout")];
+        assert_eq!(locate(TEXT, &path), Some(Position { line: 2, column: 3 }));
+    }
+}

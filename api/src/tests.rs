@@ -1,0 +1,156 @@
+use super::*;
+
+/// The example of the design document, less the split to a service it
+/// does not define, plus that service.
+const FULL: &str = r#"
+trust_domain: cluster.local
+services:
+  orders-next:
+    endpoints: [ { address: 127.0.0.1:9101 } ]
+  orders:
+    protocol: http
+    identity: orders
+    endpoints:
+      - address: 127.0.0.1:9001
+        labels: { version: v1 }
+      - address: 127.0.0.1:4243
+        identity: orders
+        labels: { version: v2 }
+    load_balancer: p2c-ewma
+    timeout: 5s
+    connect_timeout: 1s
+    retry:
+      attempts: 2
+      on: [connect-failure, reset, 5xx, gateway-error, retriable-4xx, "grpc:unavailable"]
+      per_try_timeout: 1s
+      budget_percent: 20
+      min_retries_per_second: 10
+      backoff: { base: 25ms, max: 250ms }
+    circuit_breaker:
+      consecutive_failures: 5
+      base_ejection: 10s
+      max_ejected_percent: 50
+      max_pending_requests: 1024
+    health_check: { path: /healthz, interval: 5s, timeout: 1s, unhealthy_after: 3, healthy_after: 2 }
+    routes:
+      - name: canary
+        match: { path_prefix: /api/, headers: { x-canary: "1" }, methods: [GET, HEAD] }
+        split: [ { labels: { version: v2 }, weight: 100 } ]
+        timeout: 1s
+      - name: default
+        split:
+          - { labels: { version: v1 }, weight: 90 }
+          - { service: orders-next, weight: 10 }
+        fault: { delay: { percent: 5, duration: 100ms }, abort: { percent: 1, status: 503 } }
+    inbound:
+      mtls: strict
+      allow: [frontend, checkout]
+      rate_limit: { requests_per_second: 1000, burst: 2000 }
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    parse_mesh("mesh.yaml", text)
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn the_documented_example_parses_with_every_field() {
+    let mesh = parse_mesh("mesh.yaml", FULL).unwrap();
+    let orders = &mesh.services["orders"];
+    assert_eq!(orders.endpoints.len(), 2);
+    assert_eq!(orders.timeout, Some(HumanDuration::from_secs(5)));
+    let retry = orders.retry.as_ref().unwrap();
+    assert_eq!(retry.on.len(), 6);
+    assert_eq!(orders.routes[0].matches.methods.len(), 2);
+    assert!(orders.routes[0]
+        .matches
+        .headers
+        .contains_key(&"x-canary".parse().unwrap()));
+    assert_eq!(
+        orders.routes[1].fault.unwrap().abort.unwrap().status.get(),
+        503
+    );
+    assert_eq!(
+        orders.inbound.as_ref().unwrap().rate_limit.unwrap().burst,
+        Some(2000)
+    );
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let mesh = parse_mesh("m", "services:\n  a:\n    retry: {}\n").unwrap();
+    let a = &mesh.services["a"];
+    assert_eq!(mesh.trust_domain, DEFAULT_TRUST_DOMAIN);
+    assert_eq!(a.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(a.load_balancer, LoadBalancer::P2cEwma);
+    assert_eq!(a.retry.as_ref().unwrap(), &RetryPolicy::default());
+}
+
+#[test]
+fn an_empty_file_is_an_empty_mesh() {
+    assert!(parse_mesh("m", "").unwrap().services.is_empty());
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_position() {
+    let p = problems("services:\n  a:\n    timeuot: 1s\n");
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].starts_with("mesh.yaml:3:5: services.a: unknown field `timeuot`"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_bad_value_is_named_with_its_position() {
+    let p = problems("services:\n  a:\n    timeout: soon\n");
+    assert!(p[0].starts_with("mesh.yaml:3:"), "{p:?}");
+    assert!(p[0].contains("services.a.timeout"), "{p:?}");
+    assert!(p[0].contains("invalid duration"), "{p:?}");
+
+    let p = problems("services:\n  a:\n    endpoints: [ { address: nowhere } ]\n");
+    assert!(p[0].contains("services.a.endpoints[0].address"), "{p:?}");
+
+    let p = problems("services:\n  a:\n    load_balancer: random\n");
+    assert!(p[0].contains("unknown variant `random`"), "{p:?}");
+}
+
+#[test]
+fn checks_across_the_file_point_at_the_key() {
+    let text = "services:\n  a:\n    routes:\n      - split:\n          - service: b\n";
+    let p = problems(text);
+    assert_eq!(p, vec!["mesh.yaml:5:13: services.a.routes[0].split[0].service: no service named \"b\" in this mesh"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "services:\n  a:\n    load_balancer: ring-hash\n    routes:\n      - name: x\n      - name: x\n        split: [ { weight: 0 } ]\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 3, "{p:?}");
+    assert!(p[0].contains("ring-hash needs hash_on"));
+    assert!(p[1].contains("used twice"));
+    assert!(p[2].contains("add up to zero"));
+}
+
+#[test]
+fn path_regex_is_anchored_and_round_trips() {
+    let mesh = parse_mesh(
+        "m",
+        "services:\n  a:\n    routes:\n      - match: { path_regex: '/users/[0-9]+' }\n",
+    )
+    .unwrap();
+    let re = mesh.services["a"].routes[0]
+        .matches
+        .path_regex
+        .as_ref()
+        .unwrap();
+    assert!(re.is_match("/users/42"));
+    assert!(!re.is_match("/users/42/orders"));
+    let json = serde_json::to_string(&mesh).unwrap();
+    let back: Mesh = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, mesh);
+}
