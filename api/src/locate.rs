@@ -25,10 +25,13 @@ enum Node {
     Seq(Vec<(Position, Node)>),
 }
 
+/// A collection being built: the node, a map's key awaiting its value,
+/// and where the collection starts.
+type Open = (Node, Option<(String, Position)>, Position);
+
 #[derive(Default)]
 struct Builder {
-    /// Open collections, each with its pending key while a map waits for a value.
-    stack: Vec<(Node, Option<(String, Position)>, Position)>,
+    stack: Vec<Open>,
     root: Option<(Position, Node)>,
 }
 

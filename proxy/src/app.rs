@@ -1,0 +1,188 @@
+//! Wires the proxy together: the mesh view, the two traffic directions and
+//! the admin server, each on its own listener; then runs until SIGTERM,
+//! SIGINT or `POST /shutdown`, and drains.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::http::client::Clients;
+use crate::http::server::{self, drain_channel, ServerSettings};
+use crate::inbound::Inbound;
+use crate::metrics::{Direction, Metrics};
+use crate::outbound::balance::EndpointRegistry;
+use crate::outbound::snapshot::Compiler;
+use crate::outbound::Outbound;
+use crate::telemetry::LogLevel;
+
+pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let view = crate::discovery::watch_file(&config.config, &metrics)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the mesh config has problems")?;
+
+    let outbound_listener = bind(config.outbound, "outbound").await?;
+    let inbound_listener = bind(config.inbound, "inbound").await?;
+    let admin_listener = bind(config.admin, "admin").await?;
+    let addrs =
+        [&outbound_listener, &inbound_listener, &admin_listener].map(|l| l.local_addr().ok());
+    let listeners = serde_json::json!({
+        "outbound": addrs[0], "inbound": addrs[1], "admin": addrs[2], "app": config.app,
+    });
+    tracing::info!(outbound = ?addrs[0], inbound = ?addrs[1], admin = ?addrs[2], app = %config.app, "listening");
+
+    let clients = Clients::default();
+    let endpoints = Arc::new(EndpointRegistry::default());
+    let outbound = Arc::new(Outbound::new(metrics.http.clone()));
+    outbound.update(
+        Compiler {
+            endpoints: &endpoints,
+            clients: &clients,
+            previous: None,
+        }
+        .compile(&view.borrow().mesh),
+    );
+    let inbound = Arc::new(Inbound::new(
+        config.app,
+        &config.service,
+        &clients,
+        metrics.http.clone(),
+    ));
+    tokio::spawn(follow_views(
+        view.clone(),
+        outbound.clone(),
+        endpoints,
+        clients,
+    ));
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = Arc::new(Notify::new());
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        view,
+        log_level,
+        shutdown: shutdown.clone(),
+        listeners,
+    });
+
+    let (drain, draining) = drain_channel();
+    let (admin_drain, admin_draining) = drain_channel();
+    let settings = |direction| ServerSettings {
+        direction,
+        header_read_timeout: config.header_read_timeout.get(),
+    };
+    let outbound_server = tokio::spawn(server::serve(
+        outbound_listener,
+        settings(Direction::Outbound),
+        metrics.transport.clone(),
+        draining.clone(),
+        move |_peer| {
+            let outbound = outbound.clone();
+            service_fn(move |req| {
+                let outbound = outbound.clone();
+                async move { Ok::<_, Infallible>(outbound.handle(req).await) }
+            })
+        },
+    ));
+    let inbound_server = tokio::spawn(server::serve(
+        inbound_listener,
+        settings(Direction::Inbound),
+        metrics.transport.clone(),
+        draining,
+        move |peer| {
+            let inbound = inbound.clone();
+            service_fn(move |req| {
+                let inbound = inbound.clone();
+                async move { Ok::<_, Infallible>(inbound.handle(req, peer).await) }
+            })
+        },
+    ));
+    // The admin server is not counted as proxied traffic.
+    let admin_server = tokio::spawn(server::serve(
+        admin_listener,
+        settings(Direction::Inbound),
+        crate::metrics::TransportMetrics {
+            open: Default::default(),
+            total: Default::default(),
+            bytes: Default::default(),
+        },
+        admin_draining,
+        move |peer| {
+            let admin = admin.clone();
+            service_fn(move |req| {
+                let admin = admin.clone();
+                async move { admin.handle(req, peer).await }
+            })
+        },
+    ));
+
+    ready.store(true, Ordering::Release);
+    tracing::info!("ready");
+
+    let reason = wait_for_shutdown(&shutdown).await;
+    tracing::info!(reason, drain_timeout = %config.drain_timeout, "draining");
+    ready.store(false, Ordering::Release);
+    drain.drain();
+    let drained = tokio::time::timeout(config.drain_timeout.get(), async {
+        let _ = tokio::join!(outbound_server, inbound_server);
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!("drain timeout passed with requests in flight; exiting"),
+    }
+    admin_drain.drain();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_server).await;
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} traffic on {addr}"))
+}
+
+/// Recompiles the outbound view whenever a new mesh version arrives.
+async fn follow_views(
+    mut view: tokio::sync::watch::Receiver<Arc<crate::discovery::MeshView>>,
+    outbound: Arc<Outbound>,
+    endpoints: Arc<EndpointRegistry>,
+    clients: Clients,
+) {
+    let mut version = view.borrow().version;
+    while view.changed().await.is_ok() {
+        let current = view.borrow_and_update().clone();
+        if current.version == version {
+            continue;
+        }
+        version = current.version;
+        let previous = outbound.snapshot();
+        let compiled = Compiler {
+            endpoints: &endpoints,
+            clients: &clients,
+            previous: Some(&previous),
+        }
+        .compile(&current.mesh);
+        outbound.update(compiled);
+    }
+}
+
+async fn wait_for_shutdown(admin_shutdown: &Notify) -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = admin_shutdown.notified() => "POST /shutdown",
+    }
+}

@@ -1,0 +1,157 @@
+//! Where the proxy's view of the mesh comes from. Standalone, that is a
+//! `mesh.yaml` on disk, watched for changes (also through the symlink swap
+//! a mounted Kubernetes ConfigMap makes). Consumers read the latest good
+//! view from a `watch` channel, so a control-plane source can take the
+//! file's place without them noticing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use remora_api::{ConfigError, Mesh};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::{Metrics, ResultLabels};
+
+/// Changes arriving this close together are read once.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Re-read even without a file event, in case one was missed.
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// One good version of the mesh, and what became of the latest attempt to
+/// replace it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MeshView {
+    pub source: String,
+    pub version: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub loaded_at: SystemTime,
+    /// The last rejected edit's problems, until a good edit replaces them.
+    pub last_error: Option<String>,
+    pub mesh: Arc<Mesh>,
+}
+
+mod humantime_serde_compat {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        s.serialize_f64(secs)
+    }
+}
+
+/// Reads `path` (which must be good now) and keeps the view current.
+pub fn watch_file(
+    path: &Path,
+    metrics: &Metrics,
+) -> Result<watch::Receiver<Arc<MeshView>>, ConfigError> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mesh = remora_api::read_mesh(path)?;
+    let view = MeshView {
+        source: path.display().to_string(),
+        version: 1,
+        loaded_at: SystemTime::now(),
+        last_error: None,
+        mesh: Arc::new(mesh),
+    };
+    let (tx, rx) = watch::channel(Arc::new(view));
+    let reloads = Reloads {
+        ok: metrics
+            .config_reloads
+            .get_or_create_owned(&ResultLabels { result: "ok" }),
+        error: metrics
+            .config_reloads
+            .get_or_create_owned(&ResultLabels { result: "error" }),
+    };
+    tokio::spawn(follow(path.to_path_buf(), text, tx, reloads));
+    Ok(rx)
+}
+
+struct Reloads {
+    ok: Counter,
+    error: Counter,
+}
+
+async fn follow(
+    path: PathBuf,
+    mut last_text: String,
+    tx: watch::Sender<Arc<MeshView>>,
+    reloads: Reloads,
+) {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Watch the directory, not the file: editors and ConfigMaps replace
+    // the file (or a symlink above it) rather than write into it.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events_tx.send(());
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config's directory; re-reading it every {RESCAN:?}");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                if event.is_none() {
+                    // The watcher is gone; fall back to rescans only.
+                    tokio::time::sleep(RESCAN).await;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                while events.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(RESCAN) => {}
+            _ = tx.closed() => return,
+        }
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Mid-swap, or deleted: keep serving what we have.
+                tracing::debug!(path = %path.display(), error = %e, "config unreadable; keeping the last good one");
+                continue;
+            }
+        };
+        if text == last_text {
+            continue;
+        }
+        last_text = text;
+        match remora_api::parse_mesh(&path.display().to_string(), &last_text) {
+            Ok(mesh) => {
+                reloads.ok.inc();
+                let version = tx.borrow().version + 1;
+                tracing::info!(path = %path.display(), version, "config reloaded");
+                tx.send_replace(Arc::new(MeshView {
+                    source: path.display().to_string(),
+                    version,
+                    loaded_at: SystemTime::now(),
+                    last_error: None,
+                    mesh: Arc::new(mesh),
+                }));
+            }
+            Err(e) => {
+                reloads.error.inc();
+                tracing::error!(path = %path.display(), problems = %e, "config rejected; the last good config keeps serving");
+                tx.send_modify(|view| {
+                    let mut v = (**view).clone();
+                    v.last_error = Some(e.to_string());
+                    *view = Arc::new(v);
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Pooled connections to endpoints. One hyper client per distinct
+//! (connect timeout, idle timeout, protocol) shares its pool across every
+//! service that asks for the same settings; the pool is keyed by endpoint.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::Body;
+
+pub type HttpClient = Client<HttpConnector, Body>;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct ClientSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// HTTP/2 with prior knowledge, multiplexed on one connection.
+    pub http2: bool,
+}
+
+/// The registry of upstream clients. Looked up when a config is compiled,
+/// never per request.
+#[derive(Default)]
+pub struct Clients {
+    clients: Mutex<HashMap<ClientSettings, HttpClient>>,
+}
+
+impl Clients {
+    pub fn get(&self, settings: ClientSettings) -> HttpClient {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(settings)
+            .or_insert_with(|| build(settings))
+            .clone()
+    }
+}
+
+fn build(s: ClientSettings) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(s.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(s.idle_timeout)
+        .http2_only(s.http2)
+        .http2_keep_alive_interval(if s.http2 {
+            Some(Duration::from_secs(20))
+        } else {
+            None
+        })
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .set_host(false)
+        .build(connector)
+}
+
+/// How a request that got no response failed.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// No connection could be made; nothing reached the endpoint.
+    Connect(String),
+    /// The connection broke before a response arrived.
+    Reset(String),
+}
+
+pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
+    let mut reason = String::new();
+    let mut source = err.source();
+    while let Some(s) = source {
+        reason = s.to_string();
+        source = s.source();
+    }
+    if reason.is_empty() {
+        reason = err.to_string();
+    }
+    if err.is_connect() {
+        SendFailure::Connect(reason)
+    } else {
+        SendFailure::Reset(reason)
+    }
+}

@@ -1,0 +1,108 @@
+//! Errors the proxy makes itself. Each becomes a response with a clear
+//! status and a `remora-error` header naming the cause, so an app (or a
+//! person with curl) can tell the proxy's failures from the upstream's.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode};
+
+use super::Body;
+
+pub const REMORA_ERROR: &str = "remora-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request names no service: give an absolute URI or a Host header")]
+    NoAuthority,
+    #[error("no service named {0:?} in the mesh")]
+    UnknownService(String),
+    #[error("no route of service {0:?} matches this request")]
+    NoRoute(String),
+    #[error("service {0:?} has no endpoints")]
+    NoEndpoints(String),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    #[error("could not connect to {endpoint}: {reason}")]
+    ConnectFailed { endpoint: String, reason: String },
+    #[error("the connection to {endpoint} broke before a response: {reason}")]
+    UpstreamReset { endpoint: String, reason: String },
+    #[error("retry budget exhausted after: {0}")]
+    BudgetExhausted(Box<ProxyError>),
+    #[error("service {0:?} has too many requests pending")]
+    Overloaded(String),
+    #[error("fault injected by the route")]
+    FaultInjected(StatusCode),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("the local app is unreachable at {endpoint}: {reason}")]
+    AppUnreachable { endpoint: String, reason: String },
+}
+
+impl ProxyError {
+    /// The short, stable name carried in `remora-error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoAuthority => "no-authority",
+            ProxyError::UnknownService(_) => "unknown-service",
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::ConnectFailed { .. } => "upstream-refused",
+            ProxyError::UpstreamReset { .. } => "upstream-reset",
+            ProxyError::BudgetExhausted(_) => "retry-budget-exhausted",
+            ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::FaultInjected(_) => "fault-injected",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::AppUnreachable { .. } => "app-unreachable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints(_) | ProxyError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::AppUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BudgetExhausted(inner) => inner.status(),
+            ProxyError::FaultInjected(status) => *status,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut body = self.to_string();
+        body.push('\n');
+        let mut response = Response::new(super::full(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(REMORA_ERROR, HeaderValue::from_static(self.code()));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_names_its_cause_in_a_header() {
+        let r = ProxyError::UnknownService("nope".into()).into_response();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()[REMORA_ERROR], "unknown-service");
+        let r = ProxyError::BudgetExhausted(Box::new(ProxyError::ConnectFailed {
+            endpoint: "127.0.0.1:1".into(),
+            reason: "refused".into(),
+        }))
+        .into_response();
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.headers()[REMORA_ERROR], "retry-budget-exhausted");
+    }
+}

@@ -1,0 +1,179 @@
+//! The inbound direction: calls from other services to the local app.
+//! accept → detect → check the request → say who connected
+//! (`x-forwarded-for`) → forward to the app over a pooled connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
+use crate::http::errors::ProxyError;
+use crate::http::{boxed, headers, Body};
+use crate::metrics::{
+    Classification, Direction, DurationLabels, HttpMetrics, RequestLabels, RouteLabels,
+};
+use crate::outbound::attempt_parts;
+use crate::telemetry::AccessRecord;
+
+/// The route label of inbound requests: the app has no routes of its own.
+const INBOUND_ROUTE: &str = "inbound";
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub struct Inbound {
+    app: SocketAddr,
+    app_label: String,
+    http1: HttpClient,
+    http2: HttpClient,
+    labels: RouteLabels,
+    metrics: HttpMetrics,
+    unmeshed: Arc<str>,
+}
+
+impl Inbound {
+    pub fn new(app: SocketAddr, service: &str, clients: &Clients, metrics: HttpMetrics) -> Self {
+        let settings = |http2| ClientSettings {
+            connect_timeout: APP_CONNECT_TIMEOUT,
+            idle_timeout: APP_IDLE_TIMEOUT,
+            http2,
+        };
+        Self {
+            app,
+            app_label: app.to_string(),
+            http1: clients.get(settings(false)),
+            http2: clients.get(settings(true)),
+            labels: RouteLabels::new(Direction::Inbound, service, INBOUND_ROUTE),
+            metrics,
+            unmeshed: "unmeshed".into(),
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_string();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+        headers::ensure_traceparent(&mut parts.headers);
+
+        headers::ensure_host(&mut parts.headers, &authority);
+        let (response, error) = if headers::is_smuggling_attempt(&parts.headers) {
+            let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
+            (e.into_response(), Some("bad-request"))
+        } else {
+            self.forward(parts, body, peer).await
+        };
+
+        let status = response.status().as_u16();
+        let classification = Classification::of_status(status);
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: self.labels.clone(),
+                status_code: status,
+                classification,
+                tls: false,
+                peer: self.unmeshed.clone(),
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&DurationLabels {
+                route: self.labels.clone(),
+                classification,
+            })
+            .observe(started.elapsed().as_secs_f64());
+        AccessRecord {
+            direction: "inbound",
+            service: &self.labels.service,
+            route: INBOUND_ROUTE,
+            method: method.as_str(),
+            authority: &authority,
+            path: &path,
+            status,
+            duration: started.elapsed(),
+            endpoint: &self.app_label,
+            retries: 0,
+            request_id: request_id.to_str().unwrap_or(""),
+            error: error.unwrap_or(""),
+        }
+        .log();
+        response
+    }
+
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        peer: SocketAddr,
+    ) -> (Response<Body>, Option<&'static str>) {
+        let upgrade = headers::is_upgrade(&parts.headers);
+        let downstream_upgrade = upgrade
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.remove(http::header::EXPECT);
+        headers::append_forwarded_for(&mut parts.headers, peer.ip());
+        let http2 = parts.version == Version::HTTP_2;
+        let mut head = attempt_parts(&parts, http2);
+        head.uri = app_uri(self.app, &parts.uri);
+        let body = if body.is_end_stream() {
+            crate::http::empty()
+        } else {
+            boxed(body)
+        };
+        let client = if http2 { &self.http2 } else { &self.http1 };
+        match client.request(Request::from_parts(head, body)).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+                if switching {
+                    if let (Some(down), Some(up)) = (
+                        downstream_upgrade,
+                        parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+                    ) {
+                        crate::http::upgrade::splice(down, up);
+                    }
+                }
+                headers::strip_hop_by_hop(&mut parts.headers, switching);
+                (Response::from_parts(parts, boxed(body)), None)
+            }
+            Err(e) => {
+                let reason = match classify(&e) {
+                    SendFailure::Connect(r) | SendFailure::Reset(r) => r,
+                };
+                let e = ProxyError::AppUnreachable {
+                    endpoint: self.app_label.clone(),
+                    reason,
+                };
+                (e.into_response(), Some("app-unreachable"))
+            }
+        }
+    }
+}
+
+fn app_uri(app: SocketAddr, original: &http::Uri) -> http::Uri {
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    http::Uri::builder()
+        .scheme("http")
+        .authority(app.to_string())
+        .path_and_query(path)
+        .build()
+        .unwrap_or_else(|_| http::Uri::from_static("/"))
+}

@@ -1,0 +1,14 @@
+//! remora-proxy: the sidecar's data plane. The binary only parses flags
+//! and calls [`app::run`]; the modules are public so benchmarks and tests
+//! can drive the pieces directly.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod telemetry;

@@ -1,0 +1,328 @@
+//! The proxy's one metrics registry and the metric families of the
+//! contract (docs/metrics.md). Label sets hold `Arc<str>` names resolved
+//! when the config is compiled, so recording a request allocates nothing.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets in seconds: sub-millisecond proxy hops to slow upstreams.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), e)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Classification {
+    Success,
+    Failure,
+}
+
+impl Classification {
+    /// A response is a failure when the server failed (5xx) or the proxy
+    /// could not get one; 4xx are the caller's business and count as success.
+    pub fn of_status(status: u16) -> Self {
+        if status >= 500 {
+            Classification::Failure
+        } else {
+            Classification::Success
+        }
+    }
+}
+
+impl EncodeLabelValue for Classification {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        let s = match self {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        };
+        EncodeLabelValue::encode(&s, e)
+    }
+}
+
+/// Who a route's requests belong to; cloned into every label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: Direction,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
+}
+
+impl RouteLabels {
+    pub fn new(direction: Direction, service: &str, route: &str) -> Self {
+        Self {
+            direction,
+            service: service.into(),
+            route: route.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub status_code: u16,
+    pub classification: Classification,
+    pub tls: bool,
+    pub peer: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub classification: Classification,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EjectionLabels {
+    pub direction: Direction,
+    pub service: Arc<str>,
+    pub endpoint: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub direction: Direction,
+    pub tls: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub direction: Direction,
+    pub rw: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The HTTP request metrics of both directions.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: HistogramFamily<DurationLabels>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub budget_exhausted: Family<RouteLabels, Counter>,
+    pub timeouts: Family<RouteLabels, Counter>,
+    pub ejections: Family<EjectionLabels, Counter>,
+}
+
+/// Transport metrics: connections and bytes.
+#[derive(Clone, Debug)]
+pub struct TransportMetrics {
+    pub open: Family<ConnectionLabels, Gauge>,
+    pub total: Family<ConnectionLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+}
+
+/// Everything the proxy records, created once and passed down.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http: HttpMetrics,
+    pub transport: TransportMetrics,
+    /// Config reloads by result (`ok`, `error`).
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let r = registry.sub_registry_with_prefix("remora");
+        let http = HttpMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            timeouts: Family::default(),
+            ejections: Family::default(),
+        };
+        r.register("requests", "Requests by outcome", http.requests.clone());
+        r.register(
+            "request_duration_seconds",
+            "Time from the request to its response headers",
+            http.duration.clone(),
+        );
+        r.register(
+            "retries",
+            "Retries sent, by the reason for retrying",
+            http.retries.clone(),
+        );
+        r.register(
+            "retry_budget_exhausted",
+            "Retries not sent because the retry budget was spent",
+            http.budget_exhausted.clone(),
+        );
+        r.register(
+            "timeouts",
+            "Requests that ran out of time",
+            http.timeouts.clone(),
+        );
+        r.register(
+            "circuit_breaker_ejections",
+            "Endpoints ejected after consecutive failures",
+            http.ejections.clone(),
+        );
+        let transport = TransportMetrics {
+            open: Family::default(),
+            total: Family::default(),
+            bytes: Family::default(),
+        };
+        r.register(
+            "connections_open",
+            "Connections open now",
+            transport.open.clone(),
+        );
+        r.register(
+            "connections",
+            "Connections accepted or opened",
+            transport.total.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes read and written on proxied connections",
+            transport.bytes.clone(),
+        );
+        let config_reloads = Family::default();
+        r.register(
+            "config_reloads",
+            "Config reloads by result",
+            config_reloads.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        Self {
+            registry,
+            http,
+            transport,
+            config_reloads,
+        }
+    }
+
+    /// The registry in the Prometheus text format (OpenMetrics-compatible).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `process_*` metrics read from `/proc/self` at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let e = encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent in seconds",
+                None,
+                ConstCounter::new(cpu).metric_type(),
+            )?;
+            ConstCounter::new(cpu).encode(e)?;
+            let rss = stat.rss * procfs::page_size();
+            let e = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                ConstGauge::new(rss as i64).metric_type(),
+            )?;
+            ConstGauge::new(rss as i64).encode(e)?;
+        }
+        if let Ok(fds) = me.fd_count() {
+            let e = encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                ConstGauge::new(fds as i64).metric_type(),
+            )?;
+            ConstGauge::new(fds as i64).encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_the_contract_names() {
+        let m = Metrics::new();
+        let route = RouteLabels::new(Direction::Outbound, "orders", "default");
+        m.http
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status_code: 200,
+                classification: Classification::Success,
+                tls: false,
+                peer: "unmeshed".into(),
+            })
+            .inc();
+        m.http.timeouts.get_or_create(&route).inc();
+        let text = m.encode();
+        assert!(text.contains(
+            "remora_requests_total{direction=\"outbound\",service=\"orders\",route=\"default\",status_code=\"200\",classification=\"success\",tls=\"false\",peer=\"unmeshed\"} 1"
+        ), "{text}");
+        assert!(text.contains("remora_timeouts_total{"), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    }
+}

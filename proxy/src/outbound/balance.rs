@@ -1,0 +1,439 @@
+//! Endpoints and the balancers that choose among them. Endpoint state
+//! (in-flight count, latency estimate, circuit breaker) lives as long as
+//! the endpoint's address stays in the config, across reloads.
+//!
+//! p2c-ewma is written here rather than taken from tower's `Balance`:
+//! a retry must be able to avoid the endpoint that just failed, and an
+//! ejected endpoint must be skipped, and tower picks inside `poll_ready`
+//! with no way to say either.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use remora_api::{CircuitBreaker, LoadBalancer};
+
+/// The latency assumed for an endpoint before it has answered.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast old latency samples fade.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Virtual nodes per endpoint on the hash ring.
+const RING_REPLICAS: usize = 100;
+
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// The address as a metric label, made once.
+    pub label: Arc<str>,
+    pub labels: BTreeMap<String, String>,
+    in_flight: AtomicU32,
+    ewma: Mutex<Ewma>,
+    breaker: Mutex<Breaker>,
+}
+
+struct Ewma {
+    /// Nanoseconds.
+    estimate: f64,
+    updated: Instant,
+}
+
+#[derive(Default)]
+struct Breaker {
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+impl Endpoint {
+    pub fn new(address: SocketAddr, labels: BTreeMap<String, String>) -> Self {
+        Self {
+            address,
+            label: address.to_string().into(),
+            labels,
+            in_flight: AtomicU32::new(0),
+            ewma: Mutex::new(Ewma {
+                estimate: DEFAULT_RTT.as_nanos() as f64,
+                updated: Instant::now(),
+            }),
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request as sent; the guard marks it done and records its latency.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Peak-EWMA cost: the latency estimate, weighted by the requests
+    /// already waiting on this endpoint.
+    fn cost(&self) -> f64 {
+        let estimate = {
+            let ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
+            decayed(
+                ewma.estimate,
+                ewma.updated.elapsed(),
+                DEFAULT_RTT.as_nanos() as f64,
+            )
+        };
+        estimate * (self.in_flight() as f64 + 1.0)
+    }
+
+    fn observe(&self, rtt: Duration) {
+        let sample = rtt.as_nanos() as f64;
+        let mut ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(ewma.updated);
+        ewma.estimate = if sample > ewma.estimate {
+            // Peak sensitivity: a slow response counts in full at once.
+            sample
+        } else {
+            let w = (-elapsed.as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp();
+            ewma.estimate * w + sample * (1.0 - w)
+        };
+        ewma.updated = now;
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        let b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        b.ejected_until.is_some_and(|until| until > now)
+    }
+
+    /// Records the outcome of a request for the circuit breaker. Returns
+    /// true when this failure ejected the endpoint.
+    pub fn record_outcome(
+        &self,
+        success: bool,
+        policy: Option<&CircuitBreaker>,
+        may_eject: bool,
+    ) -> bool {
+        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        if success {
+            b.consecutive_failures = 0;
+            return false;
+        }
+        b.consecutive_failures += 1;
+        let Some(policy) = policy else { return false };
+        let now = Instant::now();
+        let already = b.ejected_until.is_some_and(|u| u > now);
+        if already || !may_eject || b.consecutive_failures < policy.consecutive_failures {
+            return false;
+        }
+        // Each repeat ejection lasts twice as long as the one before.
+        let factor = 1u32 << b.ejections.min(6);
+        b.ejected_until = Some(now + policy.base_ejection.get() * factor);
+        b.ejections += 1;
+        b.consecutive_failures = 0;
+        true
+    }
+}
+
+/// `estimate` decays toward the default while no sample arrives, so an
+/// endpoint that was slow once gets traffic again.
+fn decayed(estimate: f64, elapsed: Duration, toward: f64) -> f64 {
+    let w = (-elapsed.as_secs_f64() / EWMA_DECAY.as_secs_f64()).exp();
+    estimate * w + toward * (1.0 - w)
+}
+
+/// A request in flight to an endpoint.
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+}
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.observe(self.started.elapsed());
+    }
+}
+
+/// An endpoint is the same one across reloads while its address and labels are.
+type EndpointKey = (SocketAddr, BTreeMap<String, String>);
+
+/// Endpoint state by address, kept across config reloads.
+#[derive(Default)]
+pub struct EndpointRegistry {
+    endpoints: Mutex<HashMap<EndpointKey, Arc<Endpoint>>>,
+}
+
+impl EndpointRegistry {
+    pub fn get(&self, address: SocketAddr, labels: &BTreeMap<String, String>) -> Arc<Endpoint> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((address, labels.clone()))
+            .or_insert_with(|| Arc::new(Endpoint::new(address, labels.clone())))
+            .clone()
+    }
+
+    /// Forgets endpoints no config refers to any more.
+    pub fn retain_used(&self) {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, e| Arc::strong_count(e) > 1);
+    }
+}
+
+/// How one backend chooses an endpoint.
+pub enum Balancer {
+    P2cEwma,
+    RoundRobin(AtomicUsize),
+    LeastRequest,
+    RingHash(Vec<(u64, usize)>),
+}
+
+impl Balancer {
+    pub fn new(kind: LoadBalancer, endpoints: &[Arc<Endpoint>]) -> Self {
+        match kind {
+            LoadBalancer::P2cEwma => Balancer::P2cEwma,
+            LoadBalancer::RoundRobin => {
+                Balancer::RoundRobin(AtomicUsize::new(fastrand::usize(..=endpoints.len())))
+            }
+            LoadBalancer::LeastRequest => Balancer::LeastRequest,
+            LoadBalancer::RingHash => {
+                let mut ring = Vec::with_capacity(endpoints.len() * RING_REPLICAS);
+                for (i, e) in endpoints.iter().enumerate() {
+                    for replica in 0..RING_REPLICAS {
+                        let key = format!("{}#{replica}", e.address);
+                        ring.push((xxhash_rust::xxh3::xxh3_64(key.as_bytes()), i));
+                    }
+                }
+                ring.sort_unstable();
+                Balancer::RingHash(ring)
+            }
+        }
+    }
+
+    /// Picks an endpoint that is neither ejected nor `avoid`, falling back
+    /// to ejected ones and then to `avoid` rather than failing.
+    pub fn pick(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        hash_key: Option<&[u8]>,
+        avoid: Option<&Arc<Endpoint>>,
+    ) -> Option<Arc<Endpoint>> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let usable =
+            |e: &Arc<Endpoint>| avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && !e.is_ejected(now);
+        if let Some(e) = self.pick_where(endpoints, hash_key, &usable) {
+            return Some(e);
+        }
+        let not_avoided = |e: &Arc<Endpoint>| avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+        self.pick_where(endpoints, hash_key, &not_avoided)
+            .or_else(|| self.pick_where(endpoints, hash_key, &|_| true))
+    }
+
+    fn pick_where(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        hash_key: Option<&[u8]>,
+        usable: &dyn Fn(&Arc<Endpoint>) -> bool,
+    ) -> Option<Arc<Endpoint>> {
+        let n = endpoints.len();
+        match self {
+            Balancer::RoundRobin(next) => (0..n)
+                .map(|_| &endpoints[next.fetch_add(1, Ordering::Relaxed) % n])
+                .find(|e| usable(e))
+                .cloned(),
+            Balancer::LeastRequest => {
+                // Two random choices by outstanding requests (as Envoy's
+                // least-request does): near-best without scanning them all.
+                self.two_choices(endpoints, usable, |e| e.in_flight() as f64)
+            }
+            Balancer::P2cEwma => self.two_choices(endpoints, usable, Endpoint::cost),
+            Balancer::RingHash(ring) => {
+                let Some(key) = hash_key else {
+                    return self.two_choices(endpoints, usable, |e| e.in_flight() as f64);
+                };
+                let h = xxhash_rust::xxh3::xxh3_64(key);
+                let start = ring.partition_point(|(point, _)| *point < h);
+                (0..ring.len())
+                    .map(|i| &endpoints[ring[(start + i) % ring.len()].1])
+                    .find(|e| usable(e))
+                    .cloned()
+            }
+        }
+    }
+
+    fn two_choices(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        usable: &dyn Fn(&Arc<Endpoint>) -> bool,
+        cost: impl Fn(&Endpoint) -> f64,
+    ) -> Option<Arc<Endpoint>> {
+        let n = endpoints.len();
+        if n == 1 {
+            return usable(&endpoints[0]).then(|| endpoints[0].clone());
+        }
+        // Random probes first; a full scan only when most are unusable.
+        let mut a: Option<&Arc<Endpoint>> = None;
+        let mut b: Option<&Arc<Endpoint>> = None;
+        for _ in 0..4 {
+            let i = fastrand::usize(..n);
+            let e = &endpoints[i];
+            if !usable(e) || a.is_some_and(|a| Arc::ptr_eq(a, e)) {
+                continue;
+            }
+            if a.is_none() {
+                a = Some(e);
+            } else {
+                b = Some(e);
+                break;
+            }
+        }
+        if a.is_none() || b.is_none() {
+            let offset = fastrand::usize(..n);
+            for i in 0..n {
+                let e = &endpoints[(offset + i) % n];
+                if !usable(e) || a.is_some_and(|a| Arc::ptr_eq(a, e)) {
+                    continue;
+                }
+                if a.is_none() {
+                    a = Some(e);
+                } else {
+                    b = Some(e);
+                    break;
+                }
+            }
+        }
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if cost(b) < cost(a) {
+                b.clone()
+            } else {
+                a.clone()
+            }),
+            (Some(a), None) => Some(a.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Endpoint::new(
+                    SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    BTreeMap::new(),
+                ))
+            })
+            .collect()
+    }
+
+    fn counts(
+        b: &Balancer,
+        eps: &[Arc<Endpoint>],
+        n: usize,
+        key: Option<&[u8]>,
+    ) -> HashMap<u16, usize> {
+        let mut c = HashMap::new();
+        for _ in 0..n {
+            *c.entry(b.pick(eps, key, None).unwrap().address.port())
+                .or_default() += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_visits_each_in_turn() {
+        let eps = endpoints(3);
+        let b = Balancer::new(LoadBalancer::RoundRobin, &eps);
+        let c = counts(&b, &eps, 300, None);
+        assert!(c.values().all(|&v| v == 100), "{c:?}");
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded_endpoint() {
+        let eps = endpoints(2);
+        let _busy: Vec<InFlight> = (0..10).map(|_| eps[0].start()).collect();
+        let b = Balancer::new(LoadBalancer::P2cEwma, &eps);
+        let c = counts(&b, &eps, 100, None);
+        assert_eq!(c.get(&9001), Some(&100), "{c:?}");
+    }
+
+    #[test]
+    fn least_request_prefers_fewer_outstanding() {
+        let eps = endpoints(2);
+        let _busy = eps[1].start();
+        let b = Balancer::new(LoadBalancer::LeastRequest, &eps);
+        assert_eq!(counts(&b, &eps, 50, None).get(&9000), Some(&50));
+    }
+
+    #[test]
+    fn ring_hash_keeps_a_key_on_one_endpoint_and_spreads_keys() {
+        let eps = endpoints(4);
+        let b = Balancer::new(LoadBalancer::RingHash, &eps);
+        assert_eq!(counts(&b, &eps, 50, Some(b"user-1")).len(), 1);
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..200 {
+            seen.insert(
+                b.pick(&eps, Some(format!("user-{k}").as_bytes()), None)
+                    .unwrap()
+                    .address,
+            );
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[test]
+    fn the_endpoint_to_avoid_is_avoided_while_another_exists() {
+        let eps = endpoints(2);
+        for kind in [
+            LoadBalancer::P2cEwma,
+            LoadBalancer::RoundRobin,
+            LoadBalancer::LeastRequest,
+            LoadBalancer::RingHash,
+        ] {
+            let b = Balancer::new(kind, &eps);
+            for _ in 0..50 {
+                assert_eq!(
+                    b.pick(&eps, Some(b"k"), Some(&eps[0]))
+                        .unwrap()
+                        .address
+                        .port(),
+                    9001,
+                    "{kind:?}"
+                );
+            }
+        }
+        let one = endpoints(1);
+        let b = Balancer::new(LoadBalancer::P2cEwma, &one);
+        assert!(
+            b.pick(&one, None, Some(&one[0])).is_some(),
+            "a lone endpoint is still used"
+        );
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_ejected_endpoints_are_skipped() {
+        let eps = endpoints(2);
+        let policy = CircuitBreaker {
+            consecutive_failures: 3,
+            ..CircuitBreaker::default()
+        };
+        assert!(!eps[0].record_outcome(false, Some(&policy), true));
+        assert!(!eps[0].record_outcome(false, Some(&policy), true));
+        assert!(eps[0].record_outcome(false, Some(&policy), true));
+        assert!(eps[0].is_ejected(Instant::now()));
+        let b = Balancer::new(LoadBalancer::RoundRobin, &eps);
+        assert_eq!(counts(&b, &eps, 10, None).get(&9001), Some(&10));
+    }
+}

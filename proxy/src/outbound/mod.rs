@@ -1,0 +1,465 @@
+//! The outbound direction: the local app's calls to other services.
+//! accept → detect → target service → route → fault → split → balance →
+//! try (with per-try timeout) → retry → respond, all under the route's
+//! timeout. `Outbound::handle` reads in that order.
+
+pub mod balance;
+pub mod routes;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use self::balance::Endpoint;
+use self::snapshot::{Backend, Route, Snapshot};
+use crate::http::errors::ProxyError;
+use crate::http::headers;
+use crate::http::replay::ReplayBody;
+use crate::http::retry::Failure;
+use crate::http::{boxed, Body};
+use crate::metrics::{
+    Classification, DurationLabels, EjectionLabels, HttpMetrics, RequestLabels, RetryLabels,
+    RouteLabels,
+};
+use crate::telemetry::AccessRecord;
+
+/// The peer label of a request to or from a process with no mesh identity.
+const UNMESHED: &str = "unmeshed";
+
+pub struct Outbound {
+    snapshot: ArcSwap<Snapshot>,
+    metrics: HttpMetrics,
+    unmeshed: Arc<str>,
+}
+
+/// What became of a request, for metrics and the access log.
+struct Outcome {
+    response: Response<Body>,
+    endpoint: Option<Arc<Endpoint>>,
+    retries: u32,
+    error: Option<&'static str>,
+}
+
+impl Outcome {
+    fn error(e: ProxyError) -> Self {
+        let code = e.code();
+        Self {
+            response: e.into_response(),
+            endpoint: None,
+            retries: 0,
+            error: Some(code),
+        }
+    }
+}
+
+impl Outbound {
+    pub fn new(metrics: HttpMetrics) -> Self {
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            metrics,
+            unmeshed: UNMESHED.into(),
+        }
+    }
+
+    /// Swaps in a new view; requests in flight finish on the old one.
+    pub fn update(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        if headers::is_smuggling_attempt(req.headers()) {
+            return ProxyError::BadRequest("Content-Length and Transfer-Encoding together")
+                .into_response();
+        }
+        let Some(authority) = target_authority(&req) else {
+            return ProxyError::NoAuthority.into_response();
+        };
+        let snapshot = self.snapshot.load_full();
+        let Some(service) = snapshot.lookup(&authority) else {
+            let e = ProxyError::UnknownService(snapshot::service_name(&authority).to_string());
+            return self.finish_unrouted(&req, &authority, e, started);
+        };
+        let path = req.uri().path().to_string();
+        let Some(route) = service.route(req.method(), &path, req.headers()) else {
+            return self.finish_unrouted(
+                &req,
+                &authority,
+                ProxyError::NoRoute(service.name.to_string()),
+                started,
+            );
+        };
+        let request_id = headers::ensure_request_id(req.headers_mut());
+        headers::ensure_traceparent(req.headers_mut());
+        let method = req.method().clone();
+
+        let outcome = match route.timeout {
+            Some(limit) => match tokio::time::timeout(
+                limit,
+                self.route_request(service, route, req, &authority),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.metrics.timeouts.get_or_create(&route.labels).inc();
+                    Outcome::error(ProxyError::Timeout(limit))
+                }
+            },
+            None => self.route_request(service, route, req, &authority).await,
+        };
+        self.record(&route.labels, &outcome, started);
+        AccessRecord {
+            direction: "outbound",
+            service: &service.name,
+            route: &route.labels.route,
+            method: method.as_str(),
+            authority: &authority,
+            path: &path,
+            status: outcome.response.status().as_u16(),
+            duration: started.elapsed(),
+            endpoint: outcome.endpoint.as_ref().map_or("", |e| &e.label),
+            retries: outcome.retries,
+            request_id: request_id.to_str().unwrap_or(""),
+            error: outcome.error.unwrap_or(""),
+        }
+        .log();
+        outcome.response
+    }
+
+    /// Fault injection, admission, the split, then the tries.
+    async fn route_request(
+        &self,
+        service: &snapshot::Service,
+        route: &Route,
+        req: Request<Incoming>,
+        authority: &str,
+    ) -> Outcome {
+        if let Some(fault) = &route.fault {
+            if let Some(delay) = fault.delay.filter(|d| chance(d.percent)) {
+                tokio::time::sleep(delay.duration.into()).await;
+            }
+            if let Some(abort) = fault.abort.filter(|a| chance(a.percent)) {
+                let status = StatusCode::from_u16(abort.status.get())
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return Outcome::error(ProxyError::FaultInjected(status));
+            }
+        }
+        let Some(_slot) = service.admit() else {
+            return Outcome::error(ProxyError::Overloaded(service.name.to_string()));
+        };
+        let Some(backend) = route.pick_backend() else {
+            return Outcome::error(ProxyError::NoEndpoints(service.name.to_string()));
+        };
+        self.send_with_retries(route, backend, req, authority).await
+    }
+
+    async fn send_with_retries(
+        &self,
+        route: &Route,
+        backend: &Backend,
+        req: Request<Incoming>,
+        authority: &str,
+    ) -> Outcome {
+        let (mut parts, body) = req.into_parts();
+        let upgrade = headers::is_upgrade(&parts.headers);
+        let downstream_upgrade = upgrade
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.headers.remove(http::header::EXPECT);
+        headers::ensure_host(&mut parts.headers, authority);
+        let http2 = parts.version == Version::HTTP_2;
+        let hash_key = backend
+            .hash_header
+            .as_ref()
+            .and_then(|h| parts.headers.get(h))
+            .map(|v| v.as_bytes().to_vec());
+
+        let retry = route.retry.as_ref();
+        if let Some(r) = retry {
+            r.deposit();
+        }
+        let retry = retry.filter(|r| r.allows_method(&parts.method));
+        let mut body = RequestBody::new(body, retry.is_some());
+        let mut avoid: Option<Arc<Endpoint>> = None;
+        let mut retries = 0u32;
+        loop {
+            let Some(endpoint) = backend.pick(hash_key.as_deref(), avoid.as_ref()) else {
+                return Outcome::error(ProxyError::NoEndpoints(backend.service.to_string()));
+            };
+            let Some(attempt_body) = body.for_attempt() else {
+                unreachable!("a retry is only decided when the body can be replayed");
+            };
+            let mut attempt = Request::from_parts(
+                attempt_parts(&parts, http2 || backend.always_http2),
+                attempt_body,
+            );
+            *attempt.uri_mut() = endpoint_uri(&endpoint, &parts.uri);
+
+            let in_flight = endpoint.start();
+            let sent = backend.client(http2).request(attempt);
+            let result = match retry.and_then(|r| r.per_try_timeout) {
+                Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
+                None => Ok(sent.await),
+            };
+            drop(in_flight);
+
+            let (failure, outcome) = match result {
+                Ok(Ok(response)) => {
+                    let failure = Failure::of_response(response.status(), response.headers());
+                    let server_failed = response.status().is_server_error();
+                    self.breaker(backend, &endpoint, !server_failed);
+                    match failure {
+                        Some(f) => (f, Ok(response)),
+                        None => {
+                            return self.respond(response, endpoint, retries, downstream_upgrade)
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.breaker(backend, &endpoint, false);
+                    match crate::http::client::classify(&e) {
+                        crate::http::client::SendFailure::Connect(reason) => (
+                            Failure::ConnectFailure,
+                            Err(ProxyError::ConnectFailed {
+                                endpoint: endpoint.label.to_string(),
+                                reason,
+                            }),
+                        ),
+                        crate::http::client::SendFailure::Reset(reason) => (
+                            Failure::Reset,
+                            Err(ProxyError::UpstreamReset {
+                                endpoint: endpoint.label.to_string(),
+                                reason,
+                            }),
+                        ),
+                    }
+                }
+                Err(limit) => {
+                    self.breaker(backend, &endpoint, false);
+                    self.metrics.timeouts.get_or_create(&route.labels).inc();
+                    (Failure::PerTryTimeout, Err(ProxyError::Timeout(limit)))
+                }
+            };
+
+            let give_up = |outcome: Result<Response<Incoming>, ProxyError>,
+                           endpoint: Arc<Endpoint>| match outcome {
+                Ok(response) => self.respond(response, endpoint, retries, None),
+                Err(e) => Outcome {
+                    endpoint: Some(endpoint),
+                    retries,
+                    ..Outcome::error(e)
+                },
+            };
+            let Some(r) = retry else {
+                return give_up(outcome, endpoint);
+            };
+            if retries >= r.attempts || !r.covers(failure) || !body.can_replay() {
+                return give_up(outcome, endpoint);
+            }
+            if !r.withdraw() {
+                self.metrics
+                    .budget_exhausted
+                    .get_or_create(&route.labels)
+                    .inc();
+                return match outcome {
+                    Ok(response) => self.respond(response, endpoint, retries, None),
+                    Err(e) => Outcome {
+                        endpoint: Some(endpoint),
+                        retries,
+                        ..Outcome::error(ProxyError::BudgetExhausted(Box::new(e)))
+                    },
+                };
+            }
+            self.metrics
+                .retries
+                .get_or_create(&RetryLabels {
+                    route: route.labels.clone(),
+                    reason: failure.reason(),
+                })
+                .inc();
+            tokio::time::sleep(r.backoff(retries)).await;
+            retries += 1;
+            avoid = Some(endpoint);
+        }
+    }
+
+    fn respond(
+        &self,
+        response: Response<Incoming>,
+        endpoint: Arc<Endpoint>,
+        retries: u32,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Outcome {
+        let (mut parts, body) = response.into_parts();
+        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            if let (Some(down), Some(up)) = (
+                downstream_upgrade,
+                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
+            ) {
+                crate::http::upgrade::splice(down, up);
+            }
+        }
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        Outcome {
+            response: Response::from_parts(parts, boxed(body)),
+            endpoint: Some(endpoint),
+            retries,
+            error: None,
+        }
+    }
+
+    /// Feeds the circuit breaker; counts an ejection.
+    fn breaker(&self, backend: &Backend, endpoint: &Arc<Endpoint>, success: bool) {
+        let may_eject = !success && backend.may_eject();
+        if endpoint.record_outcome(success, backend.circuit_breaker.as_ref(), may_eject) {
+            tracing::warn!(endpoint = %endpoint.address, service = %backend.service, "endpoint ejected after consecutive failures");
+            self.metrics
+                .ejections
+                .get_or_create(&EjectionLabels {
+                    direction: crate::metrics::Direction::Outbound,
+                    service: backend.service.clone(),
+                    endpoint: endpoint.label.clone(),
+                })
+                .inc();
+        }
+    }
+
+    fn record(&self, route: &RouteLabels, outcome: &Outcome, started: Instant) {
+        let status = outcome.response.status().as_u16();
+        let classification = Classification::of_status(status);
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status_code: status,
+                classification,
+                tls: false,
+                peer: self.unmeshed.clone(),
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&DurationLabels {
+                route: route.clone(),
+                classification,
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Requests that matched no service or route are logged, not counted
+    /// per route: their names are the caller's to choose, and unbounded.
+    fn finish_unrouted(
+        &self,
+        req: &Request<Incoming>,
+        authority: &str,
+        e: ProxyError,
+        started: Instant,
+    ) -> Response<Body> {
+        let outcome = Outcome::error(e);
+        AccessRecord {
+            direction: "outbound",
+            service: "",
+            route: "",
+            method: req.method().as_str(),
+            authority,
+            path: req.uri().path(),
+            status: outcome.response.status().as_u16(),
+            duration: started.elapsed(),
+            endpoint: "",
+            retries: 0,
+            request_id: req
+                .headers()
+                .get(headers::X_REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            error: outcome.error.unwrap_or(""),
+        }
+        .log();
+        outcome.response
+    }
+}
+
+/// The service the request is for: the absolute-form URI's authority (as
+/// `http_proxy` clients send), the HTTP/2 `:authority`, or `Host`.
+fn target_authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_ascii_lowercase());
+    }
+    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// `http://ENDPOINT/path?query`: the client pools connections by endpoint.
+pub(crate) fn endpoint_uri(endpoint: &Endpoint, original: &Uri) -> Uri {
+    let path = original.path_and_query().map_or("/", |p| p.as_str());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = http::uri::Authority::try_from(endpoint.label.as_ref()).ok();
+    parts.path_and_query = http::uri::PathAndQuery::try_from(path).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// A copy of the request head for one try, in the version spoken upstream.
+pub(crate) fn attempt_parts(parts: &http::request::Parts, http2: bool) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+fn chance(percent: f64) -> bool {
+    percent > 0.0 && fastrand::f64() * 100.0 < percent
+}
+
+/// The request body across tries.
+enum RequestBody {
+    Empty,
+    /// Sent once; no retry possible once taken.
+    Once(Option<Incoming>),
+    Replay(ReplayBody),
+}
+
+impl RequestBody {
+    fn new(body: Incoming, retryable: bool) -> Self {
+        if body.is_end_stream() {
+            RequestBody::Empty
+        } else if retryable {
+            RequestBody::Replay(ReplayBody::new(boxed(body)))
+        } else {
+            RequestBody::Once(Some(body))
+        }
+    }
+
+    fn for_attempt(&mut self) -> Option<Body> {
+        match self {
+            RequestBody::Empty => Some(crate::http::empty()),
+            RequestBody::Once(b) => b.take().map(boxed),
+            RequestBody::Replay(r) => r.try_clone().map(boxed),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Once(_) => false,
+            RequestBody::Replay(r) => r.can_replay(),
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! The outbound view compiled from a mesh config: for each service, its
+//! routes with matchers, backends with endpoints, balancers and clients,
+//! and pre-resolved metric labels. Compiled once per config change and
+//! swapped in whole, so a request reads one consistent view.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use remora_api::{CircuitBreaker, Fault, Mesh, Protocol, RetryPolicy};
+
+use super::balance::{Balancer, Endpoint, EndpointRegistry};
+use super::routes::Matcher;
+use crate::http::client::{ClientSettings, Clients, HttpClient};
+use crate::http::retry::Retry;
+use crate::metrics::{Direction, RouteLabels};
+
+/// The route name of a service that declares no routes.
+pub const DEFAULT_ROUTE: &str = "default";
+
+#[derive(Default)]
+pub struct Snapshot {
+    pub services: HashMap<String, Arc<Service>>,
+}
+
+pub struct Service {
+    pub name: Arc<str>,
+    pub routes: Vec<Route>,
+    pending: Arc<Pending>,
+}
+
+pub struct Route {
+    pub labels: RouteLabels,
+    pub matcher: Matcher,
+    backends: Vec<(u32, Backend)>,
+    total_weight: u32,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+    pub fault: Option<Fault>,
+}
+
+/// Where a share of a route's traffic goes: a subset of one service's endpoints.
+pub struct Backend {
+    pub service: Arc<str>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    balancer: Balancer,
+    pub hash_header: Option<HeaderName>,
+    http1: HttpClient,
+    http2: HttpClient,
+    /// gRPC services are always spoken to in HTTP/2.
+    pub always_http2: bool,
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// Requests waiting on a service, bounded by `max_pending_requests`.
+pub struct Pending {
+    count: AtomicU32,
+    max: u32,
+}
+
+/// Holds one slot of a service's pending requests.
+pub struct PendingSlot(Arc<Pending>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Service {
+    /// A slot for one more request, or `None` when the service is full.
+    pub fn admit(&self) -> Option<PendingSlot> {
+        let previous = self.pending.count.fetch_add(1, Ordering::Relaxed);
+        let slot = PendingSlot(self.pending.clone());
+        (previous < self.pending.max).then_some(slot)
+    }
+
+    pub fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(method, path, headers))
+    }
+}
+
+impl Route {
+    /// A backend by weight.
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let r = fastrand::u32(..self.total_weight);
+        self.backends
+            .iter()
+            .find(|(cumulative, _)| r < *cumulative)
+            .map(|(_, b)| b)
+    }
+
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().map(|(_, b)| b)
+    }
+}
+
+impl Backend {
+    pub fn pick(
+        &self,
+        hash_key: Option<&[u8]>,
+        avoid: Option<&Arc<Endpoint>>,
+    ) -> Option<Arc<Endpoint>> {
+        self.balancer.pick(&self.endpoints, hash_key, avoid)
+    }
+
+    pub fn client(&self, http2: bool) -> &HttpClient {
+        if http2 || self.always_http2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+
+    /// Whether the circuit breaker may eject one more endpoint without
+    /// passing `max_ejected_percent`.
+    pub fn may_eject(&self) -> bool {
+        let Some(cb) = &self.circuit_breaker else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        (ejected + 1) * 100 <= self.endpoints.len() * cb.max_ejected_percent as usize
+    }
+}
+
+/// What compiling needs besides the config: state kept across reloads.
+pub struct Compiler<'a> {
+    pub endpoints: &'a EndpointRegistry,
+    pub clients: &'a Clients,
+    pub previous: Option<&'a Snapshot>,
+}
+
+impl Compiler<'_> {
+    pub fn compile(&self, mesh: &Mesh) -> Snapshot {
+        let mut services = HashMap::new();
+        for (name, svc) in &mesh.services {
+            if svc.protocol == Protocol::Tcp {
+                continue;
+            }
+            let previous = self.previous.and_then(|p| p.services.get(name));
+            services.insert(name.clone(), Arc::new(self.service(mesh, name, previous)));
+        }
+        let snapshot = Snapshot { services };
+        self.endpoints.retain_used();
+        snapshot
+    }
+
+    fn service(&self, mesh: &Mesh, name: &str, previous: Option<&Arc<Service>>) -> Service {
+        let svc = &mesh.services[name];
+        let max_pending = svc
+            .circuit_breaker
+            .map_or(u32::MAX, |cb| cb.max_pending_requests);
+        let pending = match previous {
+            Some(p) if p.pending.max == max_pending => p.pending.clone(),
+            _ => Arc::new(Pending {
+                count: AtomicU32::new(0),
+                max: max_pending,
+            }),
+        };
+        let retry_of = |route: &str, policy: Option<&RetryPolicy>| {
+            let policy = policy?;
+            let old = previous
+                .and_then(|p| p.routes.iter().find(|r| &*r.labels.route == route))
+                .and_then(|r| r.retry.as_ref());
+            Some(Retry::reuse_or_new(policy, old))
+        };
+        let routes = if svc.routes.is_empty() {
+            let backends = vec![(1, self.backend(mesh, name, None))];
+            vec![Route {
+                labels: RouteLabels::new(Direction::Outbound, name, DEFAULT_ROUTE),
+                matcher: Matcher::any(),
+                backends,
+                total_weight: 1,
+                timeout: svc.timeout.map(Into::into),
+                retry: retry_of(DEFAULT_ROUTE, svc.retry.as_ref()),
+                fault: None,
+            }]
+        } else {
+            svc.routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let route_name = r.name.clone().unwrap_or_else(|| format!("route-{i}"));
+                    let mut total = 0;
+                    let backends: Vec<(u32, Backend)> = if r.split.is_empty() {
+                        total = 1;
+                        vec![(1, self.backend(mesh, name, None))]
+                    } else {
+                        r.split
+                            .iter()
+                            .filter(|s| s.weight > 0)
+                            .map(|s| {
+                                total += s.weight;
+                                let target = s.service.as_deref().unwrap_or(name);
+                                (total, self.backend(mesh, target, Some(&s.labels)))
+                            })
+                            .collect()
+                    };
+                    Route {
+                        labels: RouteLabels::new(Direction::Outbound, name, &route_name),
+                        matcher: Matcher::compile(&r.matches),
+                        backends,
+                        total_weight: total,
+                        timeout: r.timeout.or(svc.timeout).map(Into::into),
+                        retry: retry_of(&route_name, r.retry.as_ref().or(svc.retry.as_ref())),
+                        fault: r.fault,
+                    }
+                })
+                .collect()
+        };
+        Service {
+            name: name.into(),
+            routes,
+            pending,
+        }
+    }
+
+    /// The endpoints of `service` whose labels include all of `labels`.
+    fn backend(
+        &self,
+        mesh: &Mesh,
+        service: &str,
+        labels: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Backend {
+        let svc = &mesh.services[service];
+        let endpoints: Vec<Arc<Endpoint>> = svc
+            .endpoints
+            .iter()
+            .filter(|e| {
+                labels.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            })
+            .map(|e| self.endpoints.get(e.address, &e.labels))
+            .collect();
+        let settings = |http2| ClientSettings {
+            connect_timeout: svc.connect_timeout.into(),
+            idle_timeout: svc.idle_timeout.into(),
+            http2,
+        };
+        Backend {
+            service: service.into(),
+            balancer: Balancer::new(svc.load_balancer, &endpoints),
+            endpoints,
+            hash_header: svc
+                .hash_on
+                .as_ref()
+                .and_then(|h| HeaderName::from_bytes(h.header.as_str().as_bytes()).ok()),
+            http1: self.clients.get(settings(false)),
+            http2: self.clients.get(settings(true)),
+            always_http2: svc.protocol == Protocol::Grpc,
+            circuit_breaker: svc.circuit_breaker,
+        }
+    }
+}
+
+/// The service an authority names: `orders`, `orders:80`,
+/// `orders.default`, `orders.default.svc` or
+/// `orders.default.svc.cluster.local` all name `orders`.
+pub fn service_name(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        // Not an IPv6 literal's colon.
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+impl Snapshot {
+    pub fn lookup(&self, authority: &str) -> Option<&Arc<Service>> {
+        let host = service_name(authority);
+        if let Some(s) = self.services.get(host) {
+            return Some(s);
+        }
+        // name.namespace[.svc[.cluster-domain]]
+        let (name, rest) = host.split_once('.')?;
+        let mut parts = rest.split('.');
+        let _namespace = parts.next()?;
+        match parts.next() {
+            None | Some("svc") => self.services.get(name),
+            Some(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(yaml: &str) -> Snapshot {
+        let mesh = remora_api::parse_mesh("test", yaml).unwrap();
+        let (endpoints, clients) = (EndpointRegistry::default(), Clients::default());
+        Compiler {
+            endpoints: &endpoints,
+            clients: &clients,
+            previous: None,
+        }
+        .compile(&mesh)
+    }
+
+    #[tokio::test]
+    async fn authorities_name_services_in_every_kubernetes_form() {
+        let s = compile("services:\n  orders: {}\n");
+        for a in [
+            "orders",
+            "orders:80",
+            "orders.default",
+            "orders.default.svc",
+            "orders.default.svc.cluster.local",
+            "orders.default.svc.cluster.local.",
+        ] {
+            assert!(s.lookup(a).is_some(), "{a}");
+        }
+        for a in ["order", "orders.default.other.x", "payments:80"] {
+            assert!(s.lookup(a).is_none(), "{a}");
+        }
+    }
+
+    #[tokio::test]
+    async fn splits_pick_backends_by_weight_and_label_subsets() {
+        let s = compile(
+            "services:
+  a:
+    endpoints:
+      - { address: 127.0.0.1:1, labels: { version: v1 } }
+      - { address: 127.0.0.1:2, labels: { version: v2 } }
+    routes:
+      - split:
+          - { labels: { version: v1 }, weight: 3 }
+          - { labels: { version: v2 }, weight: 1 }
+          - { service: b, weight: 0 }
+  b:
+    endpoints: [ { address: 127.0.0.1:3 } ]
+",
+        );
+        let route = &s.services["a"].routes[0];
+        assert_eq!(route.backends().count(), 2, "a zero weight sends nothing");
+        let mut v1 = 0;
+        for _ in 0..4000 {
+            let b = route.pick_backend().unwrap();
+            assert_eq!(b.endpoints.len(), 1);
+            if b.endpoints[0].address.port() == 1 {
+                v1 += 1;
+            }
+        }
+        assert!((2700..3300).contains(&v1), "{v1} of 4000 to a 75% backend");
+    }
+
+    #[tokio::test]
+    async fn max_pending_requests_bounds_admission() {
+        let s = compile("services:\n  a:\n    circuit_breaker: { max_pending_requests: 2 }\n");
+        let svc = &s.services["a"];
+        let one = svc.admit().unwrap();
+        let _two = svc.admit().unwrap();
+        assert!(svc.admit().is_none());
+        drop(one);
+        assert!(svc.admit().is_some());
+    }
+}
