@@ -32,12 +32,15 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let outbound_listener = bind(config.outbound, "outbound").await?;
     let inbound_listener = bind(config.inbound, "inbound").await?;
     let admin_listener = bind(config.admin, "admin").await?;
-    let addrs =
-        [&outbound_listener, &inbound_listener, &admin_listener].map(|l| l.local_addr().ok());
+    let (outbound_addr, inbound_addr, admin_addr) = (
+        outbound_listener.local_addr()?,
+        inbound_listener.local_addr()?,
+        admin_listener.local_addr()?,
+    );
     let listeners = serde_json::json!({
-        "outbound": addrs[0], "inbound": addrs[1], "admin": addrs[2], "app": config.app,
+        "outbound": outbound_addr, "inbound": inbound_addr, "admin": admin_addr, "app": config.app,
     });
-    tracing::info!(outbound = ?addrs[0], inbound = ?addrs[1], admin = ?addrs[2], app = %config.app, "listening");
+    tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
 
     let clients = Clients::default();
     let endpoints = Arc::new(EndpointRegistry::default());

@@ -1,0 +1,63 @@
+//! The binary's command line: a bad config stops it at start with every
+//! problem located by file, line and column, and a non-zero exit.
+
+use std::process::Command;
+
+fn proxy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_remora-proxy"))
+}
+
+#[test]
+fn a_bad_config_is_refused_at_start_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, "services:\n  orders:\n    timeout: soon\n").unwrap();
+    let out = proxy()
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "--outbound",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected = format!("{}:3:", path.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(
+        stderr.contains("services.orders.timeout") && stderr.contains("invalid duration"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_config_names_the_file() {
+    let out = proxy()
+        .args(["--config", "/nonexistent/mesh.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/mesh.yaml"), "{stderr}");
+}
+
+#[test]
+fn every_flag_reads_its_environment_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mesh.yaml");
+    std::fs::write(&path, "services: {}\n").unwrap();
+    // An unparseable address in the environment is reported under its flag.
+    let out = proxy()
+        .env("REMORA_CONFIG", &path)
+        .env("REMORA_OUTBOUND", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--outbound"), "{stderr}");
+}

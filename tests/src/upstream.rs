@@ -1,0 +1,140 @@
+//! Real HTTP servers (HTTP/1.1 and HTTP/2) standing in for the services
+//! behind the proxy. Each records what it was sent.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// What an upstream was sent.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub peer: SocketAddr,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+pub fn text(body: impl Into<Bytes>) -> Response<Body> {
+    Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+pub fn status(code: u16, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = text(body);
+    *r.status_mut() = http::StatusCode::from_u16(code).unwrap();
+    r
+}
+
+impl Upstream {
+    /// Answers every request `200` with `name` as the body.
+    pub async fn named(name: &'static str) -> Upstream {
+        Self::start(move |_req| async move { text(name) }).await
+    }
+
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, handler)
+    }
+
+    /// Serves on an address chosen by the caller (to bring an endpoint back).
+    pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let addr = listener.local_addr().unwrap();
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        record.lock().unwrap().push(Seen {
+                            method: req.method().clone(),
+                            path: req.uri().path().to_string(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                            peer,
+                        });
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream was sent a request")
+    }
+
+    /// Stops accepting and drops the listener (open connections end too).
+    pub fn stop(self) {}
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address nothing listens on: connecting to it is refused.
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
