@@ -281,6 +281,17 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
                     "the weights add up to zero, so no request could be sent",
                 );
             }
+            let total: u64 = route.split.iter().map(|s| u64::from(s.weight)).sum();
+            if total > u64::from(u32::MAX) {
+                c.problem(
+                    &at,
+                    &[key("split")],
+                    format!(
+                        "the weights add up to {total}; at most {} is allowed",
+                        u32::MAX
+                    ),
+                );
+            }
             for (j, split) in route.split.iter().enumerate() {
                 if let Some(other) = &split.service {
                     if !mesh.services.contains_key(other) {

@@ -137,6 +137,16 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn split_weights_must_add_up_to_a_u32() {
+    let text =
+        "services:\n  a:\n    routes:\n      - split: [ { weight: 4294967295 }, { weight: 1 } ]\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("services.a.routes[0].split"), "{p:?}");
+    assert!(p[0].contains("add up to 4294967296"), "{p:?}");
+}
+
+#[test]
 fn path_regex_is_anchored_and_round_trips() {
     let mesh = parse_mesh(
         "m",

@@ -80,16 +80,10 @@ impl Admin {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.contains("application/openmetrics-text"));
-        let mut body = self.metrics.encode();
-        let content_type = if wants_openmetrics {
-            OPENMETRICS
+        let (body, content_type) = if wants_openmetrics {
+            (self.metrics.encode(), OPENMETRICS)
         } else {
-            // The classic text format has no `# EOF`; everything else the
-            // encoder writes is valid in both.
-            if let Some(stripped) = body.strip_suffix("# EOF\n") {
-                body.truncate(stripped.len());
-            }
-            PROMETHEUS_TEXT
+            (self.metrics.encode_prometheus(), PROMETHEUS_TEXT)
         };
         let mut r = Response::new(full(body));
         r.headers_mut()

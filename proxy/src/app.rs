@@ -24,7 +24,7 @@ use crate::outbound::Outbound;
 use crate::telemetry::LogLevel;
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
     let view = crate::discovery::watch_file(&config.config, &metrics)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the mesh config has problems")?;
@@ -45,6 +45,10 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let clients = Clients::default();
     let endpoints = Arc::new(EndpointRegistry::default());
     let outbound = Arc::new(Outbound::new(metrics.http.clone()));
+    metrics
+        .registry
+        .register_collector(Box::new(crate::outbound::EndpointGauges(outbound.clone())));
+    let metrics = Arc::new(metrics);
     outbound.update(
         Compiler {
             endpoints: &endpoints,

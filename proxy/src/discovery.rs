@@ -51,6 +51,9 @@ pub fn watch_file(
     path: &Path,
     metrics: &Metrics,
 ) -> Result<watch::Receiver<Arc<MeshView>>, ConfigError> {
+    // Watch before the first read, so no edit made after it is missed.
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let watcher = watch_dir(path, events_tx);
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mesh = remora_api::read_mesh(path)?;
     let view = MeshView {
@@ -69,7 +72,14 @@ pub fn watch_file(
             .config_reloads
             .get_or_create_owned(&ResultLabels { result: "error" }),
     };
-    tokio::spawn(follow(path.to_path_buf(), text, tx, reloads));
+    tokio::spawn(follow(
+        path.to_path_buf(),
+        text,
+        tx,
+        reloads,
+        events,
+        watcher,
+    ));
     Ok(rx)
 }
 
@@ -78,15 +88,10 @@ struct Reloads {
     error: Counter,
 }
 
-async fn follow(
-    path: PathBuf,
-    mut last_text: String,
-    tx: watch::Sender<Arc<MeshView>>,
-    reloads: Reloads,
-) {
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    // Watch the directory, not the file: editors and ConfigMaps replace
-    // the file (or a symlink above it) rather than write into it.
+/// Sends an event whenever something in `path`'s directory changes. The
+/// directory, not the file: editors and ConfigMaps replace the file (or a
+/// symlink above it) rather than write into it.
+fn watch_dir(path: &Path, events: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -94,17 +99,27 @@ async fn follow(
         .to_path_buf();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
-            let _ = events_tx.send(());
+            let _ = events.send(());
         }
     })
     .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
-    let _watcher = match watcher {
+    match watcher {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config's directory; re-reading it every {RESCAN:?}");
             None
         }
-    };
+    }
+}
+
+async fn follow(
+    path: PathBuf,
+    mut last_text: String,
+    tx: watch::Sender<Arc<MeshView>>,
+    reloads: Reloads,
+    mut events: mpsc::UnboundedReceiver<()>,
+    _watcher: Option<notify::RecommendedWatcher>,
+) {
     loop {
         tokio::select! {
             event = events.recv() => {

@@ -242,13 +242,43 @@ impl Metrics {
         }
     }
 
-    /// The registry in the Prometheus text format (OpenMetrics-compatible).
+    /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+
+    /// The registry in the classic Prometheus text format (0.0.4).
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+}
+
+/// OpenMetrics names a counter family without its `_total` suffix and ends
+/// with `# EOF`; the classic format names the family as its sample is named
+/// and has no end marker. Everything else the encoder writes is the same.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let counter_meta = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(counter_meta.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 impl Default for Metrics {
@@ -324,5 +354,21 @@ mod tests {
         assert!(text.contains("remora_timeouts_total{"), "{text}");
         assert!(text.contains("process_resident_memory_bytes "), "{text}");
         assert!(text.contains("process_cpu_seconds_total "), "{text}");
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let m = Metrics::new();
+        m.http
+            .timeouts
+            .get_or_create(&RouteLabels::new(Direction::Inbound, "app", "inbound"))
+            .inc();
+        let text = m.encode_prometheus();
+        assert!(
+            text.contains("# TYPE remora_timeouts_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP remora_timeouts_total "), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }

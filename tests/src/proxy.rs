@@ -10,6 +10,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Where cargo put the binary: beside this test's own executable's folder.
+/// A binary older than the sources it is built from is refused, since
+/// `cargo test --test NAME` builds test targets only and would leave it stale.
 pub fn binary(name: &str) -> PathBuf {
     if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
         return p.into();
@@ -25,7 +27,30 @@ pub fn binary(name: &str) -> PathBuf {
         "{} is not built; run the tests with `cargo test --workspace`",
         path.display()
     );
+    let built = modified(&path);
+    // Cargo lists the sources a binary was built from beside it (`NAME.d`).
+    if let Ok(depinfo) = std::fs::read_to_string(dir.join(format!("{name}.d"))) {
+        let sources = depinfo.split_once(": ").map_or("", |(_, deps)| deps);
+        for source in sources
+            .split_whitespace()
+            .map(Path::new)
+            .filter(|p| p.exists())
+        {
+            assert!(
+                modified(source) <= built,
+                "{} is older than {}: run `cargo build -p {name}` (or `cargo test --workspace`)",
+                path.display(),
+                source.display()
+            );
+        }
+    }
     path
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .expect("a file's modification time")
 }
 
 pub struct Proxy {
@@ -49,6 +74,17 @@ impl Proxy {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config_path = dir.path().join("mesh.yaml");
         std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+        Self::start_from(dir, config_path, app, extra).await
+    }
+
+    /// Starts a proxy on a config the caller has laid out in `dir` (a
+    /// symlinked ConfigMap, say); the proxy keeps `dir` until it ends.
+    pub async fn start_from(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        app: SocketAddr,
+        extra: &[&str],
+    ) -> Proxy {
         let mut child = Command::new(binary("remora-proxy"))
             .arg("--config")
             .arg(&config_path)

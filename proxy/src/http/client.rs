@@ -67,19 +67,33 @@ pub enum SendFailure {
     Connect(String),
     /// The connection broke before a response arrived.
     Reset(String),
+    /// The caller's request body failed while it was being sent.
+    CallerBody(String),
 }
 
 pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
     let mut reason = String::new();
+    let mut caller = false;
+    let mut timed_out = false;
     let mut source = err.source();
     while let Some(s) = source {
         reason = s.to_string();
+        caller |= s.is::<super::errors::CallerBodyError>();
+        timed_out |= s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         source = s.source();
     }
     if reason.is_empty() {
         reason = err.to_string();
     }
-    if err.is_connect() {
+    if caller {
+        SendFailure::CallerBody(reason)
+    } else if err.is_connect() {
+        // hyper-util reports `connect_timeout` as "deadline has elapsed".
+        if timed_out {
+            reason = "the connection timed out".to_string();
+        }
         SendFailure::Connect(reason)
     } else {
         SendFailure::Reset(reason)

@@ -36,7 +36,15 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("the local app is unreachable at {endpoint}: {reason}")]
     AppUnreachable { endpoint: String, reason: String },
+    #[error("the request body could not be read: {0}")]
+    RequestBody(String),
 }
+
+/// Reading the caller's request body failed (malformed chunks, or the
+/// caller went away): the caller's fault, never the endpoint's.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read")]
+pub struct CallerBodyError(#[source] pub hyper::Error);
 
 impl ProxyError {
     /// The short, stable name carried in `remora-error`.
@@ -52,14 +60,16 @@ impl ProxyError {
             ProxyError::BudgetExhausted(_) => "retry-budget-exhausted",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::FaultInjected(_) => "fault-injected",
-            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => "bad-request",
             ProxyError::AppUnreachable { .. } => "app-unreachable",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoAuthority | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoAuthority | ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoints(_) | ProxyError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -146,8 +146,14 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
 
 /// `Content-Length` beside `Transfer-Encoding` is how requests are smuggled
 /// past proxies (RFC 9112 §6.1); such a request is refused, not repaired.
-pub fn is_smuggling_attempt(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+/// hyper keeps only one of the two headers, so the server marks the request
+/// (see [`super::smuggling`]).
+pub fn is_smuggling_attempt(headers: &HeaderMap, extensions: &http::Extensions) -> bool {
+    extensions
+        .get::<super::smuggling::AmbiguousFraming>()
+        .is_some()
+        || headers.contains_key(header::TRANSFER_ENCODING)
+            && headers.contains_key(header::CONTENT_LENGTH)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod headers;
 pub mod replay;
 pub mod retry;
 pub mod server;
+pub mod smuggling;
 pub mod upgrade;
 
 use bytes::Bytes;
@@ -26,6 +27,13 @@ pub fn empty() -> Body {
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// The caller's request body, its errors marked as the caller's so that a
+/// failed send is not blamed on the endpoint.
+pub fn from_caller(body: hyper::body::Incoming) -> Body {
+    body.map_err(|e| Box::new(errors::CallerBodyError(e)) as BoxError)
         .boxed_unsync()
 }
 

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::smuggling::{AmbiguousFraming, Framing};
 use super::Body;
 use crate::metrics::{BytesLabels, ConnectionLabels, Direction, TransportMetrics};
 
@@ -119,12 +120,21 @@ pub async fn serve<S, F>(
         let _ = stream.set_nodelay(true);
         total.inc();
         open.inc();
+        let (framing, verdicts) = Framing::new();
         let io = TokioIo::new(Counted {
             inner: stream,
             read: read.clone(),
             written: written.clone(),
+            framing,
         });
-        let conn = builder.serve_connection_with_upgrades(io, make_service(peer));
+        let service = make_service(peer);
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if verdicts.next_is_ambiguous() {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
+            service.call(req)
+        });
+        let conn = builder.serve_connection_with_upgrades(io, service);
         let conn = graceful.watch(conn.into_owned());
         let open = open.clone();
         tokio::spawn(async move {
@@ -139,12 +149,14 @@ pub async fn serve<S, F>(
 }
 
 pin_project_lite::pin_project! {
-    /// A stream that counts the bytes it moves.
+    /// A stream that counts the bytes it moves and follows the framing of
+    /// the requests it reads.
     struct Counted {
         #[pin]
         inner: TcpStream,
         read: Counter,
         written: Counter,
+        framing: Framing,
     }
 }
 
@@ -160,6 +172,7 @@ impl AsyncRead for Counted {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.read.inc_by(n as u64);
+            this.framing.feed(&buf.filled()[before..]);
         }
         result
     }

@@ -73,7 +73,8 @@ impl Inbound {
         headers::ensure_traceparent(&mut parts.headers);
 
         headers::ensure_host(&mut parts.headers, &authority);
-        let (response, error) = if headers::is_smuggling_attempt(&parts.headers) {
+        let smuggled = headers::is_smuggling_attempt(&parts.headers, &parts.extensions);
+        let (response, error) = if smuggled {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             (e.into_response(), Some("bad-request"))
         } else {
@@ -136,7 +137,7 @@ impl Inbound {
         let body = if body.is_end_stream() {
             crate::http::empty()
         } else {
-            boxed(body)
+            crate::http::from_caller(body)
         };
         let client = if http2 { &self.http2 } else { &self.http1 };
         match client.request(Request::from_parts(head, body)).await {
@@ -157,6 +158,12 @@ impl Inbound {
             Err(e) => {
                 let reason = match classify(&e) {
                     SendFailure::Connect(r) | SendFailure::Reset(r) => r,
+                    SendFailure::CallerBody(r) => {
+                        return (
+                            ProxyError::RequestBody(r).into_response(),
+                            Some("bad-request"),
+                        )
+                    }
                 };
                 let e = ProxyError::AppUnreachable {
                     endpoint: self.app_label.clone(),

@@ -70,6 +70,7 @@ impl Endpoint {
         InFlight {
             endpoint: self.clone(),
             started: Instant::now(),
+            sampled: false,
         }
     }
 
@@ -143,22 +144,69 @@ fn decayed(estimate: f64, elapsed: Duration, toward: f64) -> f64 {
     estimate * w + toward * (1.0 - w)
 }
 
-/// A request in flight to an endpoint.
+/// A request in flight to an endpoint: outstanding until its response
+/// body ends (a long stream keeps counting), while its latency is sampled
+/// when the response headers arrive.
 pub struct InFlight {
     endpoint: Arc<Endpoint>,
     started: Instant,
+    sampled: bool,
 }
 
 impl InFlight {
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
+
+    /// Records the time to the response headers in the latency estimate.
+    pub fn headers_received(&mut self) {
+        if !self.sampled {
+            self.sampled = true;
+            self.endpoint.observe(self.started.elapsed());
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.endpoint.observe(self.started.elapsed());
+        self.headers_received();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until
+    /// the body is done or dropped.
+    pub struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        in_flight: InFlight,
+    }
+}
+
+impl<B> InFlightBody<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Self { inner, in_flight }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

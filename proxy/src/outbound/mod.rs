@@ -19,7 +19,7 @@ use self::balance::Endpoint;
 use self::snapshot::{Backend, Route, Snapshot};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
-use crate::http::replay::ReplayBody;
+use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
 use crate::metrics::{
@@ -27,6 +27,55 @@ use crate::metrics::{
     RouteLabels,
 };
 use crate::telemetry::AccessRecord;
+
+/// `remora_endpoints{direction, service, state}`, counted from the live
+/// view at scrape time so it can never disagree with it.
+#[derive(Debug)]
+pub struct EndpointGauges(pub Arc<Outbound>);
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for EndpointGauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let snapshot = self.0.snapshot();
+        let mut family = encoder.encode_descriptor(
+            "remora_endpoints",
+            "Endpoints of each service by state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        let now = Instant::now();
+        let mut names: Vec<&String> = snapshot.services.keys().collect();
+        names.sort();
+        for name in names {
+            let service = &snapshot.services[name];
+            let ejected = service
+                .endpoints
+                .iter()
+                .filter(|e| e.is_ejected(now))
+                .count() as i64;
+            let healthy = service.endpoints.len() as i64 - ejected;
+            for (state, n) in [("healthy", healthy), ("ejected", ejected)] {
+                let labels = [
+                    ("direction", "outbound"),
+                    ("service", name.as_str()),
+                    ("state", state),
+                ];
+                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The peer label of a request to or from a process with no mesh identity.
 const UNMESHED: &str = "unmeshed";
@@ -77,7 +126,7 @@ impl Outbound {
 
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        if headers::is_smuggling_attempt(req.headers()) {
+        if headers::is_smuggling_attempt(req.headers(), req.extensions()) {
             return ProxyError::BadRequest("Content-Length and Transfer-Encoding together")
                 .into_response();
         }
@@ -191,14 +240,14 @@ impl Outbound {
         }
         let retry = retry.filter(|r| r.allows_method(&parts.method));
         let mut body = RequestBody::new(body, retry.is_some());
+        let Some(mut attempt_body) = body.for_attempt() else {
+            unreachable!("a request's body always has a first try");
+        };
         let mut avoid: Option<Arc<Endpoint>> = None;
         let mut retries = 0u32;
         loop {
             let Some(endpoint) = backend.pick(hash_key.as_deref(), avoid.as_ref()) else {
                 return Outcome::error(ProxyError::NoEndpoints(backend.service.to_string()));
-            };
-            let Some(attempt_body) = body.for_attempt() else {
-                unreachable!("a retry is only decided when the body can be replayed");
             };
             let mut attempt = Request::from_parts(
                 attempt_parts(&parts, http2 || backend.always_http2),
@@ -206,13 +255,13 @@ impl Outbound {
             );
             *attempt.uri_mut() = endpoint_uri(&endpoint, &parts.uri);
 
-            let in_flight = endpoint.start();
+            let mut in_flight = endpoint.start();
             let sent = backend.client(http2).request(attempt);
             let result = match retry.and_then(|r| r.per_try_timeout) {
                 Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
                 None => Ok(sent.await),
             };
-            drop(in_flight);
+            in_flight.headers_received();
 
             let (failure, outcome) = match result {
                 Ok(Ok(response)) => {
@@ -222,28 +271,37 @@ impl Outbound {
                     match failure {
                         Some(f) => (f, Ok(response)),
                         None => {
-                            return self.respond(response, endpoint, retries, downstream_upgrade)
+                            return self.respond(response, in_flight, retries, downstream_upgrade)
                         }
                     }
                 }
                 Ok(Err(e)) => {
-                    self.breaker(backend, &endpoint, false);
-                    match crate::http::client::classify(&e) {
+                    let (failure, error) = match crate::http::client::classify(&e) {
                         crate::http::client::SendFailure::Connect(reason) => (
                             Failure::ConnectFailure,
-                            Err(ProxyError::ConnectFailed {
+                            ProxyError::ConnectFailed {
                                 endpoint: endpoint.label.to_string(),
                                 reason,
-                            }),
+                            },
                         ),
                         crate::http::client::SendFailure::Reset(reason) => (
                             Failure::Reset,
-                            Err(ProxyError::UpstreamReset {
+                            ProxyError::UpstreamReset {
                                 endpoint: endpoint.label.to_string(),
                                 reason,
-                            }),
+                            },
                         ),
-                    }
+                        crate::http::client::SendFailure::CallerBody(reason) => {
+                            // The caller's fault: not the endpoint's, not retried.
+                            return Outcome {
+                                endpoint: Some(endpoint),
+                                retries,
+                                ..Outcome::error(ProxyError::RequestBody(reason))
+                            };
+                        }
+                    };
+                    self.breaker(backend, &endpoint, false);
+                    (failure, Err(error))
                 }
                 Err(limit) => {
                     self.breaker(backend, &endpoint, false);
@@ -253,19 +311,19 @@ impl Outbound {
             };
 
             let give_up = |outcome: Result<Response<Incoming>, ProxyError>,
-                           endpoint: Arc<Endpoint>| match outcome {
-                Ok(response) => self.respond(response, endpoint, retries, None),
+                           in_flight: balance::InFlight| match outcome {
+                Ok(response) => self.respond(response, in_flight, retries, None),
                 Err(e) => Outcome {
-                    endpoint: Some(endpoint),
+                    endpoint: Some(in_flight.endpoint().clone()),
                     retries,
                     ..Outcome::error(e)
                 },
             };
             let Some(r) = retry else {
-                return give_up(outcome, endpoint);
+                return give_up(outcome, in_flight);
             };
             if retries >= r.attempts || !r.covers(failure) || !body.can_replay() {
-                return give_up(outcome, endpoint);
+                return give_up(outcome, in_flight);
             }
             if !r.withdraw() {
                 self.metrics
@@ -273,7 +331,7 @@ impl Outbound {
                     .get_or_create(&route.labels)
                     .inc();
                 return match outcome {
-                    Ok(response) => self.respond(response, endpoint, retries, None),
+                    Ok(response) => self.respond(response, in_flight, retries, None),
                     Err(e) => Outcome {
                         endpoint: Some(endpoint),
                         retries,
@@ -281,6 +339,14 @@ impl Outbound {
                     },
                 };
             }
+            // Copied now, not after the backoff: the copy supersedes the
+            // failed try's body, which would otherwise read on past the cap.
+            let Some(next_body) = body.for_attempt() else {
+                return give_up(outcome, in_flight);
+            };
+            // The failed try is done with: neither its response nor its
+            // endpoint's in-flight count may last through the backoff.
+            drop((outcome, in_flight));
             self.metrics
                 .retries
                 .get_or_create(&RetryLabels {
@@ -291,16 +357,18 @@ impl Outbound {
             tokio::time::sleep(r.backoff(retries)).await;
             retries += 1;
             avoid = Some(endpoint);
+            attempt_body = next_body;
         }
     }
 
     fn respond(
         &self,
         response: Response<Incoming>,
-        endpoint: Arc<Endpoint>,
+        in_flight: balance::InFlight,
         retries: u32,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Outcome {
+        let endpoint = in_flight.endpoint().clone();
         let (mut parts, body) = response.into_parts();
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -312,6 +380,7 @@ impl Outbound {
             }
         }
         headers::strip_hop_by_hop(&mut parts.headers, switching);
+        let body = balance::InFlightBody::new(body, in_flight);
         Outcome {
             response: Response::from_parts(parts, boxed(body)),
             endpoint: Some(endpoint),
@@ -440,8 +509,9 @@ impl RequestBody {
     fn new(body: Incoming, retryable: bool) -> Self {
         if body.is_end_stream() {
             RequestBody::Empty
-        } else if retryable {
-            RequestBody::Replay(ReplayBody::new(boxed(body)))
+        } else if retryable && body.size_hint().lower() <= MAX_REPLAY_BYTES as u64 {
+            // A body known to be larger than a replay may keep is sent once.
+            RequestBody::Replay(ReplayBody::new(crate::http::from_caller(body)))
         } else {
             RequestBody::Once(Some(body))
         }
@@ -450,7 +520,7 @@ impl RequestBody {
     fn for_attempt(&mut self) -> Option<Body> {
         match self {
             RequestBody::Empty => Some(crate::http::empty()),
-            RequestBody::Once(b) => b.take().map(boxed),
+            RequestBody::Once(b) => b.take().map(crate::http::from_caller),
             RequestBody::Replay(r) => r.try_clone().map(boxed),
         }
     }

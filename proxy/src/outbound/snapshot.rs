@@ -28,6 +28,8 @@ pub struct Snapshot {
 pub struct Service {
     pub name: Arc<str>,
     pub routes: Vec<Route>,
+    /// Every endpoint of the service, for the endpoint gauges.
+    pub endpoints: Vec<Arc<Endpoint>>,
     pending: Arc<Pending>,
 }
 
@@ -221,9 +223,15 @@ impl Compiler<'_> {
                 })
                 .collect()
         };
+        let endpoints = svc
+            .endpoints
+            .iter()
+            .map(|e| self.endpoints.get(e.address, &e.labels))
+            .collect();
         Service {
             name: name.into(),
             routes,
+            endpoints,
             pending,
         }
     }

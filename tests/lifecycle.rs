@@ -1,0 +1,366 @@
+//! The proxy's lifecycle through the real binary: config edits (and
+//! ConfigMap swaps) go live without dropping a request, bad edits are
+//! rejected while the last good config keeps serving, and SIGTERM/SIGINT
+//! drain in-flight requests before exiting 0.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use remora_e2e::upstream::{dead_address, text};
+use remora_e2e::{eventually, metric_value, Client, Proxy, Upstream};
+use tokio::net::TcpStream;
+
+const RELOADS_OK: &str = "remora_config_reloads_total{result=\"ok\"}";
+const RELOADS_ERROR: &str = "remora_config_reloads_total{result=\"error\"}";
+/// Config changes are meant to be live within a second; this bound is for
+/// slow machines, not a measure. It stays under the proxy's 5s rescan, so
+/// passing means the file watch itself saw the change.
+const RELOAD_LIMIT: Duration = Duration::from_secs(3);
+
+/// `orders` with one endpoint labelled v1 and one v2, and a single route
+/// sending everything to `version`.
+fn split_mesh(v1: &Upstream, v2: &Upstream, version: &str) -> String {
+    format!(
+        "services:
+  orders:
+    endpoints:
+      - {{ address: {}, labels: {{ version: v1 }} }}
+      - {{ address: {}, labels: {{ version: v2 }} }}
+    routes:
+      - name: all
+        split: [ {{ labels: {{ version: {version} }} }} ]
+",
+        v1.addr, v2.addr
+    )
+}
+
+/// `orders` served by `upstream` alone.
+fn mesh(upstream: &Upstream) -> String {
+    format!(
+        "services:\n  orders:\n    endpoints: [ {{ address: {} }} ]\n",
+        upstream.addr
+    )
+}
+
+async fn body_of(proxy: &Proxy) -> String {
+    let r = Client::http1()
+        .get_via(proxy.outbound, "orders", "/")
+        .await
+        .expect("a response through the proxy");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+async fn config_json(proxy: &Proxy) -> serde_json::Value {
+    let r = Client::http1()
+        .get(&proxy.admin_url("/config"))
+        .await
+        .expect("GET /config");
+    serde_json::from_slice(&r.body).expect("/config is JSON")
+}
+
+#[tokio::test]
+async fn a_route_change_goes_live_without_failing_a_request() {
+    let v1 = Upstream::named("v1").await;
+    let v2 = Upstream::named("v2").await;
+    let proxy = Proxy::start(&split_mesh(&v1, &v2, "v1"), dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+
+    // One keep-alive client sends requests back to back through the
+    // switch: every one must succeed, and once v2 answers, v1 never does
+    // again (the new config replaces the old one atomically).
+    const BEFORE: usize = 20;
+    const AFTER: usize = 50;
+    let mut written_at = None;
+    let mut switched_at = None;
+    let mut after_switch = 0;
+    for i in 0..20_000 {
+        if i == BEFORE {
+            proxy.write_config(&split_mesh(&v1, &v2, "v2"));
+            written_at = Some(Instant::now());
+        }
+        let r = client
+            .get("http://orders/stream")
+            .await
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        match (r.text().as_str(), switched_at) {
+            ("v1", None) => {}
+            ("v2", None) if written_at.is_some() => switched_at = Some(Instant::now()),
+            ("v2", Some(_)) => after_switch += 1,
+            (body, _) => panic!("request {i} answered {body:?} (switched: {switched_at:?})"),
+        }
+        if after_switch == AFTER {
+            break;
+        }
+        if let (Some(t), None) = (written_at, switched_at) {
+            assert!(
+                t.elapsed() < RELOAD_LIMIT,
+                "the new route was not live {RELOAD_LIMIT:?} after the write"
+            );
+        }
+    }
+    assert_eq!(after_switch, AFTER, "the loop ran out before the switch");
+    assert!(v1.hits() >= BEFORE && v2.hits() > AFTER);
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric_value(&metrics, RELOADS_OK), 1.0, "{metrics}");
+    assert_eq!(metric_value(&metrics, RELOADS_ERROR), 0.0, "{metrics}");
+    assert_eq!(config_json(&proxy).await["version"], 2);
+}
+
+/// Lays out `dir` as the kubelet mounts a ConfigMap:
+/// `mesh.yaml -> ..data/mesh.yaml`, `..data -> ..<stamp>`.
+fn configmap_publish(dir: &Path, stamp: &str, mesh: &str) {
+    let data = dir.join(format!("..{stamp}"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("mesh.yaml"), mesh).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{stamp}"), &tmp).unwrap();
+    // The swap itself: one rename of a symlink over the other.
+    let previous = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).unwrap();
+    }
+    if !dir.join("mesh.yaml").exists() {
+        std::os::unix::fs::symlink("..data/mesh.yaml", dir.join("mesh.yaml")).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_is_picked_up() {
+    let a = Upstream::named("a").await;
+    let b = Upstream::named("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    configmap_publish(&root, "2024_01_01_00_00_00.1", &mesh(&a));
+    assert!(std::fs::symlink_metadata(root.join("mesh.yaml"))
+        .unwrap()
+        .is_symlink());
+    let proxy = Proxy::start_from(dir, root.join("mesh.yaml"), dead_address().await, &[]).await;
+    assert_eq!(body_of(&proxy).await, "a");
+
+    // Two swaps, to show the watch outlives the first.
+    for (stamp, upstream, name) in [
+        ("2024_01_01_00_01_00.2", &b, "b"),
+        ("2024_01_01_00_02_00.3", &a, "a"),
+    ] {
+        configmap_publish(&root, stamp, &mesh(upstream));
+        eventually(RELOAD_LIMIT, &format!("the swap to {name}"), || async {
+            body_of(&proxy).await == name
+        })
+        .await;
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric_value(&metrics, RELOADS_OK), 2.0, "{metrics}");
+    assert_eq!(config_json(&proxy).await["version"], 3);
+}
+
+#[tokio::test]
+async fn a_bad_edit_is_rejected_and_the_last_good_config_keeps_serving() {
+    let good = Upstream::named("good").await;
+    let next = Upstream::named("next").await;
+    let proxy = Proxy::start(&mesh(&good), dead_address().await).await;
+    assert_eq!(body_of(&proxy).await, "good");
+    let file = proxy.config_path.display().to_string();
+
+    // Each bad edit would also move `orders` to `next`: none of it may
+    // take effect. Each is reported where the mistake sits, naming it.
+    let bad_edits = [
+        (
+            "an unknown key",
+            format!(
+                "services:\n  orders:\n    endpoints: [ {{ address: {} }} ]\n    timeuot: 5s\n",
+                next.addr
+            ),
+            "4:5: services.orders: unknown field `timeuot`",
+        ),
+        (
+            "a bad duration",
+            format!(
+                "services:\n  orders:\n    endpoints: [ {{ address: {} }} ]\n    timeout: soon\n",
+                next.addr
+            ),
+            "4:14: services.orders.timeout: invalid duration \"soon\"",
+        ),
+        (
+            "a YAML syntax error",
+            format!(
+                "services:\n  orders:\n    endpoints: [ {{ address: {} }}\n    timeout: 5s\n",
+                next.addr
+            ),
+            "4:5: did not find expected ',' or ']'",
+        ),
+    ];
+    for (i, (what, yaml, problem)) in bad_edits.iter().enumerate() {
+        proxy.write_config(yaml);
+        let rejected = (i + 1) as f64;
+        eventually(RELOAD_LIMIT, &format!("{what} to be rejected"), || async {
+            metric_value(&proxy.metrics().await, RELOADS_ERROR) == rejected
+        })
+        .await;
+        let located = format!("{file}:{problem}");
+        let config = config_json(&proxy).await;
+        let last_error = config["last_error"].as_str().unwrap_or_default();
+        assert!(
+            last_error.starts_with(&located),
+            "{what}: /config last_error {last_error:?} does not start with {located}"
+        );
+        assert_eq!(config["version"], 1, "{what}");
+        let logged = proxy.logs().iter().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            v["level"] == "ERROR"
+                && v["message"] == "config rejected; the last good config keeps serving"
+                && v["problems"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(&located))
+        });
+        assert!(
+            logged,
+            "{what}: no error line naming {located}:\n{}",
+            proxy.logs().join("\n")
+        );
+        for _ in 0..5 {
+            assert_eq!(body_of(&proxy).await, "good", "{what}");
+        }
+    }
+    assert_eq!(next.hits(), 0);
+    assert_eq!(
+        metric_value(&proxy.metrics().await, RELOADS_OK),
+        0.0,
+        "no bad edit counts as a reload"
+    );
+
+    // A good edit after them is applied and clears the error.
+    proxy.write_config(&mesh(&next));
+    eventually(RELOAD_LIMIT, "the good edit to go live", || async {
+        body_of(&proxy).await == "next"
+    })
+    .await;
+    let config = config_json(&proxy).await;
+    assert!(config["last_error"].is_null(), "{config}");
+    assert_eq!(config["version"], 2);
+    assert_eq!(metric_value(&proxy.metrics().await, RELOADS_OK), 1.0);
+}
+
+/// An upstream that answers `slow` after `delay`.
+async fn slow_upstream(delay: Duration) -> Upstream {
+    Upstream::start(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        text("slow")
+    })
+    .await
+}
+
+async fn ready_status(proxy: &Proxy) -> Option<u16> {
+    Client::http1()
+        .get(&proxy.admin_url("/ready"))
+        .await
+        .ok()
+        .map(|r| r.status.as_u16())
+}
+
+async fn refuses_connections(addr: SocketAddr) -> bool {
+    matches!(
+        TcpStream::connect(addr).await,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// `signal` drains: not ready at once, no new connections, the request
+/// in flight (over HTTP/1.1 or HTTP/2) answered in full, then exit 0.
+async fn drains_on(signal: &str, http2: bool) {
+    // Long enough for the checks below to run while it is in flight.
+    let slow = slow_upstream(Duration::from_secs(2)).await;
+    let mut proxy = Proxy::start(&mesh(&slow), dead_address().await).await;
+    let in_flight = {
+        let client = Client::via(proxy.outbound, http2);
+        tokio::spawn(async move { client.get("http://orders/slow").await })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the slow request upstream",
+        || async { slow.hits() == 1 },
+    )
+    .await;
+
+    proxy.signal(signal);
+    eventually(Duration::from_secs(5), "/ready to turn 503", || async {
+        ready_status(&proxy).await == Some(503)
+    })
+    .await;
+    for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
+        eventually(
+            Duration::from_secs(5),
+            &format!("the {listener} listener to refuse connections"),
+            || refuses_connections(addr),
+        )
+        .await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "the slow request ended before the drain was checked"
+    );
+
+    let r = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the in-flight request to finish")
+        .unwrap()
+        .expect("the in-flight request to be answered");
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "slow"));
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let logs = proxy.logs().join("\n");
+    assert!(
+        logs.contains("drained; exiting"),
+        "the drain finished in time:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    drains_on("TERM", false).await;
+}
+
+#[tokio::test]
+async fn sigint_drains_like_sigterm() {
+    drains_on("INT", true).await;
+}
+
+#[tokio::test]
+async fn the_drain_timeout_bounds_how_long_shutdown_waits() {
+    // The upstream would take far longer than the test allows.
+    let stuck = slow_upstream(Duration::from_secs(300)).await;
+    let mut proxy = Proxy::start_with(
+        &mesh(&stuck),
+        dead_address().await,
+        &["--drain-timeout", "500ms"],
+    )
+    .await;
+    let in_flight = {
+        let client = Client::via(proxy.outbound, false);
+        tokio::spawn(async move { client.get("http://orders/stuck").await })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the stuck request upstream",
+        || async { stuck.hits() == 1 },
+    )
+    .await;
+
+    proxy.signal("TERM");
+    let status = proxy.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let logs = proxy.logs().join("\n");
+    assert!(logs.contains("drain timeout passed"), "{logs}");
+    // The abandoned request ends (its connection is closed), not hangs.
+    let r = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("the abandoned request to end")
+        .unwrap();
+    assert!(
+        r.as_ref().map_or(true, |r| r.status != 200),
+        "the abandoned request was answered: {r:?}"
+    );
+}

@@ -1,0 +1,690 @@
+//! Timeouts and retries through the real proxy: the request's timeout over
+//! all its tries, per-try and connect timeouts, each retry condition, the
+//! methods and bodies that may be sent again, the endpoint a retry avoids,
+//! the retry budget and the backoff.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use remora_e2e::client::{body, Body as ClientBody};
+use remora_e2e::upstream::{dead_address, status, text, Body};
+use remora_e2e::{metric_value, Client, Proxy, Reply, Upstream};
+use socket2::{Domain, Socket, Type};
+
+/// One try: the endpoint that got it and the body it carried.
+type Try = (&'static str, Bytes);
+
+/// Every try of each request (by its `x-key` header), in order.
+#[derive(Clone, Default)]
+struct Tries(Arc<Mutex<HashMap<String, Vec<Try>>>>);
+
+impl Tries {
+    fn of(&self, key: &str) -> Vec<Try> {
+        self.0.lock().unwrap().get(key).cloned().unwrap_or_default()
+    }
+}
+
+/// An endpoint named `name` that reads the whole body, then fails the
+/// first try of each key as its `x-fail` header says (`grpc`: a 200 with
+/// `grpc-status: 14`; otherwise the status code) and answers any later
+/// try `200 ok`. With `x-early: 1` the first try fails at once and its
+/// body is read on in the background (and not recorded).
+async fn fails_first_try(name: &'static str, tries: &Tries) -> Upstream {
+    let tries = tries.clone();
+    Upstream::start(move |req: Request<Incoming>| {
+        let tries = tries.clone();
+        async move {
+            let header = |n: &str| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (key, fail, early) = (header("x-key"), header("x-fail"), header("x-early"));
+            let first = !tries.0.lock().unwrap().contains_key(&key);
+            let body = if first && early == "1" {
+                tokio::spawn(req.into_body().collect());
+                Bytes::new()
+            } else {
+                req.into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default()
+            };
+            tries
+                .0
+                .lock()
+                .unwrap()
+                .entry(key)
+                .or_default()
+                .push((name, body));
+            failure(first, &fail)
+        }
+    })
+    .await
+}
+
+fn failure(first: bool, fail: &str) -> Response<Body> {
+    match fail {
+        _ if !first => text("ok"),
+        "grpc" => {
+            let mut r = text("failed");
+            r.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("14"));
+            r
+        }
+        code => status(code.parse().expect("x-fail: a status or grpc"), "failed"),
+    }
+}
+
+/// An endpoint that answers every request with `code`.
+async fn always(code: u16) -> Upstream {
+    Upstream::start(move |_req| async move { status(code, "failed") }).await
+}
+
+/// An endpoint that answers after `delay`.
+async fn slow(delay: Duration) -> Upstream {
+    Upstream::start(move |_req| async move {
+        tokio::time::sleep(delay).await;
+        text("slow")
+    })
+    .await
+}
+
+async fn send(
+    client: &Client,
+    method: &str,
+    url: &str,
+    (key, fail): (&str, &str),
+    payload: ClientBody,
+) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("x-key", key)
+        .header("x-fail", fail)
+        .body(payload)
+        .unwrap();
+    client.send(req).await.unwrap()
+}
+
+/// The start of a metric's series for `service`'s default route; a label
+/// the metric adds (`reason`) follows with `,`.
+fn on_route(metric: &str, service: &str) -> String {
+    format!("{metric}{{direction=\"outbound\",service=\"{service}\",route=\"default\"")
+}
+
+fn retries(metrics: &str, service: &str, reason: &str) -> f64 {
+    let prefix = format!(
+        "{},reason=\"{reason}\"}}",
+        on_route("remora_retries_total", service)
+    );
+    metric_value(metrics, &prefix)
+}
+
+/// An address whose TCP handshakes never complete: a listener that never
+/// accepts, with its accept queue (backlog 0) already full, so the kernel
+/// drops further SYNs and a connect hangs until its own timeout. The
+/// sockets returned must live as long as the address is used.
+async fn unanswered_address() -> (SocketAddr, Vec<Socket>) {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = vec![listener];
+    for _ in 0..3 {
+        let filler = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        filler.set_nonblocking(true).unwrap();
+        // Done or in progress: the first takes the only place in the
+        // queue, the others hang in SYN-SENT.
+        let _ = filler.connect(&addr.into());
+        held.push(filler);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let probe = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    assert!(
+        probe.is_err(),
+        "a connect to a full accept queue completed ({probe:?}): this kernel answers SYNs it cannot queue"
+    );
+    (addr, held)
+}
+
+#[tokio::test]
+async fn a_timeout_answers_504_and_is_counted() {
+    let late = slow(Duration::from_secs(30)).await;
+    let mesh = format!(
+        "services:\n  late:\n    timeout: 300ms\n    endpoints: [ {{ address: {} }} ]\n",
+        late.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let started = Instant::now();
+    let r = Client::via(proxy.outbound, false)
+        .get("http://late/")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.header("remora-error"), Some("timeout"));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, &on_route("remora_timeouts_total", "late")),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(late.hits(), 1);
+}
+
+#[tokio::test]
+async fn the_timeout_bounds_all_tries_together() {
+    // Four tries of up to 1s each would take 4s; the request has 500ms.
+    let late = slow(Duration::from_secs(30)).await;
+    let mesh = format!(
+        "services:
+  late:
+    timeout: 500ms
+    retry: {{ attempts: 3, on: [per-try-timeout], per_try_timeout: 1s }}
+    endpoints: [ {{ address: {} }} ]
+",
+        late.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let started = Instant::now();
+    let r = Client::via(proxy.outbound, false)
+        .get("http://late/")
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.header("remora-error"), Some("timeout"));
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert_eq!(late.hits(), 1, "no try after the request's time ran out");
+}
+
+#[tokio::test]
+async fn a_slow_try_is_abandoned_for_another_endpoint() {
+    let late = slow(Duration::from_secs(30)).await;
+    let fast = Upstream::named("fast").await;
+    let mesh = format!(
+        "services:
+  pair:
+    load_balancer: round-robin
+    retry: {{ attempts: 1, on: [per-try-timeout], per_try_timeout: 200ms }}
+    endpoints: [ {{ address: {} }}, {{ address: {} }} ]
+",
+        late.addr, fast.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    // In turn, so the slow endpoint is tried first at least every other time.
+    for i in 0..4 {
+        let started = Instant::now();
+        let r = client.get(&format!("http://pair/{i}")).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "fast"));
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+    assert!(late.hits() >= 1, "the slow endpoint was never tried");
+    assert_eq!(fast.hits(), 4);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        retries(&metrics, "pair", "per-try-timeout"),
+        late.hits() as f64,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_connect_timeout_fails_fast_as_a_connect_failure() {
+    let (stuck, _held) = unanswered_address().await;
+    let live = Upstream::named("live").await;
+    let mesh = format!(
+        "services:
+  stuck:
+    connect_timeout: 200ms
+    endpoints: [ {{ address: {stuck} }} ]
+  either:
+    connect_timeout: 200ms
+    load_balancer: round-robin
+    retry: {{ on: [connect-failure] }}
+    endpoints: [ {{ address: {stuck} }}, {{ address: {} }} ]
+",
+        live.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    let started = Instant::now();
+    let r = client.get("http://stuck/").await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("remora-error"), Some("upstream-refused"));
+    assert!(r.text().contains("timed out"), "{}", r.text());
+    // A connect timeout is a connect failure to the retry conditions.
+    for i in 0..4 {
+        let r = client.get(&format!("http://either/{i}")).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "live"));
+    }
+    let metrics = proxy.metrics().await;
+    assert!(
+        retries(&metrics, "either", "connect-failure") >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_a_live_endpoint() {
+    let dead = dead_address().await;
+    let live = Upstream::named("live").await;
+    let mesh = format!(
+        "services:
+  pair:
+    load_balancer: round-robin
+    retry: {{ on: [connect-failure] }}
+    endpoints: [ {{ address: {dead} }}, {{ address: {} }} ]
+",
+        live.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    let mut counted = 0.0;
+    for round in 0..2 {
+        for i in 0..4 {
+            let r = client
+                .get(&format!("http://pair/{round}/{i}"))
+                .await
+                .unwrap();
+            assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "live"));
+        }
+        let metrics = proxy.metrics().await;
+        let now = retries(&metrics, "pair", "connect-failure");
+        assert!(
+            now > counted,
+            "round {round}: {now} after {counted}\n{metrics}"
+        );
+        counted = now;
+    }
+    assert_eq!(live.hits(), 8);
+}
+
+#[tokio::test]
+async fn each_condition_retries_only_what_it_names() {
+    let tries = Tries::default();
+    let up = fails_first_try("up", &tries).await;
+    let mut mesh = String::from("services:\n");
+    for (service, on) in [
+        ("any5xx", "5xx"),
+        ("gateway", "gateway-error"),
+        ("conflict", "retriable-4xx"),
+        ("grpc", "\"grpc:unavailable\""),
+    ] {
+        mesh += &format!(
+            "  {service}:\n    retry: {{ attempts: 1, on: [{on}] }}\n    endpoints: [ {{ address: {} }} ]\n",
+            up.addr
+        );
+    }
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    // (service, the first try's failure, whether it is retried)
+    let cases = [
+        ("any5xx", "500", true),
+        ("any5xx", "502", true),
+        ("any5xx", "503", true),
+        ("any5xx", "409", false),
+        ("any5xx", "grpc", false),
+        ("gateway", "500", false),
+        ("gateway", "502", true),
+        ("gateway", "503", true),
+        ("gateway", "504", true),
+        ("gateway", "409", false),
+        ("conflict", "409", true),
+        ("conflict", "503", false),
+        ("conflict", "grpc", false),
+        ("grpc", "grpc", true),
+        ("grpc", "503", false),
+        ("grpc", "409", false),
+    ];
+    for (service, fail, retried) in cases {
+        let key = format!("{service}-{fail}");
+        let url = format!("http://{service}/");
+        let r = send(&client, "GET", &url, (&key, fail), body(Bytes::new())).await;
+        let tries = tries.of(&key).len();
+        if retried {
+            assert_eq!((r.status.as_u16(), tries), (200, 2), "{key}: {r:?}");
+            assert_eq!(r.text(), "ok", "{key}");
+        } else {
+            let expected = if fail == "grpc" {
+                200
+            } else {
+                fail.parse().unwrap()
+            };
+            assert_eq!((r.status.as_u16(), tries), (expected, 1), "{key}: {r:?}");
+            assert_eq!(r.text(), "failed", "{key}");
+        }
+    }
+    let metrics = proxy.metrics().await;
+    for (service, reason, count) in [
+        ("any5xx", "5xx", 3.0),
+        ("gateway", "5xx", 3.0),
+        ("conflict", "retriable-4xx", 1.0),
+        ("grpc", "grpc:unavailable", 1.0),
+    ] {
+        assert_eq!(
+            retries(&metrics, service, reason),
+            count,
+            "{service}\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn post_is_retried_only_when_non_idempotent_is_set() {
+    let tries = Tries::default();
+    let up = fails_first_try("up", &tries).await;
+    let mesh = format!(
+        "services:
+  plain:
+    retry: {{ attempts: 1, on: [5xx] }}
+    endpoints: [ {{ address: {0} }} ]
+  opted:
+    retry: {{ attempts: 1, on: [5xx], non_idempotent: true }}
+    endpoints: [ {{ address: {0} }} ]
+",
+        up.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+
+    let r = send(
+        &client,
+        "POST",
+        "http://plain/orders",
+        ("post", "503"),
+        body("order"),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), tries.of("post").len()), (503, 1));
+    // The same policy retries an idempotent method.
+    let r = send(
+        &client,
+        "PUT",
+        "http://plain/orders",
+        ("put", "503"),
+        body("order"),
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), tries.of("put").len()), (200, 2));
+
+    let r = send(
+        &client,
+        "POST",
+        "http://opted/orders",
+        ("opted", "503"),
+        body("order"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let sent: Vec<_> = tries.of("opted").into_iter().map(|(_, b)| b).collect();
+    assert_eq!(sent, ["order", "order"]);
+}
+
+/// `len` bytes that do not repeat in step with any chunk size.
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn chunked(data: &[u8], chunk: usize) -> ClientBody {
+    let frames: Vec<Result<_, Box<dyn std::error::Error + Send + Sync>>> = data
+        .chunks(chunk)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+}
+
+/// Two endpoints that fail each key's first try, and a service over both
+/// that retries any 5xx once (after `backoff`).
+async fn replay_setup(tries: &Tries, backoff: &str) -> (Upstream, Upstream, Proxy) {
+    let a = fails_first_try("a", tries).await;
+    let b = fails_first_try("b", tries).await;
+    let mesh = format!(
+        "services:
+  store:
+    load_balancer: least-request
+    retry: {{ attempts: 1, on: [5xx], backoff: {backoff} }}
+    endpoints: [ {{ address: {} }}, {{ address: {} }} ]
+",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    (a, b, proxy)
+}
+
+fn assert_same_bytes(got: &[u8], sent: &[u8], what: &str) {
+    assert_eq!(got.len(), sent.len(), "{what}: length");
+    if let Some(at) = got.iter().zip(sent).position(|(g, s)| g != s) {
+        panic!("{what}: the bytes differ from byte {at} on");
+    }
+}
+
+#[tokio::test]
+async fn a_body_up_to_64_kib_is_replayed_whole() {
+    let tries = Tries::default();
+    let (_a, _b, proxy) = replay_setup(&tries, "{ base: 25ms, max: 25ms }").await;
+    let client = Client::via(proxy.outbound, false);
+    let data = payload(64 * 1024);
+    for (key, request_body) in [
+        ("sized", body(data.clone())),
+        ("chunked", chunked(&data, 4096)),
+    ] {
+        let r = send(
+            &client,
+            "PUT",
+            "http://store/blob",
+            (key, "503"),
+            request_body,
+        )
+        .await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"), "{key}");
+        let seen = tries.of(key);
+        assert_eq!(seen.len(), 2, "{key}");
+        assert_ne!(
+            seen[0].0, seen[1].0,
+            "{key}: the retry went to the other endpoint"
+        );
+        for (endpoint, got) in &seen {
+            assert_same_bytes(got, &data, &format!("{key} at {endpoint}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_not_retried() {
+    let tries = Tries::default();
+    let (_a, _b, proxy) = replay_setup(&tries, "{ base: 25ms, max: 25ms }").await;
+    let client = Client::via(proxy.outbound, false);
+    let data = payload(100 * 1024);
+    for (key, request_body) in [
+        ("sized", body(data.clone())),
+        ("chunked", chunked(&data, 4096)),
+    ] {
+        let r = send(
+            &client,
+            "PUT",
+            "http://store/blob",
+            (key, "503"),
+            request_body,
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (503, "failed"),
+            "{key}"
+        );
+        let seen = tries.of(key);
+        assert_eq!(seen.len(), 1, "{key}");
+        assert_same_bytes(&seen[0].1, &data, key);
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(retries(&metrics, "store", "5xx"), 0.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_retry_goes_on_reading_the_body_past_what_it_kept() {
+    // The first try fails before its endpoint reads the body; the rest of
+    // the body, 100 KiB more, is sent while the retry waits out its
+    // backoff. The abandoned try must not read it on past the cap, which
+    // would leave the retry with nothing to send.
+    let tries = Tries::default();
+    let (_a, _b, proxy) = replay_setup(&tries, "{ base: 1s, max: 1s }").await;
+    let data = payload(101 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    >(4);
+    let frames =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let req = Request::put("http://store/late")
+        .header("x-key", "late")
+        .header("x-fail", "503")
+        .header("x-early", "1")
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    let client = Client::via(proxy.outbound, false);
+    let reply = tokio::spawn(async move { client.send(req).await });
+    let (head, rest) = data.split_at(1024);
+    tx.send(Ok(Frame::data(Bytes::copy_from_slice(head))))
+        .await
+        .unwrap();
+    remora_e2e::eventually(Duration::from_secs(10), "a retry to be decided", || {
+        let proxy = &proxy;
+        async move { retries(&proxy.metrics().await, "store", "5xx") == 1.0 }
+    })
+    .await;
+    for chunk in rest.chunks(4096) {
+        tx.send(Ok(Frame::data(Bytes::copy_from_slice(chunk))))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let r = reply.await.unwrap().unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+    let seen = tries.of("late");
+    assert_eq!(seen.len(), 2);
+    assert_same_bytes(&seen[1].1, &data, "the retry's body");
+}
+
+#[tokio::test]
+async fn a_retry_avoids_the_endpoint_that_just_failed() {
+    // Least-request between two idle endpoints is a coin toss: without
+    // avoidance, half the retries would go back to the failing one.
+    let failing = always(503).await;
+    let working = Upstream::named("working").await;
+    let mesh = format!(
+        "services:
+  pair:
+    load_balancer: least-request
+    retry: {{ attempts: 1, on: [5xx] }}
+    endpoints: [ {{ address: {} }}, {{ address: {} }} ]
+",
+        failing.addr, working.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    let mut sent = 0;
+    while failing.hits() < 10 && sent < 300 {
+        let r = client.get(&format!("http://pair/{sent}")).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "working"));
+        sent += 1;
+    }
+    assert!(
+        failing.hits() >= 10,
+        "{} first tries of {sent} hit the failing endpoint",
+        failing.hits()
+    );
+    assert_eq!(
+        working.hits(),
+        sent,
+        "each request ended at the working one, once"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_budget_bounds_retries() {
+    let a = always(503).await;
+    let b = always(503).await;
+    let mesh = format!(
+        "services:
+  down:
+    retry: {{ attempts: 2, on: [5xx], budget_percent: 0, min_retries_per_second: 1 }}
+    endpoints: [ {{ address: {} }}, {{ address: {} }} ]
+",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    const BURST: usize = 60;
+    let replies = futures_util::future::join_all((0..BURST).map(|i| {
+        let client = client.clone();
+        async move { client.get(&format!("http://down/{i}")).await.unwrap() }
+    }))
+    .await;
+    assert!(replies.iter().all(|r| r.status == 503));
+    let metrics = proxy.metrics().await;
+    let sent_again = retries(&metrics, "down", "5xx");
+    let refused = metric_value(
+        &metrics,
+        &on_route("remora_retry_budget_exhausted_total", "down"),
+    );
+    // 1 retry/s over the 10s window: about 10, where 120 were asked for.
+    assert!(sent_again <= 20.0, "{sent_again} retries\n{metrics}");
+    assert!(refused > 0.0, "{metrics}");
+    assert_eq!(a.hits() + b.hits(), BURST + sent_again as usize);
+}
+
+#[tokio::test]
+async fn backoff_waits_at_most_its_ceiling() {
+    let failing = always(503).await;
+    let working = Upstream::named("working").await;
+    let mesh = format!(
+        "services:
+  pair:
+    load_balancer: least-request
+    retry: {{ attempts: 1, on: [5xx], backoff: {{ base: 200ms, max: 200ms }} }}
+    endpoints: [ {{ address: {} }}, {{ address: {} }} ]
+",
+        failing.addr, working.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    let (mut sent, mut retried) = (0, 0);
+    while retried < 5 && sent < 200 {
+        let before = failing.hits();
+        let started = Instant::now();
+        let r = client.get(&format!("http://pair/{sent}")).await.unwrap();
+        sent += 1;
+        let took = started.elapsed();
+        assert_eq!(r.status, 200);
+        if failing.hits() > before {
+            retried += 1;
+            // At most 200ms of backoff, with generous room for the tries.
+            assert!(
+                took < Duration::from_secs(1),
+                "a retried request took {took:?}"
+            );
+        }
+    }
+    assert_eq!(retried, 5);
+}
