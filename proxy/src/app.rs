@@ -132,10 +132,11 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         },
     ));
 
+    let mut signals = Signals::install()?;
     ready.store(true, Ordering::Release);
     tracing::info!("ready");
 
-    let reason = wait_for_shutdown(&shutdown).await;
+    let reason = signals.wait(&shutdown).await;
     tracing::info!(reason, drain_timeout = %config.drain_timeout, "draining");
     ready.store(false, Ordering::Release);
     drain.drain();
@@ -183,13 +184,28 @@ async fn follow_views(
     }
 }
 
-async fn wait_for_shutdown(admin_shutdown: &Notify) -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = admin_shutdown.notified() => "POST /shutdown",
+/// SIGTERM and SIGINT, caught from before the proxy says it is ready, so
+/// that no signal in between kills it without a drain.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        })
+    }
+
+    /// Waits for a signal or `POST /shutdown`; says which came.
+    async fn wait(&mut self, admin_shutdown: &Notify) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = admin_shutdown.notified() => "POST /shutdown",
+        }
     }
 }
