@@ -273,7 +273,7 @@ fn default_max_pending_requests() -> u32 {
     DEFAULT_MAX_PENDING_REQUESTS
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: String,

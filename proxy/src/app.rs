@@ -19,6 +19,7 @@ use crate::http::server::{self, drain_channel, ServerSettings};
 use crate::inbound::Inbound;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::balance::EndpointRegistry;
+use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
 use crate::outbound::Outbound;
 use crate::telemetry::LogLevel;
@@ -63,11 +64,14 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         &clients,
         metrics.http.clone(),
     ));
+    let health = HealthChecks::default();
+    health.sync(&outbound.snapshot(), &clients);
     tokio::spawn(follow_views(
         view.clone(),
         outbound.clone(),
         endpoints,
         clients,
+        health,
     ));
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -159,12 +163,14 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} traffic on {addr}"))
 }
 
-/// Recompiles the outbound view whenever a new mesh version arrives.
+/// Recompiles the outbound view whenever a new mesh version arrives, and
+/// keeps the health probes in step with it.
 async fn follow_views(
     mut view: tokio::sync::watch::Receiver<Arc<crate::discovery::MeshView>>,
     outbound: Arc<Outbound>,
     endpoints: Arc<EndpointRegistry>,
     clients: Clients,
+    health: HealthChecks,
 ) {
     let mut version = view.borrow().version;
     while view.changed().await.is_ok() {
@@ -180,6 +186,7 @@ async fn follow_views(
             previous: Some(&previous),
         }
         .compile(&current.mesh);
+        health.sync(&compiled, &clients);
         outbound.update(compiled);
     }
 }

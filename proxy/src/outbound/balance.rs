@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ pub struct Endpoint {
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
     breaker: Mutex<Breaker>,
+    /// Cleared by failing health checks; endpoints start out healthy.
+    healthy: AtomicBool,
 }
 
 struct Ewma {
@@ -57,6 +59,7 @@ impl Endpoint {
                 updated: Instant::now(),
             }),
             breaker: Mutex::new(Breaker::default()),
+            healthy: AtomicBool::new(true),
         }
     }
 
@@ -101,6 +104,15 @@ impl Endpoint {
             ewma.estimate * w + sample * (1.0 - w)
         };
         ewma.updated = now;
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Returns whether the state changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
@@ -264,8 +276,9 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint that is neither ejected nor `avoid`, falling back
-    /// to ejected ones and then to `avoid` rather than failing.
+    /// Picks an endpoint that is healthy, not ejected and not `avoid`,
+    /// falling back to unhealthy or ejected ones and then to `avoid` rather
+    /// than failing (when all are down, trying one beats refusing all).
     pub fn pick(
         &self,
         endpoints: &[Arc<Endpoint>],
@@ -276,8 +289,9 @@ impl Balancer {
             return None;
         }
         let now = Instant::now();
-        let usable =
-            |e: &Arc<Endpoint>| avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && !e.is_ejected(now);
+        let usable = |e: &Arc<Endpoint>| {
+            avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && e.is_healthy() && !e.is_ejected(now)
+        };
         if let Some(e) = self.pick_where(endpoints, hash_key, &usable) {
             return Some(e);
         }

@@ -4,6 +4,7 @@
 //! timeout. `Outbound::handle` reads in that order.
 
 pub mod balance;
+pub mod health;
 pub mod routes;
 pub mod snapshot;
 
@@ -58,13 +59,18 @@ impl prometheus_client::collector::Collector for EndpointGauges {
         names.sort();
         for name in names {
             let service = &snapshot.services[name];
-            let ejected = service
-                .endpoints
-                .iter()
-                .filter(|e| e.is_ejected(now))
-                .count() as i64;
-            let healthy = service.endpoints.len() as i64 - ejected;
-            for (state, n) in [("healthy", healthy), ("ejected", ejected)] {
+            let count = |f: &dyn Fn(&balance::Endpoint) -> bool| {
+                service.endpoints.iter().filter(|e| f(e)).count() as i64
+            };
+            let unhealthy = count(&|e| !e.is_healthy());
+            let ejected = count(&|e| e.is_healthy() && e.is_ejected(now));
+            let healthy = service.endpoints.len() as i64 - unhealthy - ejected;
+            let states = [
+                ("healthy", healthy),
+                ("ejected", ejected),
+                ("unhealthy", unhealthy),
+            ];
+            for (state, n) in states {
                 let labels = [
                     ("direction", "outbound"),
                     ("service", name.as_str()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use remora_api::{CircuitBreaker, Fault, Mesh, Protocol, RetryPolicy};
+use remora_api::{CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy};
 
 use super::balance::{Balancer, Endpoint, EndpointRegistry};
 use super::routes::Matcher;
@@ -28,8 +28,9 @@ pub struct Snapshot {
 pub struct Service {
     pub name: Arc<str>,
     pub routes: Vec<Route>,
-    /// Every endpoint of the service, for the endpoint gauges.
+    /// Every endpoint of the service, for health checks and gauges.
     pub endpoints: Vec<Arc<Endpoint>>,
+    pub health_check: Option<HealthCheck>,
     pending: Arc<Pending>,
 }
 
@@ -232,6 +233,7 @@ impl Compiler<'_> {
             name: name.into(),
             routes,
             endpoints,
+            health_check: svc.health_check.clone(),
             pending,
         }
     }
