@@ -336,3 +336,40 @@ async fn an_app_that_is_down_gives_502_naming_it() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_services_rate_limit_answers_429_past_its_burst() {
+    let app = Upstream::named("app").await;
+    let limited = |burst: u32| {
+        format!("services:\n  shop:\n    inbound: {{ rate_limit: {{ requests_per_second: 1, burst: {burst} }} }}\n")
+    };
+    let proxy = Proxy::start_with(&limited(3), app.addr, &["--service", "shop"]).await;
+    let client = Client::http1();
+    let url = format!("http://{}/", proxy.inbound);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = client.get(&url).await.unwrap();
+        if r.status == 429 {
+            assert_eq!(r.header("remora-error"), Some("rate-limited"));
+        }
+        statuses.push(r.status.as_u16());
+    }
+    // A refill of one token a second may let one more through on a slow run.
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!((3..=4).contains(&passed), "{statuses:?}");
+    assert_eq!(app.hits(), passed, "refused requests never reach the app");
+    let m = proxy.metrics().await;
+    let refused = remora_e2e::metric_value(
+        &m,
+        "remora_rate_limited_total{direction=\"inbound\",service=\"shop\",route=\"inbound\"}",
+    );
+    assert_eq!(refused as usize, 6 - passed, "{m}");
+
+    // A reload with a larger burst applies at once.
+    proxy.write_config(&limited(50));
+    remora_e2e::eventually(Duration::from_secs(5), "the larger limit", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(&url).await.is_ok_and(|r| r.status == 200) }
+    })
+    .await;
+}

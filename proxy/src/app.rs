@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use hyper::service::service_fn;
+use remora_api::Mesh;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::discovery::MeshView;
 use crate::http::client::Clients;
 use crate::http::server::{self, drain_channel, ServerSettings};
 use crate::inbound::Inbound;
@@ -44,35 +46,26 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
 
     let clients = Clients::default();
-    let endpoints = Arc::new(EndpointRegistry::default());
     let outbound = Arc::new(Outbound::new(metrics.http.clone()));
     metrics
         .registry
         .register_collector(Box::new(crate::outbound::EndpointGauges(outbound.clone())));
-    let metrics = Arc::new(metrics);
-    outbound.update(
-        Compiler {
-            endpoints: &endpoints,
-            clients: &clients,
-            previous: None,
-        }
-        .compile(&view.borrow().mesh),
-    );
     let inbound = Arc::new(Inbound::new(
         config.app,
         &config.service,
         &clients,
         metrics.http.clone(),
     ));
-    let health = HealthChecks::default();
-    health.sync(&outbound.snapshot(), &clients);
-    tokio::spawn(follow_views(
-        view.clone(),
-        outbound.clone(),
-        endpoints,
+    let metrics = Arc::new(metrics);
+    let follower = Follower {
+        outbound: outbound.clone(),
+        inbound: inbound.clone(),
+        endpoints: EndpointRegistry::default(),
         clients,
-        health,
-    ));
+        health: HealthChecks::default(),
+    };
+    follower.apply(&view.borrow().mesh.clone());
+    tokio::spawn(follower.follow(view.clone()));
 
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = Arc::new(Notify::new());
@@ -163,31 +156,41 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} traffic on {addr}"))
 }
 
-/// Recompiles the outbound view whenever a new mesh version arrives, and
-/// keeps the health probes in step with it.
-async fn follow_views(
-    mut view: tokio::sync::watch::Receiver<Arc<crate::discovery::MeshView>>,
+/// What follows the mesh view, with the state kept from one view to the
+/// next (endpoint state, connection pools, health probes).
+struct Follower {
     outbound: Arc<Outbound>,
-    endpoints: Arc<EndpointRegistry>,
+    inbound: Arc<Inbound>,
+    endpoints: EndpointRegistry,
     clients: Clients,
     health: HealthChecks,
-) {
-    let mut version = view.borrow().version;
-    while view.changed().await.is_ok() {
-        let current = view.borrow_and_update().clone();
-        if current.version == version {
-            continue;
-        }
-        version = current.version;
-        let previous = outbound.snapshot();
+}
+
+impl Follower {
+    /// Compiles `mesh` and swaps it in.
+    fn apply(&self, mesh: &Mesh) {
+        let previous = self.outbound.snapshot();
         let compiled = Compiler {
-            endpoints: &endpoints,
-            clients: &clients,
+            endpoints: &self.endpoints,
+            clients: &self.clients,
             previous: Some(&previous),
         }
-        .compile(&current.mesh);
-        health.sync(&compiled, &clients);
-        outbound.update(compiled);
+        .compile(mesh);
+        self.health.sync(&compiled, &self.clients);
+        self.outbound.update(compiled);
+        self.inbound.update(mesh);
+    }
+
+    /// Applies every new version of the view.
+    async fn follow(self, mut view: watch::Receiver<Arc<MeshView>>) {
+        let mut version = view.borrow().version;
+        while view.changed().await.is_ok() {
+            let current = view.borrow_and_update().clone();
+            if current.version != version {
+                version = current.version;
+                self.apply(&current.mesh);
+            }
+        }
     }
 }
 

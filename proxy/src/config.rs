@@ -30,7 +30,8 @@ pub struct Config {
     #[arg(long, env = "REMORA_CONFIG")]
     pub config: PathBuf,
 
-    /// The service this proxy's app belongs to (labels inbound metrics).
+    /// The service this proxy's app belongs to: labels inbound metrics and
+    /// picks the `inbound:` policy (rate limit) of that service.
     #[arg(long, env = "REMORA_SERVICE", default_value = DEFAULT_SERVICE)]
     pub service: String,
 

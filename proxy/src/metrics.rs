@@ -149,6 +149,7 @@ pub struct HttpMetrics {
     pub budget_exhausted: Family<RouteLabels, Counter>,
     pub timeouts: Family<RouteLabels, Counter>,
     pub ejections: Family<EjectionLabels, Counter>,
+    pub rate_limited: Family<RouteLabels, Counter>,
 }
 
 /// Transport metrics: connections and bytes.
@@ -180,6 +181,7 @@ impl Metrics {
             budget_exhausted: Family::default(),
             timeouts: Family::default(),
             ejections: Family::default(),
+            rate_limited: Family::default(),
         };
         r.register("requests", "Requests by outcome", http.requests.clone());
         r.register(
@@ -206,6 +208,11 @@ impl Metrics {
             "circuit_breaker_ejections",
             "Endpoints ejected after consecutive failures",
             http.ejections.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Inbound requests refused by the service's rate limit",
+            http.rate_limited.clone(),
         );
         let transport = TransportMetrics {
             open: Family::default(),

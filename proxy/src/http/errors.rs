@@ -30,6 +30,8 @@ pub enum ProxyError {
     BudgetExhausted(Box<ProxyError>),
     #[error("service {0:?} has too many requests pending")]
     Overloaded(String),
+    #[error("service {0:?} is receiving more requests than its rate limit allows")]
+    RateLimited(String),
     #[error("fault injected by the route")]
     FaultInjected(StatusCode),
     #[error("bad request: {0}")]
@@ -60,6 +62,7 @@ impl ProxyError {
             ProxyError::BudgetExhausted(_) => "retry-budget-exhausted",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::FaultInjected(_) => "fault-injected",
+            ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => "bad-request",
             ProxyError::AppUnreachable { .. } => "app-unreachable",
         }
@@ -80,6 +83,7 @@ impl ProxyError {
             | ProxyError::AppUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BudgetExhausted(inner) => inner.status(),
             ProxyError::FaultInjected(status) => *status,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

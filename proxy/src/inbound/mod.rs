@@ -1,14 +1,19 @@
 //! The inbound direction: calls from other services to the local app.
 //! accept → detect → check the request → say who connected
-//! (`x-forwarded-for`) → forward to the app over a pooled connection.
+//! (`x-forwarded-for`) → the service's inbound policy (rate limit) →
+//! forward to the app over a pooled connection.
+
+mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use remora_api::Mesh;
 
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
@@ -19,12 +24,15 @@ use crate::metrics::{
 use crate::outbound::attempt_parts;
 use crate::telemetry::AccessRecord;
 
+use self::policy::Policy;
+
 /// The route label of inbound requests: the app has no routes of its own.
 const INBOUND_ROUTE: &str = "inbound";
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Inbound {
+    policy: ArcSwap<Policy>,
     app: SocketAddr,
     app_label: String,
     http1: HttpClient,
@@ -42,6 +50,7 @@ impl Inbound {
             http2,
         };
         Self {
+            policy: ArcSwap::from_pointee(Policy::default()),
             app,
             app_label: app.to_string(),
             http1: clients.get(settings(false)),
@@ -50,6 +59,12 @@ impl Inbound {
             metrics,
             unmeshed: "unmeshed".into(),
         }
+    }
+
+    /// Applies the service's inbound policy from a new mesh view.
+    pub fn update(&self, mesh: &Mesh) {
+        let next = Policy::of(mesh, &self.labels.service, &self.policy.load());
+        self.policy.store(Arc::new(next));
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -77,6 +92,10 @@ impl Inbound {
         let (response, error) = if smuggled {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             (e.into_response(), Some("bad-request"))
+        } else if !self.policy.load().admit() {
+            self.metrics.rate_limited.get_or_create(&self.labels).inc();
+            let e = ProxyError::RateLimited(self.labels.service.to_string());
+            (e.into_response(), Some("rate-limited"))
         } else {
             self.forward(parts, body, peer).await
         };
