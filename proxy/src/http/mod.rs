@@ -37,6 +37,26 @@ pub fn from_caller(body: hyper::body::Incoming) -> Body {
         .boxed_unsync()
 }
 
+/// `ADDRESS` as a URI authority, made once per endpoint rather than per request.
+pub fn authority_of(address: std::net::SocketAddr) -> http::uri::Authority {
+    http::uri::Authority::from_maybe_shared(Bytes::from(address.to_string()))
+        .expect("a socket address is a valid authority")
+}
+
+/// `http://AUTHORITY/path?query`: the clients pool connections by authority.
+pub fn upstream_uri(authority: &http::uri::Authority, original: &http::Uri) -> http::Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(
+        original
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    http::Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
+}
+
 /// Boxes any body whose errors can be boxed.
 pub fn boxed<B>(body: B) -> Body
 where

@@ -21,7 +21,7 @@ use crate::http::{boxed, headers, Body};
 use crate::metrics::{
     Classification, Direction, DurationLabels, HttpMetrics, RequestLabels, RouteLabels,
 };
-use crate::outbound::attempt_parts;
+use crate::outbound::attempt_head;
 use crate::telemetry::AccessRecord;
 
 use self::policy::Policy;
@@ -33,7 +33,7 @@ const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Inbound {
     policy: ArcSwap<Policy>,
-    app: SocketAddr,
+    app_authority: http::uri::Authority,
     app_label: String,
     http1: HttpClient,
     http2: HttpClient,
@@ -51,7 +51,7 @@ impl Inbound {
         };
         Self {
             policy: ArcSwap::from_pointee(Policy::default()),
-            app,
+            app_authority: crate::http::authority_of(app),
             app_label: app.to_string(),
             http1: clients.get(settings(false)),
             http2: clients.get(settings(true)),
@@ -151,8 +151,8 @@ impl Inbound {
         parts.headers.remove(http::header::EXPECT);
         headers::append_forwarded_for(&mut parts.headers, peer.ip());
         let http2 = parts.version == Version::HTTP_2;
-        let mut head = attempt_parts(&parts, http2);
-        head.uri = app_uri(self.app, &parts.uri);
+        let mut head = attempt_head(&parts.method, std::mem::take(&mut parts.headers), http2);
+        head.uri = crate::http::upstream_uri(&self.app_authority, &parts.uri);
         let body = if body.is_end_stream() {
             crate::http::empty()
         } else {
@@ -192,14 +192,4 @@ impl Inbound {
             }
         }
     }
-}
-
-fn app_uri(app: SocketAddr, original: &http::Uri) -> http::Uri {
-    let path = original.path_and_query().map_or("/", |p| p.as_str());
-    http::Uri::builder()
-        .scheme("http")
-        .authority(app.to_string())
-        .path_and_query(path)
-        .build()
-        .unwrap_or_else(|_| http::Uri::from_static("/"))
 }

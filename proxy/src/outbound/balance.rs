@@ -26,6 +26,8 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The address as a metric label, made once.
     pub label: Arc<str>,
+    /// The address as a URI authority, made once.
+    pub authority: http::uri::Authority,
     pub labels: BTreeMap<String, String>,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
@@ -52,6 +54,7 @@ impl Endpoint {
         Self {
             address,
             label: address.to_string().into(),
+            authority: crate::http::authority_of(address),
             labels,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -255,11 +255,17 @@ impl Outbound {
             let Some(endpoint) = backend.pick(hash_key.as_deref(), avoid.as_ref()) else {
                 return Outcome::error(ProxyError::NoEndpoints(backend.service.to_string()));
             };
+            // A request that cannot be retried gives its headers away
+            // rather than copying them.
+            let headers = match retry {
+                Some(_) => parts.headers.clone(),
+                None => std::mem::take(&mut parts.headers),
+            };
             let mut attempt = Request::from_parts(
-                attempt_parts(&parts, http2 || backend.always_http2),
+                attempt_head(&parts.method, headers, http2 || backend.always_http2),
                 attempt_body,
             );
-            *attempt.uri_mut() = endpoint_uri(&endpoint, &parts.uri);
+            *attempt.uri_mut() = crate::http::upstream_uri(&endpoint.authority, &parts.uri);
 
             let mut in_flight = endpoint.start();
             let sent = backend.client(http2).request(attempt);
@@ -477,25 +483,20 @@ fn target_authority<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// `http://ENDPOINT/path?query`: the client pools connections by endpoint.
-pub(crate) fn endpoint_uri(endpoint: &Endpoint, original: &Uri) -> Uri {
-    let path = original.path_and_query().map_or("/", |p| p.as_str());
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = http::uri::Authority::try_from(endpoint.label.as_ref()).ok();
-    parts.path_and_query = http::uri::PathAndQuery::try_from(path).ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-/// A copy of the request head for one try, in the version spoken upstream.
-pub(crate) fn attempt_parts(parts: &http::request::Parts, http2: bool) -> http::request::Parts {
+/// The request head of one try, in the version spoken upstream.
+pub(crate) fn attempt_head(
+    method: &http::Method,
+    headers: http::HeaderMap,
+    http2: bool,
+) -> http::request::Parts {
     let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = method.clone();
     *req.version_mut() = if http2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     req.into_parts().0
 }
 
