@@ -17,6 +17,7 @@ pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_SERVICE: &str = "app";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_THREADS: &str = "1";
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -58,6 +59,11 @@ pub struct Config {
     /// How long a client may take to send a request's headers.
     #[arg(long, env = "REMORA_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT)]
     pub header_read_timeout: HumanDuration,
+
+    /// Threads that serve traffic. One is right for most sidecars; raise it
+    /// for a busy service on a node with cores to spare.
+    #[arg(long, env = "REMORA_THREADS", default_value = DEFAULT_THREADS)]
+    pub threads: std::num::NonZeroUsize,
 
     #[arg(long, env = "REMORA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

@@ -13,12 +13,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    // Sidecars share the node with their app: a small, fixed thread count.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("building the tokio runtime");
+    // A sidecar shares its pod with the app: one thread by default, where
+    // every wakeup stays on the thread that made it; more only when asked.
+    let runtime = match config.threads.get() {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .expect("building the tokio runtime");
     match runtime.block_on(remora_proxy::app::run(config, log_level)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
