@@ -12,7 +12,9 @@ use crate::duration::HumanDuration;
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::from_secs(1);
-pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::from_secs(90);
+/// Shorter than the 5s keep-alive of Node.js and Apache, so the pool lets
+/// go of a connection before the server closes it under a new request.
+pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::from_secs(4);
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
 pub const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
 pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;

@@ -56,7 +56,8 @@ pub struct Config {
     #[arg(long, env = "REMORA_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT)]
     pub drain_timeout: HumanDuration,
 
-    /// How long a client may take to send a request's headers.
+    /// How long a client may take to send a request's headers; also how
+    /// long an HTTP/1 connection may sit idle between two requests.
     #[arg(long, env = "REMORA_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT)]
     pub header_read_timeout: HumanDuration,
 
