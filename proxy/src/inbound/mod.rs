@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use remora_api::Mesh;
@@ -162,16 +162,7 @@ impl Inbound {
         match client.request(Request::from_parts(head, body)).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-                if switching {
-                    if let (Some(down), Some(up)) = (
-                        downstream_upgrade,
-                        parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
-                    ) {
-                        crate::http::upgrade::splice(down, up);
-                    }
-                }
-                headers::strip_hop_by_hop(&mut parts.headers, switching);
+                crate::http::upgrade::forward_response_head(&mut parts, downstream_upgrade);
                 (Response::from_parts(parts, boxed(body)), None)
             }
             Err(e) => {

@@ -345,11 +345,14 @@ impl Balancer {
         if n == 1 {
             return usable(&endpoints[0]).then(|| endpoints[0].clone());
         }
-        // Random probes first; a full scan only when most are unusable.
+        // Four random probes first; a scan from a random offset only when
+        // they found fewer than two distinct usable endpoints.
+        let probes = (0..4).map(|_| fastrand::usize(..n));
+        let offset = fastrand::usize(..n);
+        let scan = (0..n).map(|i| (offset + i) % n);
         let mut a: Option<&Arc<Endpoint>> = None;
         let mut b: Option<&Arc<Endpoint>> = None;
-        for _ in 0..4 {
-            let i = fastrand::usize(..n);
+        for i in probes.chain(scan) {
             let e = &endpoints[i];
             if !usable(e) || a.is_some_and(|a| Arc::ptr_eq(a, e)) {
                 continue;
@@ -359,21 +362,6 @@ impl Balancer {
             } else {
                 b = Some(e);
                 break;
-            }
-        }
-        if a.is_none() || b.is_none() {
-            let offset = fastrand::usize(..n);
-            for i in 0..n {
-                let e = &endpoints[(offset + i) % n];
-                if !usable(e) || a.is_some_and(|a| Arc::ptr_eq(a, e)) {
-                    continue;
-                }
-                if a.is_none() {
-                    a = Some(e);
-                } else {
-                    b = Some(e);
-                    break;
-                }
             }
         }
         match (a, b) {

@@ -382,16 +382,7 @@ impl Outbound {
     ) -> Outcome {
         let endpoint = in_flight.endpoint().clone();
         let (mut parts, body) = response.into_parts();
-        let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        if switching {
-            if let (Some(down), Some(up)) = (
-                downstream_upgrade,
-                parts.extensions.remove::<hyper::upgrade::OnUpgrade>(),
-            ) {
-                crate::http::upgrade::splice(down, up);
-            }
-        }
-        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        crate::http::upgrade::forward_response_head(&mut parts, downstream_upgrade);
         let body = balance::InFlightBody::new(body, in_flight);
         Outcome {
             response: Response::from_parts(parts, boxed(body)),
