@@ -37,22 +37,34 @@ async fn proxy_with_traffic() -> (Proxy, Upstream, Upstream) {
     (proxy, orders, app)
 }
 
+/// Whether Prometheus' `promtool` can be run. CI installs it and must have
+/// it; on a developer's machine without it the promtool checks are skipped,
+/// saying so, and everything else still runs.
+fn have_promtool() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is needed to check the metrics exposition; install it (Debian: `apt-get install prometheus`)"
+        );
+        eprintln!("promtool not found: skipping the promtool check (install Debian's `prometheus` to run it)");
+    }
+    found
+}
+
 /// Runs `promtool check metrics` on `exposition`; the error names what
 /// promtool said.
 fn promtool_check(exposition: &str) -> Result<(), String> {
-    let mut child = match Command::new("promtool")
+    let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "promtool is needed to check the metrics exposition but could not be run ({e}); \
-             install it (Debian: `apt-get install prometheus`)"
-        ),
-    };
+        .expect("running promtool");
     child
         .stdin
         .take()
@@ -176,8 +188,10 @@ async fn metrics_carry_the_contract_names_and_pass_promtool() {
     assert!(count("process_resident_memory_bytes") > 0.0);
     assert!(count("process_open_fds") > 0.0);
     assert!(!metrics.contains("# EOF"), "# EOF is OpenMetrics only");
-    if let Err(complaint) = promtool_check(&metrics) {
-        panic!("promtool check metrics failed:\n{complaint}\nthe exposition:\n{metrics}");
+    if have_promtool() {
+        if let Err(complaint) = promtool_check(&metrics) {
+            panic!("promtool check metrics failed:\n{complaint}\nthe exposition:\n{metrics}");
+        }
     }
 }
 
@@ -185,7 +199,9 @@ async fn metrics_carry_the_contract_names_and_pass_promtool() {
 fn promtool_rejects_a_broken_exposition() {
     // The check above can fail: promtool does find problems.
     let broken = "# HELP bad_total A counter.\n# TYPE bad_total counter\nbad_total{x=\"1\" 1\n";
-    assert!(promtool_check(broken).is_err());
+    if have_promtool() {
+        assert!(promtool_check(broken).is_err());
+    }
 }
 
 #[tokio::test]
