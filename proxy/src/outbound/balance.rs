@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use remora_api::{CircuitBreaker, LoadBalancer};
@@ -31,7 +31,13 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
-    breaker: Mutex<Breaker>,
+    /// Failures in a row, reset by a success without taking a lock.
+    consecutive_failures: AtomicU32,
+    /// When the current ejection ends, as nanoseconds since [`epoch`]; 0 = none.
+    /// Read on every pick, so kept outside the breaker's lock.
+    ejected_until: AtomicU64,
+    /// Ejections so far, each lasting twice the one before.
+    ejections: Mutex<u32>,
     /// Cleared by failing health checks; endpoints start out healthy.
     healthy: AtomicBool,
 }
@@ -42,11 +48,16 @@ struct Ewma {
     updated: Instant,
 }
 
-#[derive(Default)]
-struct Breaker {
-    consecutive_failures: u32,
-    ejected_until: Option<Instant>,
-    ejections: u32,
+/// The instant the endpoint deadlines count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch())
+        .as_nanos()
+        .min(u64::MAX as u128) as u64
 }
 
 impl Endpoint {
@@ -61,7 +72,9 @@ impl Endpoint {
                 estimate: DEFAULT_RTT.as_nanos() as f64,
                 updated: Instant::now(),
             }),
-            breaker: Mutex::new(Breaker::default()),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: Mutex::new(0),
             healthy: AtomicBool::new(true),
         }
     }
@@ -82,12 +95,12 @@ impl Endpoint {
 
     /// Peak-EWMA cost: the latency estimate, weighted by the requests
     /// already waiting on this endpoint.
-    fn cost(&self) -> f64 {
+    fn cost(&self, now: Instant) -> f64 {
         let estimate = {
             let ewma = self.ewma.lock().unwrap_or_else(|e| e.into_inner());
             decayed(
                 ewma.estimate,
-                ewma.updated.elapsed(),
+                now.saturating_duration_since(ewma.updated),
                 DEFAULT_RTT.as_nanos() as f64,
             )
         };
@@ -119,8 +132,7 @@ impl Endpoint {
     }
 
     pub fn is_ejected(&self, now: Instant) -> bool {
-        let b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        b.ejected_until.is_some_and(|until| until > now)
+        self.ejected_until.load(Ordering::Relaxed) > nanos_since_epoch(now)
     }
 
     /// Records the outcome of a request for the circuit breaker. Returns
@@ -131,23 +143,30 @@ impl Endpoint {
         policy: Option<&CircuitBreaker>,
         may_eject: bool,
     ) -> bool {
-        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
         if success {
-            b.consecutive_failures = 0;
+            // The common case: a store, and only when there is something to reset.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
             return false;
         }
-        b.consecutive_failures += 1;
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let Some(policy) = policy else { return false };
         let now = Instant::now();
-        let already = b.ejected_until.is_some_and(|u| u > now);
-        if already || !may_eject || b.consecutive_failures < policy.consecutive_failures {
+        if self.is_ejected(now) || !may_eject || failures < policy.consecutive_failures {
             return false;
         }
+        let mut ejections = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_ejected(now) {
+            return false; // another failure got here first
+        }
         // Each repeat ejection lasts twice as long as the one before.
-        let factor = 1u32 << b.ejections.min(6);
-        b.ejected_until = Some(now + policy.base_ejection.get() * factor);
-        b.ejections += 1;
-        b.consecutive_failures = 0;
+        let factor = 1u32 << (*ejections).min(6);
+        let until = now + policy.base_ejection.get() * factor;
+        self.ejected_until
+            .store(nanos_since_epoch(until).max(1), Ordering::Relaxed);
+        *ejections += 1;
+        self.consecutive_failures.store(0, Ordering::Relaxed);
         true
     }
 }
@@ -320,7 +339,10 @@ impl Balancer {
                 // least-request does): near-best without scanning them all.
                 self.two_choices(endpoints, usable, |e| e.in_flight() as f64)
             }
-            Balancer::P2cEwma => self.two_choices(endpoints, usable, Endpoint::cost),
+            Balancer::P2cEwma => {
+                let now = Instant::now();
+                self.two_choices(endpoints, usable, |e| e.cost(now))
+            }
             Balancer::RingHash(ring) => {
                 let Some(key) = hash_key else {
                     return self.two_choices(endpoints, usable, |e| e.in_flight() as f64);
