@@ -41,15 +41,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         None
     };
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // `Connection: keep-alive` (or close, or upgrade) is the usual case and
+    // names no other header: nothing to collect then.
+    let is_plain = |t: &[u8]| {
+        t.eq_ignore_ascii_case(b"keep-alive")
+            || t.eq_ignore_ascii_case(b"close")
+            || t.eq_ignore_ascii_case(b"upgrade")
+    };
+    let tokens = |h: &HeaderMap| -> Vec<HeaderName> {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !is_plain(t))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect()
+    };
+    let names_others = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| !is_plain(t.trim_ascii()))
+    });
+    if names_others {
+        for name in tokens(headers) {
+            headers.remove(name);
+        }
     }
     // A TE of "trailers" is end-to-end in practice: gRPC requires it.
     let te_trailers = headers
@@ -100,11 +116,21 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
         }
     };
     let span_id = fastrand::u64(1..);
-    let value = format!("00-{trace_id:032x}-{span_id:016x}-01");
-    headers.insert(
-        TRACEPARENT,
-        HeaderValue::from_str(&value).expect("hex is a valid header value"),
-    );
+    // `00-` 32 hex `-` 16 hex `-01`, written in place rather than formatted.
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    write_hex(&mut value[3..35], trace_id);
+    write_hex(&mut value[36..52], u128::from(span_id));
+    let value = HeaderValue::from_bytes(&value).expect("hex is a valid header value");
+    headers.insert(TRACEPARENT, value);
+}
+
+/// Writes the low `out.len()` hex digits of `n`, lowercase.
+fn write_hex(out: &mut [u8], mut n: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// `version-traceid-parentid-flags`, lowercase hex, ids not all zero.
