@@ -1,3 +1,6 @@
+//! The whole of `mesh.yaml` through the public entry points: parsing,
+//! defaults, and every kind of problem with its location.
+
 use super::*;
 
 /// The example of the design document, less the split to a service it
