@@ -133,11 +133,11 @@ impl Outbound {
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         if headers::is_smuggling_attempt(req.headers(), req.extensions()) {
-            return ProxyError::BadRequest("Content-Length and Transfer-Encoding together")
-                .into_response();
+            let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
+            return self.finish_unrouted(&req, "", e, started);
         }
         let Some(authority) = target_authority(&req) else {
-            return ProxyError::NoAuthority.into_response();
+            return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started);
         };
         let snapshot = self.snapshot.load_full();
         let Some(service) = snapshot.lookup(&authority) else {
@@ -430,7 +430,7 @@ impl Outbound {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// Requests that matched no service or route are logged, not counted
+    /// Requests refused before a route was found are logged, not counted
     /// per route: their names are the caller's to choose, and unbounded.
     fn finish_unrouted(
         &self,
