@@ -688,3 +688,77 @@ async fn backoff_waits_at_most_its_ceiling() {
     }
     assert_eq!(retried, 5);
 }
+
+/// An endpoint that answers `200` with half of its promised body and then
+/// drops the connection; counts the requests it saw.
+async fn breaks_mid_body() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let partial = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly half of it";
+                let _ = stream.write_all(partial).await;
+                let _ = stream.flush().await;
+                // Dropping the stream closes it mid-body.
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_response_that_broke_after_its_headers_is_not_retried() {
+    let (addr, seen) = breaks_mid_body().await;
+    let mesh = format!(
+        "services:
+  flaky:
+    endpoints: [ {{ address: {addr} }} ]
+    retry: {{ attempts: 2, on: [reset, connect-failure, 5xx], backoff: {{ base: 1ms, max: 1ms }} }}
+"
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let response = Client::via(proxy.outbound, false)
+        .send_streaming(
+            Request::get("http://flaky/")
+                .body(body(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The headers reached the client, so the request is the client's now:
+    // its body fails, and nothing is sent again behind its back.
+    assert_eq!(response.status(), 200);
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        collected.is_err(),
+        "a body cut short must not look complete"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the endpoint saw one try"
+    );
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric_value(&m, &on_route("remora_retries_total", "flaky")),
+        0.0,
+        "{m}"
+    );
+}
