@@ -152,6 +152,35 @@ pub struct HttpMetrics {
     pub rate_limited: Family<RouteLabels, Counter>,
 }
 
+impl HttpMetrics {
+    /// Counts one answered request and its time to response headers.
+    /// `peer` is the other side's identity, or `unmeshed`.
+    pub fn record_request(
+        &self,
+        route: &RouteLabels,
+        status: u16,
+        peer: &Arc<str>,
+        elapsed: std::time::Duration,
+    ) {
+        let classification = Classification::of_status(status);
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status_code: status,
+                classification,
+                tls: false,
+                peer: peer.clone(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&DurationLabels {
+                route: route.clone(),
+                classification,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 /// Transport metrics: connections and bytes.
 #[derive(Clone, Debug)]
 pub struct TransportMetrics {

@@ -18,9 +18,7 @@ use remora_api::Mesh;
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
 use crate::http::{boxed, headers, Body};
-use crate::metrics::{
-    Classification, Direction, DurationLabels, HttpMetrics, RequestLabels, RouteLabels,
-};
+use crate::metrics::{Direction, HttpMetrics, RouteLabels};
 use crate::outbound::attempt_head;
 use crate::telemetry::AccessRecord;
 
@@ -101,24 +99,8 @@ impl Inbound {
         };
 
         let status = response.status().as_u16();
-        let classification = Classification::of_status(status);
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: self.labels.clone(),
-                status_code: status,
-                classification,
-                tls: false,
-                peer: self.unmeshed.clone(),
-            })
-            .inc();
-        self.metrics
-            .duration
-            .get_or_create(&DurationLabels {
-                route: self.labels.clone(),
-                classification,
-            })
-            .observe(started.elapsed().as_secs_f64());
+            .record_request(&self.labels, status, &self.unmeshed, started.elapsed());
         AccessRecord {
             direction: "inbound",
             service: &self.labels.service,

@@ -23,10 +23,7 @@ use crate::http::headers;
 use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
-use crate::metrics::{
-    Classification, DurationLabels, EjectionLabels, HttpMetrics, RequestLabels, RetryLabels,
-    RouteLabels,
-};
+use crate::metrics::{EjectionLabels, HttpMetrics, RetryLabels, RouteLabels};
 use crate::telemetry::AccessRecord;
 
 /// `remora_endpoints{direction, service, state}`, counted from the live
@@ -410,24 +407,8 @@ impl Outbound {
 
     fn record(&self, route: &RouteLabels, outcome: &Outcome, started: Instant) {
         let status = outcome.response.status().as_u16();
-        let classification = Classification::of_status(status);
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status_code: status,
-                classification,
-                tls: false,
-                peer: self.unmeshed.clone(),
-            })
-            .inc();
-        self.metrics
-            .duration
-            .get_or_create(&DurationLabels {
-                route: route.clone(),
-                classification,
-            })
-            .observe(started.elapsed().as_secs_f64());
+            .record_request(route, status, &self.unmeshed, started.elapsed());
     }
 
     /// Requests refused before a route was found are logged, not counted
