@@ -7,6 +7,20 @@ use hyper_util::rt::TokioIo;
 
 use super::headers;
 
+/// Readies a caller's request head for the next hop: hop-by-hop headers
+/// stay on their hop and `Expect` is answered here (hyper sends `100
+/// Continue` when the body is first read). Returns the caller's side of an
+/// upgrade, to splice once the far end agrees.
+pub fn forward_request_head(parts: &mut http::request::Parts) -> Option<OnUpgrade> {
+    let upgrade = headers::is_upgrade(&parts.headers);
+    let downstream_upgrade = upgrade
+        .then(|| parts.extensions.remove::<OnUpgrade>())
+        .flatten();
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.remove(http::header::EXPECT);
+    downstream_upgrade
+}
+
 /// Readies an upstream response's head for the caller: hop-by-hop headers
 /// stay on their hop, and on `101 Switching Protocols` the caller's and the
 /// upstream's connections are spliced.

@@ -69,7 +69,8 @@ impl Inbound {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
-        let path = parts.uri.path().to_string();
+        // A clone of the URI shares its bytes; the log reads the path from it.
+        let uri = parts.uri.clone();
         let authority = parts
             .uri
             .authority()
@@ -107,7 +108,7 @@ impl Inbound {
             route: INBOUND_ROUTE,
             method: method.as_str(),
             authority: &authority,
-            path: &path,
+            path: uri.path(),
             status,
             duration: started.elapsed(),
             endpoint: &self.app_label,
@@ -125,12 +126,7 @@ impl Inbound {
         body: Incoming,
         peer: SocketAddr,
     ) -> (Response<Body>, Option<&'static str>) {
-        let upgrade = headers::is_upgrade(&parts.headers);
-        let downstream_upgrade = upgrade
-            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(http::header::EXPECT);
+        let downstream_upgrade = crate::http::upgrade::forward_request_head(&mut parts);
         headers::append_forwarded_for(&mut parts.headers, peer.ip());
         let http2 = parts.version == Version::HTTP_2;
         let mut head = attempt_head(&parts.method, std::mem::take(&mut parts.headers), http2);

@@ -141,8 +141,10 @@ impl Outbound {
             let e = ProxyError::UnknownService(snapshot::service_name(&authority).to_string());
             return self.finish_unrouted(&req, &authority, e, started);
         };
-        let path = req.uri().path().to_string();
-        let Some(route) = service.route(req.method(), &path, req.headers()) else {
+        // A clone of the URI shares its bytes; the path is read from it.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let Some(route) = service.route(req.method(), path, req.headers()) else {
             return self.finish_unrouted(
                 &req,
                 &authority,
@@ -176,7 +178,7 @@ impl Outbound {
             route: &route.labels.route,
             method: method.as_str(),
             authority: &authority,
-            path: &path,
+            path,
             status: outcome.response.status().as_u16(),
             duration: started.elapsed(),
             endpoint: outcome.endpoint.as_ref().map_or("", |e| &e.label),
@@ -223,12 +225,7 @@ impl Outbound {
         authority: &str,
     ) -> Outcome {
         let (mut parts, body) = req.into_parts();
-        let upgrade = headers::is_upgrade(&parts.headers);
-        let downstream_upgrade = upgrade
-            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            .flatten();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        parts.headers.remove(http::header::EXPECT);
+        let downstream_upgrade = crate::http::upgrade::forward_request_head(&mut parts);
         headers::ensure_host(&mut parts.headers, authority);
         let http2 = parts.version == Version::HTTP_2;
         let hash_key = backend
