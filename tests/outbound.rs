@@ -264,3 +264,22 @@ async fn the_proxys_own_errors_name_their_cause() {
     );
     let _ = body(Bytes::new());
 }
+
+#[tokio::test]
+async fn several_threads_serve_the_same_traffic() {
+    let orders = Upstream::named("orders").await;
+    let proxy = Proxy::start_with(
+        &mesh("orders", &orders),
+        dead_address().await,
+        &["--threads", "2"],
+    )
+    .await;
+    let calls = (0..16).map(|i| {
+        let client = Client::via(proxy.outbound, i % 2 == 0);
+        async move { client.get("http://orders/").await.unwrap() }
+    });
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "orders"));
+    }
+    assert_eq!(orders.hits(), 16);
+}
