@@ -7,6 +7,7 @@ pub mod duration;
 pub mod load;
 pub mod locate;
 pub mod mesh;
+pub mod protocol;
 
 pub use duration::HumanDuration;
 pub use load::{parse_mesh, read_mesh, ConfigError, Problem};

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use hyper::service::service_fn;
-use remora_api::Mesh;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -28,7 +27,7 @@ use crate::telemetry::LogLevel;
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
-    let view = crate::discovery::watch_file(&config.config, &metrics)
+    let view = crate::discovery::watch_file(&config.config, &metrics.config_reloads)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the mesh config has problems")?;
 
@@ -63,8 +62,9 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         endpoints: EndpointRegistry::default(),
         clients,
         health: HealthChecks::default(),
+        service: config.service.clone(),
     };
-    follower.apply(&view.borrow().mesh.clone());
+    follower.apply(&view.borrow().clone());
     tokio::spawn(follower.follow(view.clone()));
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -164,11 +164,13 @@ struct Follower {
     endpoints: EndpointRegistry,
     clients: Clients,
     health: HealthChecks,
+    service: String,
 }
 
 impl Follower {
-    /// Compiles `mesh` and swaps it in.
-    fn apply(&self, mesh: &Mesh) {
+    /// Compiles the view's mesh and swaps it in.
+    fn apply(&self, view: &MeshView) {
+        let mesh = &view.mesh;
         let previous = self.outbound.snapshot();
         let compiled = Compiler {
             endpoints: &self.endpoints,
@@ -178,7 +180,7 @@ impl Follower {
         .compile(mesh);
         self.health.sync(&compiled, &self.clients);
         self.outbound.update(compiled);
-        self.inbound.update(mesh);
+        self.inbound.update(view.inbound_policy(&self.service));
     }
 
     /// Applies every new version of the view.
@@ -188,7 +190,7 @@ impl Follower {
             let current = view.borrow_and_update().clone();
             if current.version != version {
                 version = current.version;
-                self.apply(&current.mesh);
+                self.apply(&current);
             }
         }
     }

@@ -295,7 +295,7 @@ impl Metrics {
 /// OpenMetrics names a counter family without its `_total` suffix and ends
 /// with `# EOF`; the classic format names the family as its sample is named
 /// and has no end marker. Everything else the encoder writes is the same.
-fn to_prometheus_text(openmetrics: &str) -> String {
+pub fn to_prometheus_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
@@ -325,7 +325,7 @@ impl Default for Metrics {
 
 /// `process_*` metrics read from `/proc/self` at scrape time.
 #[derive(Debug)]
-struct ProcessCollector;
+pub struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {

@@ -3,6 +3,7 @@
 //! Every test owns its processes and servers; dropping them ends them.
 
 pub mod client;
+pub mod process;
 pub mod proxy;
 pub mod upstream;
 

@@ -1,65 +1,20 @@
 //! A `remora-proxy` process on ephemeral loopback ports.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// Where cargo put the binary: beside this test's own executable's folder.
-/// A binary older than the sources it is built from is refused, since
-/// `cargo test --test NAME` builds test targets only and would leave it stale.
-pub fn binary(name: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built; run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    let built = modified(&path);
-    // Cargo lists the sources a binary was built from beside it (`NAME.d`).
-    if let Ok(depinfo) = std::fs::read_to_string(dir.join(format!("{name}.d"))) {
-        let sources = depinfo.split_once(": ").map_or("", |(_, deps)| deps);
-        for source in sources
-            .split_whitespace()
-            .map(Path::new)
-            .filter(|p| p.exists())
-        {
-            assert!(
-                modified(source) <= built,
-                "{} is older than {}: run `cargo build -p {name}` (or `cargo test --workspace`)",
-                path.display(),
-                source.display()
-            );
-        }
-    }
-    path
-}
-
-fn modified(path: &Path) -> std::time::SystemTime {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .expect("a file's modification time")
-}
+use crate::process::{binary, Running};
 
 pub struct Proxy {
-    child: Child,
+    process: Running,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
-    logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -85,7 +40,8 @@ impl Proxy {
         app: SocketAddr,
         extra: &[&str],
     ) -> Proxy {
-        let mut child = Command::new(binary("remora-proxy"))
+        let mut command = Command::new(binary("remora-proxy"));
+        command
             .arg("--config")
             .arg(&config_path)
             .args([
@@ -99,63 +55,36 @@ impl Proxy {
             .arg("--app")
             .arg(app.to_string())
             .args(["--log-format", "json", "--log-level", "info"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting remora-proxy");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("\"listening\"") {
-                    let _ = tx.send(line.clone());
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let line = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "remora-proxy did not start; its log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                )
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "remora-proxy exited; its log:\n{}",
-                    logs.lock().unwrap().join("\n")
-                )
-            });
-        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
-        let addr = |k: &str| {
-            v[k].as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("no {k} in {line}"))
-        };
-        let proxy = Proxy {
-            child,
-            outbound: addr("outbound"),
-            inbound: addr("inbound"),
-            admin: addr("admin"),
+            .args(extra);
+        let proxy = Proxy::spawned(
+            Running::spawn(command, "remora-proxy").await,
             config_path,
-            logs,
+            dir,
+        );
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    fn spawned(running: Running, config_path: PathBuf, dir: tempfile::TempDir) -> Proxy {
+        Proxy {
+            outbound: running.address("outbound"),
+            inbound: running.address("inbound"),
+            admin: running.address("admin"),
+            config_path,
+            process: running,
             _dir: dir,
-        };
+        }
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
         let client = crate::Client::http1();
-        let url = proxy.admin_url("/ready");
+        let url = self.admin_url("/ready");
         crate::eventually(Duration::from_secs(10), "the proxy to be ready", || {
             let (client, url) = (client.clone(), url.clone());
             async move { client.get(&url).await.is_ok_and(|r| r.status == 200) }
         })
         .await;
-        proxy
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -179,7 +108,7 @@ impl Proxy {
     }
 
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
+        self.process.logs()
     }
 
     /// Access-log lines (parsed) seen so far.
@@ -192,19 +121,15 @@ impl Proxy {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id().expect("the proxy is running")
+        self.process.pid()
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success());
+        self.process.signal(signal)
     }
 
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        tokio::time::timeout(limit, self.child.wait())
+        tokio::time::timeout(limit, self.process.child.wait())
             .await
             .unwrap_or_else(|_| panic!("the proxy did not exit within {limit:?}"))
             .expect("waiting for the proxy")

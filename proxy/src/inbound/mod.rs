@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use http::{Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use remora_api::Mesh;
+use remora_api::InboundPolicy;
 
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
@@ -60,8 +60,8 @@ impl Inbound {
     }
 
     /// Applies the service's inbound policy from a new mesh view.
-    pub fn update(&self, mesh: &Mesh) {
-        let next = Policy::of(mesh, &self.labels.service, &self.policy.load());
+    pub fn update(&self, policy: Option<&InboundPolicy>) {
+        let next = Policy::of(policy, &self.policy.load());
         self.policy.store(Arc::new(next));
     }
 

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use remora_api::{Mesh, RateLimit};
+use remora_api::{InboundPolicy, RateLimit};
 
 #[derive(Default)]
 pub struct Policy {
@@ -19,14 +19,10 @@ struct Limiter {
 }
 
 impl Policy {
-    /// The policy of `service` in `mesh`. A limit that did not change keeps
-    /// its bucket, so a reload neither refills nor empties it.
-    pub fn of(mesh: &Mesh, service: &str, previous: &Policy) -> Policy {
-        let config = mesh
-            .services
-            .get(service)
-            .and_then(|s| s.inbound.as_ref())
-            .and_then(|i| i.rate_limit);
+    /// The policy for the service's `inbound:` block. A limit that did not
+    /// change keeps its bucket, so a reload neither refills nor empties it.
+    pub fn of(inbound: Option<&InboundPolicy>, previous: &Policy) -> Policy {
+        let config = inbound.and_then(|i| i.rate_limit);
         let rate_limit = config.and_then(|config| match &previous.rate_limit {
             Some(p) if p.config == config => Some(p.clone()),
             _ => Limiter::new(config).map(Arc::new),
@@ -58,32 +54,35 @@ impl Limiter {
 mod tests {
     use super::*;
 
-    fn mesh(rps: u32, burst: u32) -> Mesh {
-        let yaml = format!(
-            "services:\n  app:\n    inbound: {{ rate_limit: {{ requests_per_second: {rps}, burst: {burst} }} }}\n"
-        );
-        remora_api::parse_mesh("m", &yaml).unwrap()
+    fn limit(rps: u32, burst: u32) -> InboundPolicy {
+        InboundPolicy {
+            rate_limit: Some(RateLimit {
+                requests_per_second: rps,
+                burst: Some(burst),
+            }),
+            ..InboundPolicy::default()
+        }
     }
 
     #[test]
     fn the_burst_passes_and_then_the_bucket_is_empty() {
-        let p = Policy::of(&mesh(1, 3), "app", &Policy::default());
+        let p = Policy::of(Some(&limit(1, 3)), &Policy::default());
         assert_eq!((0..5).filter(|_| p.admit()).count(), 3);
     }
 
     #[test]
     fn an_unchanged_limit_keeps_its_bucket_across_reloads() {
-        let p = Policy::of(&mesh(1, 2), "app", &Policy::default());
+        let p = Policy::of(Some(&limit(1, 2)), &Policy::default());
         assert!(p.admit() && p.admit() && !p.admit());
-        let same = Policy::of(&mesh(1, 2), "app", &p);
+        let same = Policy::of(Some(&limit(1, 2)), &p);
         assert!(!same.admit(), "a reload must not refill the bucket");
-        let changed = Policy::of(&mesh(1, 5), "app", &p);
+        let changed = Policy::of(Some(&limit(1, 5)), &p);
         assert!(changed.admit(), "a new limit starts with a full bucket");
     }
 
     #[test]
-    fn other_services_and_no_limit_admit_everything() {
-        let p = Policy::of(&mesh(1, 1), "other", &Policy::default());
+    fn no_limit_admits_everything() {
+        let p = Policy::of(None, &Policy::default());
         assert!((0..100).all(|_| p.admit()));
     }
 }

@@ -1,8 +1,6 @@
-//! Where the proxy's view of the mesh comes from. Standalone, that is a
-//! `mesh.yaml` on disk, watched for changes (also through the symlink swap
-//! a mounted Kubernetes ConfigMap makes). Consumers read the latest good
-//! view from a `watch` channel, so a control-plane source can take the
-//! file's place without them noticing.
+//! The file source: a `mesh.yaml` on disk, watched for changes (also
+//! through the symlink swap a mounted Kubernetes ConfigMap makes). Used by
+//! a standalone proxy and by the control plane.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,46 +8,24 @@ use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use prometheus_client::metrics::counter::Counter;
-use remora_api::{ConfigError, Mesh};
-use serde::Serialize;
+use remora_api::ConfigError;
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::{Metrics, ResultLabels};
+use prometheus_client::metrics::family::Family;
+
+use super::MeshView;
+use crate::metrics::ResultLabels;
 
 /// Changes arriving this close together are read once.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Re-read even without a file event, in case one was missed.
 const RESCAN: Duration = Duration::from_secs(5);
 
-/// One good version of the mesh, and what became of the latest attempt to
-/// replace it.
-#[derive(Clone, Debug, Serialize)]
-pub struct MeshView {
-    pub source: String,
-    pub version: u64,
-    #[serde(with = "humantime_serde_compat")]
-    pub loaded_at: SystemTime,
-    /// The last rejected edit's problems, until a good edit replaces them.
-    pub last_error: Option<String>,
-    pub mesh: Arc<Mesh>,
-}
-
-mod humantime_serde_compat {
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        s.serialize_f64(secs)
-    }
-}
-
-/// Reads `path` (which must be good now) and keeps the view current.
+/// Reads `path` (which must be good now) and keeps the view current,
+/// counting each reload's result in `reloads`.
 pub fn watch_file(
     path: &Path,
-    metrics: &Metrics,
+    reloads: &Family<ResultLabels, Counter>,
 ) -> Result<watch::Receiver<Arc<MeshView>>, ConfigError> {
     // Watch before the first read, so no edit made after it is missed.
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -62,15 +38,12 @@ pub fn watch_file(
         loaded_at: SystemTime::now(),
         last_error: None,
         mesh: Arc::new(mesh),
+        ..MeshView::default()
     };
     let (tx, rx) = watch::channel(Arc::new(view));
     let reloads = Reloads {
-        ok: metrics
-            .config_reloads
-            .get_or_create_owned(&ResultLabels { result: "ok" }),
-        error: metrics
-            .config_reloads
-            .get_or_create_owned(&ResultLabels { result: "error" }),
+        ok: reloads.get_or_create_owned(&ResultLabels { result: "ok" }),
+        error: reloads.get_or_create_owned(&ResultLabels { result: "error" }),
     };
     tokio::spawn(follow(
         path.to_path_buf(),
@@ -156,6 +129,7 @@ async fn follow(
                     loaded_at: SystemTime::now(),
                     last_error: None,
                     mesh: Arc::new(mesh),
+                    ..MeshView::default()
                 }));
             }
             Err(e) => {

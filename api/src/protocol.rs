@@ -1,0 +1,136 @@
+//! The control-plane protocol: the JSON bodies of `remora-control`'s HTTP
+//! API (docs/protocol.md), shared by the control plane that serves them and
+//! the proxies that read them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::{InboundPolicy, Service};
+
+/// The response header that carries a view's version (also in its body).
+pub const VERSION_HEADER: &str = "remora-version";
+/// How long a long-poll is held when the request names no `wait`.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// The longest `wait` a long-poll may ask for; longer asks are cut to it.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// A registration's lifetime when the request names none.
+pub const DEFAULT_REGISTRATION_TTL_SECONDS: u64 = 30;
+/// The longest a registration may live without renewal.
+pub const MAX_REGISTRATION_TTL_SECONDS: u64 = 3600;
+
+/// `GET /v1/outbound/{service}`: all a caller needs to send requests to
+/// `service`: its routes and policies, and, for the service and every
+/// service its routes split to, the endpoints from the file and from
+/// registrations.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundView {
+    pub service: String,
+    pub version: u64,
+    pub trust_domain: String,
+    /// `service` itself and each service named by one of its splits.
+    pub services: BTreeMap<String, Service>,
+}
+
+/// `GET /v1/inbound/{service}`: the policy `service`'s own sidecars enforce
+/// on calls to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundView {
+    pub service: String,
+    pub version: u64,
+    pub trust_domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    pub policy: InboundPolicy,
+}
+
+/// `PUT /v1/registrations/{service}/{instance}`: an endpoint announcing
+/// itself; it lives `ttl_seconds` unless renewed by another `PUT`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default = "default_registration_ttl")]
+    pub ttl_seconds: u64,
+}
+
+fn default_registration_ttl() -> u64 {
+    DEFAULT_REGISTRATION_TTL_SECONDS
+}
+
+/// `GET /v1/services`: every service the control plane knows, for people
+/// and tools.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicesListing {
+    pub services: BTreeMap<String, ServiceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStatus {
+    /// The version of the service's outbound view.
+    pub version: u64,
+    /// Whether mesh.yaml names the service (else only registrations do).
+    pub in_config: bool,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointStatus {
+    pub address: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub source: EndpointSource,
+    /// The registering instance; absent for endpoints from the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub health: EndpointHealth,
+    /// Seconds until a registration expires without renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointSource {
+    File,
+    Registration,
+}
+
+/// What the control plane knows of an endpoint's health. It probes
+/// nothing itself: a registration is alive while it is renewed, and the
+/// sidecars' own health checks and circuit breakers judge the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointHealth {
+    /// Listed in the file; not judged by the control plane.
+    Static,
+    /// Registered and renewed within its TTL.
+    Alive,
+}
+
+/// An error body of the API: what was wrong, for people and logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// Instance names appear in URL paths and in `/v1/services`: a DNS-like
+/// token (pod names, host names, `10.0.0.7-4143`).
+pub fn is_valid_instance_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}

@@ -1,0 +1,2 @@
+//! The demo shop and the orchestration behind `remora-control demo`.
+#![forbid(unsafe_code)]
