@@ -2,12 +2,11 @@
 //! `promtool`), health, `/config`, the run-time log level, the access log,
 //! request ids and trace context, and `POST /shutdown`.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use http::Request;
 use remora_e2e::client::body;
+use remora_e2e::promtool::{have_promtool, promtool_check};
 use remora_e2e::upstream::dead_address;
 use remora_e2e::{eventually, Client, Proxy, Upstream};
 
@@ -35,52 +34,6 @@ async fn proxy_with_traffic() -> (Proxy, Upstream, Upstream) {
         .unwrap();
     assert_eq!(inb.status, 200);
     (proxy, orders, app)
-}
-
-/// Whether Prometheus' `promtool` can be run. CI installs it and must have
-/// it; on a developer's machine without it the promtool checks are skipped,
-/// saying so, and everything else still runs.
-fn have_promtool() -> bool {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is needed to check the metrics exposition; install it (Debian: `apt-get install prometheus`)"
-        );
-        eprintln!("promtool not found: skipping the promtool check (install Debian's `prometheus` to run it)");
-    }
-    found
-}
-
-/// Runs `promtool check metrics` on `exposition`; the error names what
-/// promtool said.
-fn promtool_check(exposition: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running promtool");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(exposition.as_bytes())
-        .expect("writing to promtool");
-    let out = child.wait_with_output().expect("waiting for promtool");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {

@@ -5,10 +5,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use remora_e2e::upstream::{dead_address, text};
-use remora_e2e::{eventually, metric_value, Client, Proxy, Upstream};
+use remora_e2e::{
+    eventually, metric_value, split_mesh, switch_without_failures, Client, Proxy, Upstream,
+};
 use tokio::net::TcpStream;
 
 const RELOADS_OK: &str = "remora_config_reloads_total{result=\"ok\"}";
@@ -17,23 +19,6 @@ const RELOADS_ERROR: &str = "remora_config_reloads_total{result=\"error\"}";
 /// slow machines, not a measure. It stays under the proxy's 5s rescan, so
 /// passing means the file watch itself saw the change.
 const RELOAD_LIMIT: Duration = Duration::from_secs(3);
-
-/// `orders` with one endpoint labelled v1 and one v2, and a single route
-/// sending everything to `version`.
-fn split_mesh(v1: &Upstream, v2: &Upstream, version: &str) -> String {
-    format!(
-        "services:
-  orders:
-    endpoints:
-      - {{ address: {}, labels: {{ version: v1 }} }}
-      - {{ address: {}, labels: {{ version: v2 }} }}
-    routes:
-      - name: all
-        split: [ {{ labels: {{ version: {version} }} }} ]
-",
-        v1.addr, v2.addr
-    )
-}
 
 /// `orders` served by `upstream` alone.
 fn mesh(upstream: &Upstream) -> String {
@@ -64,45 +49,13 @@ async fn config_json(proxy: &Proxy) -> serde_json::Value {
 async fn a_route_change_goes_live_without_failing_a_request() {
     let v1 = Upstream::named("v1").await;
     let v2 = Upstream::named("v2").await;
-    let proxy = Proxy::start(&split_mesh(&v1, &v2, "v1"), dead_address().await).await;
+    let proxy = Proxy::start(&split_mesh(v1.addr, v2.addr, "v1"), dead_address().await).await;
     let client = Client::via(proxy.outbound, false);
-
-    // One keep-alive client sends requests back to back through the
-    // switch: every one must succeed, and once v2 answers, v1 never does
-    // again (the new config replaces the old one atomically).
-    const BEFORE: usize = 20;
-    const AFTER: usize = 50;
-    let mut written_at = None;
-    let mut switched_at = None;
-    let mut after_switch = 0;
-    for i in 0..20_000 {
-        if i == BEFORE {
-            proxy.write_config(&split_mesh(&v1, &v2, "v2"));
-            written_at = Some(Instant::now());
-        }
-        let r = client
-            .get("http://orders/stream")
-            .await
-            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
-        assert_eq!(r.status, 200, "request {i}: {}", r.text());
-        match (r.text().as_str(), switched_at) {
-            ("v1", None) => {}
-            ("v2", None) if written_at.is_some() => switched_at = Some(Instant::now()),
-            ("v2", Some(_)) => after_switch += 1,
-            (body, _) => panic!("request {i} answered {body:?} (switched: {switched_at:?})"),
-        }
-        if after_switch == AFTER {
-            break;
-        }
-        if let (Some(t), None) = (written_at, switched_at) {
-            assert!(
-                t.elapsed() < RELOAD_LIMIT,
-                "the new route was not live {RELOAD_LIMIT:?} after the write"
-            );
-        }
-    }
-    assert_eq!(after_switch, AFTER, "the loop ran out before the switch");
-    assert!(v1.hits() >= BEFORE && v2.hits() > AFTER);
+    switch_without_failures(&client, RELOAD_LIMIT, || {
+        proxy.write_config(&split_mesh(v1.addr, v2.addr, "v2"))
+    })
+    .await;
+    assert!(v1.hits() >= 20 && v2.hits() > 50);
     let metrics = proxy.metrics().await;
     assert_eq!(metric_value(&metrics, RELOADS_OK), 1.0, "{metrics}");
     assert_eq!(metric_value(&metrics, RELOADS_ERROR), 0.0, "{metrics}");

@@ -191,13 +191,14 @@ async fn a_timeout_answers_504_and_is_counted() {
 
 #[tokio::test]
 async fn the_timeout_bounds_all_tries_together() {
-    // Four tries of up to 1s each would take 4s; the request has 500ms.
+    // Four tries of up to 300ms each would take 1.2s; the request has
+    // 500ms, room for a second try but not a third.
     let late = slow(Duration::from_secs(30)).await;
     let mesh = format!(
         "services:
   late:
     timeout: 500ms
-    retry: {{ attempts: 3, on: [per-try-timeout], per_try_timeout: 1s }}
+    retry: {{ attempts: 3, on: [per-try-timeout], per_try_timeout: 300ms }}
     endpoints: [ {{ address: {} }} ]
 ",
         late.addr
@@ -212,7 +213,7 @@ async fn the_timeout_bounds_all_tries_together() {
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.header("remora-error"), Some("timeout"));
     assert!(took < Duration::from_millis(2500), "took {took:?}");
-    assert_eq!(late.hits(), 1, "no try after the request's time ran out");
+    assert!(late.hits() <= 2, "no try after the request's time ran out");
 }
 
 #[tokio::test]

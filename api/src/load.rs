@@ -2,12 +2,12 @@
 //! are errors), then the checks that span the file. Every problem names
 //! the file, line, column and key.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
-use crate::locate::{locate, Position, Segment};
-use crate::mesh::{LoadBalancer, Mesh, Protocol, RetryPolicy};
+use crate::locate::{duplicate_keys, locate, Position, Segment};
+use crate::mesh::{Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route, Service};
 
 /// One thing wrong with a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,14 +63,22 @@ pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
             })
         }
     };
-    let problems: Vec<Problem> = check(&mesh)
-        .into_iter()
-        .map(|(path, message)| Problem {
+    let duplicates = duplicate_keys(text).into_iter().map(|d| Problem {
+        file: file.to_string(),
+        position: Some(d.again),
+        key: dotted(&d.path),
+        message: format!(
+            "given twice in one map (first at {}:{}); the second would silently replace the first",
+            d.first.line, d.first.column
+        ),
+    });
+    let problems: Vec<Problem> = duplicates
+        .chain(check(&mesh).into_iter().map(|(path, message)| Problem {
             file: file.to_string(),
             position: locate(text, &path),
             key: dotted(&path),
             message,
-        })
+        }))
         .collect();
     if problems.is_empty() {
         Ok(mesh)
@@ -188,6 +196,15 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
         }
         if let Some(retry) = &svc.retry {
             check_retry(&mut c, &at, retry);
+            if let (Some(per_try), Some(timeout)) = (retry.per_try_timeout, svc.timeout) {
+                if per_try > timeout {
+                    c.problem(
+                        &at,
+                        &[key("retry"), key("per_try_timeout")],
+                        format!("{per_try} is longer than the service's timeout of {timeout}, which bounds every try"),
+                    );
+                }
+            }
         }
         if let Some(cb) = &svc.circuit_breaker {
             if cb.consecutive_failures == 0 {
@@ -293,22 +310,104 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
                 );
             }
             for (j, split) in route.split.iter().enumerate() {
+                let at = [at.as_slice(), &[key("split"), Segment::Index(j)]].concat();
                 if let Some(other) = &split.service {
-                    if !mesh.services.contains_key(other) {
+                    if other == name {
                         c.problem(
                             &at,
-                            &[key("split"), Segment::Index(j), key("service")],
+                            &[key("service")],
+                            format!("{other:?} is this route's own service; leave `service` out to split among its own endpoints"),
+                        );
+                    } else if !mesh.services.contains_key(other) {
+                        c.problem(
+                            &at,
+                            &[key("service")],
                             format!("no service named {other:?} in this mesh"),
                         );
                     }
+                }
+                let target = split.service.as_deref().unwrap_or(name);
+                if let Some(target_svc) = mesh.services.get(target) {
+                    check_split_labels(&mut c, &at, target, target_svc, &split.labels);
                 }
             }
             if let Some(retry) = &route.retry {
                 check_retry(&mut c, &at, retry);
             }
+            check_per_try_timeout(&mut c, &at, svc, route);
         }
     }
     c.problems
+}
+
+/// A split's labels must select at least one endpoint, as far as the file
+/// can tell: a service that lists static endpoints is checked against
+/// them; one that lists none gets its endpoints from registrations, which
+/// the file cannot know.
+fn check_split_labels(
+    c: &mut Checker,
+    at: &[Segment],
+    target: &str,
+    target_svc: &Service,
+    labels: &BTreeMap<String, String>,
+) {
+    if labels.is_empty() || target_svc.endpoints.is_empty() {
+        return;
+    }
+    let selects = |ep: &Endpoint| labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v));
+    if !target_svc.endpoints.iter().any(selects) {
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        c.problem(
+            at,
+            &[key("labels")],
+            format!(
+                "no static endpoint of {target:?} has the labels {}; endpoints registered at run time are not considered",
+                wanted.join(", ")
+            ),
+        );
+    }
+}
+
+/// A route's tries are bounded by its effective timeout (its own, else
+/// the service's), so a longer per-try timeout in its effective retry
+/// policy (its own, else the service's) could never take effect. A
+/// conflict the route inherits whole from its service is reported once,
+/// at the service.
+fn check_per_try_timeout(c: &mut Checker, at: &[Segment], svc: &Service, route: &Route) {
+    if route.timeout.is_none() && route.retry.is_none() {
+        return;
+    }
+    let Some(timeout) = route.timeout.or(svc.timeout) else {
+        return;
+    };
+    let Some(per_try) = route
+        .retry
+        .as_ref()
+        .or(svc.retry.as_ref())
+        .and_then(|r| r.per_try_timeout)
+    else {
+        return;
+    };
+    if per_try <= timeout {
+        return;
+    }
+    match (&route.retry, route.timeout) {
+        (Some(_), Some(_)) => c.problem(
+            at,
+            &[key("retry"), key("per_try_timeout")],
+            format!("{per_try} is longer than the route's timeout of {timeout}, which bounds every try"),
+        ),
+        (Some(_), None) => c.problem(
+            at,
+            &[key("retry"), key("per_try_timeout")],
+            format!("{per_try} is longer than the service's timeout of {timeout}, which bounds every try"),
+        ),
+        _ => c.problem(
+            at,
+            &[key("timeout")],
+            format!("{timeout} is shorter than the per_try_timeout of {per_try} in the service's retry policy; lower that or give the route its own retry"),
+        ),
+    }
 }
 
 fn check_retry(c: &mut Checker, at: &[Segment], retry: &RetryPolicy) {

@@ -97,6 +97,60 @@ pub fn locate(text: &str, path: &[Segment]) -> Option<Position> {
     best
 }
 
+/// A key given twice in one map of `text`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// The path of the repeated key, e.g. `services.orders`.
+    pub path: Vec<Segment>,
+    pub first: Position,
+    pub again: Position,
+}
+
+/// Every key that appears twice in one map. YAML forbids it, but serde
+/// keeps the last value of a map it reads into a `BTreeMap` and says
+/// nothing, so a second `orders:` would silently replace the first.
+pub fn duplicate_keys(text: &str) -> Vec<DuplicateKey> {
+    let mut builder = Builder::default();
+    if Parser::new_from_str(text)
+        .load(&mut builder, false)
+        .is_err()
+    {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    if let Some((_, root)) = &builder.root {
+        find_duplicates(root, &mut Vec::new(), &mut found);
+    }
+    found
+}
+
+fn find_duplicates(node: &Node, path: &mut Vec<Segment>, found: &mut Vec<DuplicateKey>) {
+    match node {
+        Node::Scalar => {}
+        Node::Map(entries) => {
+            for (i, (key, at, child)) in entries.iter().enumerate() {
+                path.push(Segment::Key(key.clone()));
+                if let Some((_, first, _)) = entries[..i].iter().find(|(k, ..)| k == key) {
+                    found.push(DuplicateKey {
+                        path: path.clone(),
+                        first: *first,
+                        again: *at,
+                    });
+                }
+                find_duplicates(child, path, found);
+                path.pop();
+            }
+        }
+        Node::Seq(items) => {
+            for (i, (_, child)) in items.iter().enumerate() {
+                path.push(Segment::Index(i));
+                find_duplicates(child, path, found);
+                path.pop();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

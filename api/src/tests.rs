@@ -167,3 +167,123 @@ fn path_regex_is_anchored_and_round_trips() {
     let back: Mesh = serde_json::from_str(&json).unwrap();
     assert_eq!(back, mesh);
 }
+
+#[test]
+fn a_service_given_twice_is_named_at_its_second_place() {
+    let text = "services:\n  a:\n    timeout: 1s\n  b: {}\n  a:\n    timeout: 2s\n";
+    let p = problems(text);
+    assert_eq!(
+        p,
+        vec!["mesh.yaml:5:3: services.a: given twice in one map (first at 2:3); the second would silently replace the first"]
+    );
+}
+
+#[test]
+fn a_label_given_twice_is_a_problem_too() {
+    let text = "services:\n  a:\n    endpoints:\n      - address: 127.0.0.1:1\n        labels: { version: v1, version: v2 }\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("mesh.yaml:5:32: services.a.endpoints[0].labels.version: given twice"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn split_labels_must_select_a_static_endpoint() {
+    let text = "\
+services:
+  a:
+    endpoints:
+      - { address: 127.0.0.1:1, labels: { version: v1 } }
+    routes:
+      - split:
+          - { labels: { version: v1 }, weight: 1 }
+          - { labels: { version: v3 }, weight: 1 }
+          - { service: b, labels: { version: v9 } }
+  b:
+    endpoints: [ { address: 127.0.0.1:2 } ]
+";
+    let p = problems(text);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with("mesh.yaml:8:15: services.a.routes[0].split[1].labels: no static endpoint of \"a\" has the labels version=v3"),
+        "{p:?}"
+    );
+    assert!(
+        p[0].contains("registered at run time are not considered"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].contains("services.a.routes[0].split[2].labels: no static endpoint of \"b\""),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn split_labels_of_a_service_without_static_endpoints_are_not_checked() {
+    // Its endpoints come from registrations, which the file cannot know.
+    let text = "services:\n  a:\n    routes:\n      - split: [ { labels: { version: v2 } } ]\n";
+    assert!(parse_mesh("mesh.yaml", text).is_ok());
+}
+
+#[test]
+fn a_split_to_the_service_itself_is_a_problem() {
+    let text = "services:\n  a:\n    routes:\n      - split: [ { service: a } ]\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("mesh.yaml:4:20: services.a.routes[0].split[0].service: \"a\" is this route's own service"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_per_try_timeout_longer_than_the_timeout_is_a_conflict() {
+    // The service's own retry against its own timeout.
+    let p = problems("services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 2s }\n");
+    assert_eq!(
+        p,
+        vec!["mesh.yaml:4:14: services.a.retry.per_try_timeout: 2s is longer than the service's timeout of 1s, which bounds every try"]
+    );
+
+    // A route's retry against the route's timeout, and against the service's.
+    let text = "\
+services:
+  a:
+    timeout: 10s
+    routes:
+      - timeout: 1s
+        retry: { per_try_timeout: 2s }
+      - retry: { per_try_timeout: 20s }
+";
+    let p = problems(text);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].starts_with("mesh.yaml:6:18: services.a.routes[0].retry.per_try_timeout: 2s is longer than the route's timeout of 1s"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].contains("services.a.routes[1].retry.per_try_timeout: 20s is longer than the service's timeout of 10s"),
+        "{p:?}"
+    );
+
+    // A route's timeout shorter than the per-try timeout it inherits.
+    let text = "\
+services:
+  a:
+    retry: { per_try_timeout: 2s }
+    routes:
+      - timeout: 1s
+";
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("mesh.yaml:5:9: services.a.routes[0].timeout: 1s is shorter than the per_try_timeout of 2s"),
+        "{p:?}"
+    );
+
+    // Equal is fine, and so is a per-try timeout with no overall timeout.
+    let text = "services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 1s }\n  b:\n    retry: { per_try_timeout: 9s }\n";
+    assert!(parse_mesh("mesh.yaml", text).is_ok());
+}

@@ -1,1 +1,42 @@
-fn main() {}
+//! `remora-control`: parse the command line, then serve, check or run the demo.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use remora_control::config::{Cli, Command, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { file }) => remora_control::check::run(&file),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Demo(options)) => match remora_demo::run(options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("remora-control demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    if let Err(e) = remora_proxy::telemetry::init(args.log_format, &args.log_level) {
+        eprintln!("remora-control: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    match runtime.block_on(remora_control::serve::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "remora-control failed");
+            eprintln!("remora-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

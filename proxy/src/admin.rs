@@ -14,8 +14,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::discovery::MeshView;
 use crate::http::{full, Body};
-use crate::metrics::Metrics;
+use crate::metrics::{encode_openmetrics, to_prometheus_text, Metrics};
 use crate::telemetry::LogLevel;
+use prometheus_client::registry::Registry;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,7 +39,7 @@ impl Admin {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let response = match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => self.metrics(&req),
+            (&Method::GET, "/metrics") => metrics_response(&self.metrics.registry, &req),
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
                 if self.ready.load(Ordering::Acquire) {
@@ -74,23 +75,6 @@ impl Admin {
         Ok(response)
     }
 
-    fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
-        let wants_openmetrics = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("application/openmetrics-text"));
-        let (body, content_type) = if wants_openmetrics {
-            (self.metrics.encode(), OPENMETRICS)
-        } else {
-            (self.metrics.encode_prometheus(), PROMETHEUS_TEXT)
-        };
-        let mut r = Response::new(full(body));
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        r
-    }
-
     fn config(&self) -> Response<Body> {
         let view = self.view.borrow().clone();
         let age = view
@@ -98,7 +82,7 @@ impl Admin {
             .elapsed()
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "listeners": self.listeners,
             "source": view.source,
             "version": view.version,
@@ -106,6 +90,10 @@ impl Admin {
             "last_error": view.last_error,
             "mesh": view.mesh,
         });
+        if !view.views.is_empty() {
+            body["views"] = serde_json::json!(view.views);
+            body["inbound"] = serde_json::json!(view.inbound);
+        }
         let mut r = Response::new(full(serde_json::to_vec_pretty(&body).unwrap_or_default()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -143,7 +131,29 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+/// `GET /metrics` of an admin port (the proxy's and the control plane's):
+/// OpenMetrics when the scraper's `Accept` asks for it, else the classic
+/// Prometheus text.
+pub fn metrics_response<B>(registry: &Registry, req: &Request<B>) -> Response<Body> {
+    let wants_openmetrics = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let openmetrics = encode_openmetrics(registry);
+    let (body, content_type) = if wants_openmetrics {
+        (openmetrics, OPENMETRICS)
+    } else {
+        (to_prometheus_text(&openmetrics), PROMETHEUS_TEXT)
+    };
+    let mut r = Response::new(full(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A plain-text answer of an admin port.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -3,7 +3,7 @@
 //! SIGINT or `POST /shutdown`, and drains.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::discovery::control::ControlClient;
 use crate::discovery::MeshView;
 use crate::http::client::Clients;
 use crate::http::server::{self, drain_channel, ServerSettings};
@@ -22,15 +23,13 @@ use crate::metrics::{Direction, Metrics};
 use crate::outbound::balance::EndpointRegistry;
 use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
-use crate::outbound::Outbound;
+use crate::outbound::{Discovery, Outbound};
+use crate::signals::Signals;
 use crate::telemetry::LogLevel;
+use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
-    let view = crate::discovery::watch_file(&config.config, &metrics.config_reloads)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("the mesh config has problems")?;
-
     let outbound_listener = bind(config.outbound, "outbound").await?;
     let inbound_listener = bind(config.inbound, "inbound").await?;
     let admin_listener = bind(config.admin, "admin").await?;
@@ -44,8 +43,34 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     });
     tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
 
+    let (view, control) = match (&config.config, &config.control_url) {
+        (Some(path), _) => {
+            let view = crate::discovery::watch_file(path, &metrics.config_reloads)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("the mesh config has problems")?;
+            (view, None)
+        }
+        (None, Some(url)) => {
+            let (client, view) =
+                ControlClient::start(url, &config.service, metrics.control.clone())?;
+            (view, Some(client))
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --control-url URL"),
+    };
+    let registration = match &control {
+        Some(_) => Some(registration(&config, inbound_addr)?),
+        None => None,
+    };
+
     let clients = Clients::default();
-    let outbound = Arc::new(Outbound::new(metrics.http.clone()));
+    let mut outbound = Outbound::new(metrics.http.clone());
+    if let Some(client) = &control {
+        outbound = outbound.with_discovery(Discovery {
+            client: client.clone(),
+            timeout: config.discovery_timeout.get(),
+        });
+    }
+    let outbound = Arc::new(outbound);
     metrics
         .registry
         .register_collector(Box::new(crate::outbound::EndpointGauges(outbound.clone())));
@@ -129,13 +154,43 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         },
     ));
 
+    // Caught from before the proxy says it is ready, so that no signal in
+    // between kills it without a drain.
     let mut signals = Signals::install()?;
-    ready.store(true, Ordering::Release);
-    tracing::info!("ready");
+    // Standalone, the proxy is ready once it serves; with a control plane,
+    // once it has its inbound view and is registered.
+    let (registrar, becoming_ready) = match (&control, registration) {
+        (Some(client), Some((instance, registration))) => {
+            let registrar = client.register(&instance, registration, config.app);
+            let (client, ready) = (client.clone(), ready.clone());
+            let becoming_ready = tokio::spawn(async move {
+                client.ready().await;
+                ready.store(true, Ordering::Release);
+                tracing::info!("ready");
+            });
+            (Some(registrar), Some(becoming_ready))
+        }
+        _ => {
+            ready.store(true, Ordering::Release);
+            tracing::info!("ready");
+            (None, None)
+        }
+    };
 
-    let reason = signals.wait(&shutdown).await;
+    let reason = tokio::select! {
+        signal = signals.wait() => signal,
+        _ = shutdown.notified() => "POST /shutdown",
+    };
     tracing::info!(reason, drain_timeout = %config.drain_timeout, "draining");
+    if let Some(task) = becoming_ready {
+        task.abort();
+    }
     ready.store(false, Ordering::Release);
+    // Leave the registry first, so callers stop picking this instance
+    // while it still serves what they already sent.
+    if let Some(registrar) = registrar {
+        registrar.deregister().await;
+    }
     drain.drain();
     let drained = tokio::time::timeout(config.drain_timeout.get(), async {
         let _ = tokio::join!(outbound_server, inbound_server);
@@ -148,6 +203,47 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     admin_drain.drain();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_server).await;
     Ok(())
+}
+
+/// This instance's name and registration: the advertised address (the
+/// flag; else `$POD_IP` with the inbound port; else the inbound listener's
+/// address, loopback when it listens on all of them) with its labels.
+fn registration(config: &Config, inbound: SocketAddr) -> anyhow::Result<(String, Registration)> {
+    let advertise = match (config.advertise, std::env::var("POD_IP")) {
+        (Some(address), _) => address,
+        (None, Ok(ip)) => {
+            let ip: IpAddr = ip
+                .parse()
+                .with_context(|| format!("POD_IP={ip:?} is not an IP address"))?;
+            SocketAddr::new(ip, inbound.port())
+        }
+        (None, Err(_)) if inbound.ip().is_unspecified() => {
+            let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), inbound.port());
+            tracing::warn!(advertise = %loopback, "no --advertise and no POD_IP: advertising loopback, which only sidecars on this host can reach");
+            loopback
+        }
+        (None, Err(_)) => inbound,
+    };
+    let instance = config
+        .instance
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", advertise.ip(), advertise.port()).replace(':', "-"));
+    if !is_valid_instance_name(&instance) {
+        anyhow::bail!("--instance {instance:?}: use letters, digits, '-', '.' and '_'");
+    }
+    let ttl_seconds = config.registration_ttl.get().as_secs();
+    if !(1..=MAX_REGISTRATION_TTL_SECONDS).contains(&ttl_seconds) {
+        anyhow::bail!(
+            "--registration-ttl {}: give 1s to {MAX_REGISTRATION_TTL_SECONDS}s",
+            config.registration_ttl
+        );
+    }
+    let registration = Registration {
+        address: advertise,
+        labels: config.labels.iter().cloned().collect(),
+        ttl_seconds,
+    };
+    Ok((instance, registration))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -192,32 +288,6 @@ impl Follower {
                 version = current.version;
                 self.apply(&current);
             }
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, caught from before the proxy says it is ready, so
-/// that no signal in between kills it without a drain.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            term: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
-        })
-    }
-
-    /// Waits for a signal or `POST /shutdown`; says which came.
-    async fn wait(&mut self, admin_shutdown: &Notify) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = admin_shutdown.notified() => "POST /shutdown",
         }
     }
 }

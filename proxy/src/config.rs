@@ -18,6 +18,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_SERVICE: &str = "app";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_THREADS: &str = "1";
+pub const DEFAULT_DISCOVERY_TIMEOUT: &str = "5s";
+pub const DEFAULT_REGISTRATION_TTL: &str = "30s";
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -25,11 +27,42 @@ pub const DEFAULT_THREADS: &str = "1";
     version,
     about = "remora's sidecar proxy: the local app's calls out, and calls in to it"
 )]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["config", "control_url"])))]
 pub struct Config {
     /// The mesh config to serve from (standalone mode). It is watched and
     /// reloaded on change; a bad edit keeps the last good config serving.
     #[arg(long, env = "REMORA_CONFIG")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+
+    /// The control plane to take the mesh from (`http://remora-control:8086`),
+    /// instead of `--config`.
+    #[arg(long, env = "REMORA_CONTROL_URL", conflicts_with = "config")]
+    pub control_url: Option<http::Uri>,
+
+    /// The address other sidecars dial for this instance, registered with
+    /// the control plane. Default: `$POD_IP` with the inbound port, else the
+    /// inbound listener's own address.
+    #[arg(long, env = "REMORA_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+
+    /// A label of this instance's registration (`version=v2`); repeatable.
+    /// Routes split traffic by labels.
+    #[arg(long = "label", env = "REMORA_LABEL", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// This instance's name in the control plane's registry. Default: the
+    /// advertised address, as `IP-PORT`.
+    #[arg(long, env = "REMORA_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// How long a registration lives unless renewed; renewed at a third of it.
+    #[arg(long, env = "REMORA_REGISTRATION_TTL", default_value = DEFAULT_REGISTRATION_TTL)]
+    pub registration_ttl: HumanDuration,
+
+    /// How long the app's first call to a service waits for the control
+    /// plane's view of it before failing with `503 discovery-timeout`.
+    #[arg(long, env = "REMORA_DISCOVERY_TIMEOUT", default_value = DEFAULT_DISCOVERY_TIMEOUT)]
+    pub discovery_timeout: HumanDuration,
 
     /// The service this proxy's app belongs to: labels inbound metrics and
     /// picks the `inbound:` policy (rate limit) of that service.
@@ -72,4 +105,23 @@ pub struct Config {
     /// A tracing filter: `info`, `remora=debug,hyper=info`, `remora::access=off`.
     #[arg(long, env = "REMORA_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
     pub log_level: String,
+}
+
+/// `key=value`, with a key a label could have in Kubernetes.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not a label: write key=value"))?;
+    let valid = |t: &str, empty_ok: bool| {
+        (empty_ok || !t.is_empty())
+            && t.len() <= 253
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'))
+    };
+    if !valid(key, false) || !valid(value, true) {
+        return Err(format!(
+            "{s:?} is not a label: keys and values are letters, digits, '-', '.', '_' and '/'"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
 }

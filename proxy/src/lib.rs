@@ -11,4 +11,5 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod signals;
 pub mod telemetry;

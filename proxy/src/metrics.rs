@@ -134,6 +134,21 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// A kind of control-plane resource: `outbound`, `inbound`, `registration`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
+/// How the proxy hears from the control plane.
+#[derive(Clone, Debug, Default)]
+pub struct ControlMetrics {
+    /// New views received (and registrations made), by resource kind.
+    pub updates: Family<ResourceLabels, Counter>,
+    /// 1 while the latest exchange of that kind succeeded, else 0.
+    pub connected: Family<ResourceLabels, Gauge>,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -197,6 +212,7 @@ pub struct Metrics {
     pub transport: TransportMetrics,
     /// Config reloads by result (`ok`, `error`).
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub control: ControlMetrics,
 }
 
 impl Metrics {
@@ -269,27 +285,44 @@ impl Metrics {
             "Config reloads by result",
             config_reloads.clone(),
         );
+        let control = ControlMetrics::default();
+        r.register(
+            "control_updates",
+            "Views received from the control plane, and registrations made",
+            control.updates.clone(),
+        );
+        r.register(
+            "control_connected",
+            "Whether the latest exchange with the control plane succeeded",
+            control.connected.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             http,
             transport,
             config_reloads,
+            control,
         }
     }
 
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        encode_openmetrics(&self.registry)
     }
 
     /// The registry in the classic Prometheus text format (0.0.4).
     pub fn encode_prometheus(&self) -> String {
         to_prometheus_text(&self.encode())
     }
+}
+
+/// `registry` in the OpenMetrics text format.
+pub fn encode_openmetrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)
+        .expect("writing to a String cannot fail");
+    out
 }
 
 /// OpenMetrics names a counter family without its `_total` suffix and ends

@@ -61,3 +61,59 @@ fn every_flag_reads_its_environment_variable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--outbound"), "{stderr}");
 }
+
+#[test]
+fn the_mesh_comes_from_exactly_one_source() {
+    let neither = proxy().output().unwrap();
+    assert!(!neither.status.success());
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(
+        stderr.contains("--config") && stderr.contains("--control-url"),
+        "{stderr}"
+    );
+    let both = proxy()
+        .args([
+            "--config",
+            "mesh.yaml",
+            "--control-url",
+            "http://127.0.0.1:8086",
+        ])
+        .output()
+        .unwrap();
+    assert!(!both.status.success());
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
+fn bad_control_plane_flags_are_named() {
+    let run = |args: &[&str]| {
+        let out = proxy()
+            .args([
+                "--outbound",
+                "127.0.0.1:0",
+                "--inbound",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(&["--control-url", "https://remora-control:8086"]);
+    assert!(stderr.contains("--control-url"), "{stderr}");
+    let stderr = run(&["--control-url", "http://remora-control"]);
+    assert!(stderr.contains("name the port"), "{stderr}");
+    let stderr = run(&["--control-url", "http://127.0.0.1:1", "--label", "version"]);
+    assert!(stderr.contains("key=value"), "{stderr}");
+    let stderr = run(&[
+        "--control-url",
+        "http://127.0.0.1:1",
+        "--registration-ttl",
+        "2h",
+    ]);
+    assert!(stderr.contains("--registration-ttl"), "{stderr}");
+}

@@ -40,22 +40,8 @@ impl Proxy {
         app: SocketAddr,
         extra: &[&str],
     ) -> Proxy {
-        let mut command = Command::new(binary("remora-proxy"));
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .args([
-                "--outbound",
-                "127.0.0.1:0",
-                "--inbound",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-            ])
-            .arg("--app")
-            .arg(app.to_string())
-            .args(["--log-format", "json", "--log-level", "info"])
-            .args(extra);
+        let mut command = command(app);
+        command.arg("--config").arg(&config_path).args(extra);
         let proxy = Proxy::spawned(
             Running::spawn(command, "remora-proxy").await,
             config_path,
@@ -63,6 +49,39 @@ impl Proxy {
         );
         proxy.wait_ready().await;
         proxy
+    }
+
+    /// Starts a proxy for `service` that takes the mesh from the control
+    /// plane at `control_url`, with its app at `app`, and waits until it is
+    /// ready: it has its inbound view and has registered.
+    pub async fn controlled(
+        control_url: &str,
+        service: &str,
+        app: SocketAddr,
+        extra: &[&str],
+    ) -> Proxy {
+        let proxy = Self::controlled_unready(control_url, service, app, extra).await;
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// As [`Proxy::controlled`], without waiting for `/ready`.
+    pub async fn controlled_unready(
+        control_url: &str,
+        service: &str,
+        app: SocketAddr,
+        extra: &[&str],
+    ) -> Proxy {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut command = command(app);
+        command
+            .args(["--control-url", control_url, "--service", service])
+            .args(extra);
+        Proxy::spawned(
+            Running::spawn(command, "remora-proxy").await,
+            PathBuf::new(),
+            dir,
+        )
     }
 
     fn spawned(running: Running, config_path: PathBuf, dir: tempfile::TempDir) -> Proxy {
@@ -134,4 +153,22 @@ impl Proxy {
             .unwrap_or_else(|_| panic!("the proxy did not exit within {limit:?}"))
             .expect("waiting for the proxy")
     }
+}
+
+/// The proxy's command line with every listener on an ephemeral loopback port.
+fn command(app: SocketAddr) -> Command {
+    let mut command = Command::new(binary("remora-proxy"));
+    command
+        .args([
+            "--outbound",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--app")
+        .arg(app.to_string())
+        .args(["--log-format", "json", "--log-level", "info"]);
+    command
 }

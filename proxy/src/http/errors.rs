@@ -16,6 +16,8 @@ pub enum ProxyError {
     NoAuthority,
     #[error("no service named {0:?} in the mesh")]
     UnknownService(String),
+    #[error("no view of service {0:?} came from the control plane within {1:?}")]
+    DiscoveryTimeout(String, Duration),
     #[error("no route of service {0:?} matches this request")]
     NoRoute(String),
     #[error("service {0:?} has no endpoints")]
@@ -54,6 +56,7 @@ impl ProxyError {
         match self {
             ProxyError::NoAuthority => "no-authority",
             ProxyError::UnknownService(_) => "unknown-service",
+            ProxyError::DiscoveryTimeout(..) => "discovery-timeout",
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::NoEndpoints(_) => "no-endpoints",
             ProxyError::Timeout(_) => "timeout",
@@ -74,9 +77,9 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoints(_) | ProxyError::Overloaded(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoints(_)
+            | ProxyError::Overloaded(_)
+            | ProxyError::DiscoveryTimeout(..) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }

@@ -9,7 +9,7 @@ pub mod routes;
 pub mod snapshot;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode, Version};
@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 
 use self::balance::Endpoint;
 use self::snapshot::{Backend, Route, Snapshot};
+use crate::discovery::control::{ControlClient, Presence};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
@@ -85,8 +86,18 @@ const UNMESHED: &str = "unmeshed";
 
 pub struct Outbound {
     snapshot: ArcSwap<Snapshot>,
+    /// Bumped after each new snapshot, for requests waiting on discovery.
+    applied: tokio::sync::watch::Sender<u64>,
+    discovery: Option<Discovery>,
     metrics: HttpMetrics,
     unmeshed: Arc<str>,
+}
+
+/// Where services missing from the snapshot are looked up, and how long a
+/// request waits for them.
+pub struct Discovery {
+    pub client: ControlClient,
+    pub timeout: Duration,
 }
 
 /// What became of a request, for metrics and the access log.
@@ -113,14 +124,24 @@ impl Outbound {
     pub fn new(metrics: HttpMetrics) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            applied: tokio::sync::watch::channel(0).0,
+            discovery: None,
             metrics,
             unmeshed: UNMESHED.into(),
         }
     }
 
+    /// Services the snapshot lacks are watched through `discovery` on
+    /// their first request (control-plane mode).
+    pub fn with_discovery(mut self, discovery: Discovery) -> Self {
+        self.discovery = Some(discovery);
+        self
+    }
+
     /// Swaps in a new view; requests in flight finish on the old one.
     pub fn update(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+        self.applied.send_modify(|n| *n += 1);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -136,10 +157,13 @@ impl Outbound {
         let Some(authority) = target_authority(&req) else {
             return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started);
         };
-        let snapshot = self.snapshot.load_full();
-        let Some(service) = snapshot.lookup(&authority) else {
-            let e = ProxyError::UnknownService(snapshot::service_name(&authority).to_string());
-            return self.finish_unrouted(&req, &authority, e, started);
+        let known = self.snapshot.load().lookup(&authority).cloned();
+        let service = match known {
+            Some(service) => service,
+            None => match self.discover(&authority).await {
+                Ok(service) => service,
+                Err(e) => return self.finish_unrouted(&req, &authority, e, started),
+            },
         };
         // A clone of the URI shares its bytes; the path is read from it.
         let uri = req.uri().clone();
@@ -159,7 +183,7 @@ impl Outbound {
         let outcome = match route.timeout {
             Some(limit) => match tokio::time::timeout(
                 limit,
-                self.route_request(service, route, req, &authority),
+                self.route_request(&service, route, req, &authority),
             )
             .await
             {
@@ -169,7 +193,7 @@ impl Outbound {
                     Outcome::error(ProxyError::Timeout(limit))
                 }
             },
-            None => self.route_request(service, route, req, &authority).await,
+            None => self.route_request(&service, route, req, &authority).await,
         };
         self.record(&route.labels, &outcome, started);
         AccessRecord {
@@ -188,6 +212,37 @@ impl Outbound {
         }
         .log();
         outcome.response
+    }
+
+    /// A service the snapshot lacks: the app's first call to it starts a
+    /// watch and waits, within the discovery timeout, for its view.
+    async fn discover(&self, authority: &str) -> Result<Arc<snapshot::Service>, ProxyError> {
+        let unknown = || ProxyError::UnknownService(snapshot::service_name(authority).to_string());
+        let (Some(discovery), Some(name)) = (&self.discovery, snapshot::mesh_service(authority))
+        else {
+            return Err(unknown());
+        };
+        let Some(mut presence) = discovery.client.watch(name) else {
+            return Err(unknown());
+        };
+        let mut applied = self.applied.subscribe();
+        let deadline = tokio::time::sleep(discovery.timeout);
+        tokio::pin!(deadline);
+        loop {
+            if let Some(service) = self.snapshot.load().lookup(authority) {
+                return Ok(service.clone());
+            }
+            if *presence.borrow_and_update() == Presence::Unknown {
+                return Err(unknown());
+            }
+            tokio::select! {
+                _ = applied.changed() => {}
+                _ = presence.changed() => {}
+                _ = &mut deadline => {
+                    return Err(ProxyError::DiscoveryTimeout(name.to_string(), discovery.timeout));
+                }
+            }
+        }
     }
 
     /// Fault injection, admission, the split, then the tries.

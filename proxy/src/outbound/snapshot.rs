@@ -289,20 +289,24 @@ pub fn service_name(authority: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
+/// The mesh service an authority could name, if any: the host when it has
+/// no dots, else `name` of `name.namespace[.svc[.cluster-domain]]`.
+pub fn mesh_service(authority: &str) -> Option<&str> {
+    let host = service_name(authority);
+    let Some((name, rest)) = host.split_once('.') else {
+        return Some(host);
+    };
+    let mut parts = rest.split('.');
+    let _namespace = parts.next()?;
+    match parts.next() {
+        None | Some("svc") => Some(name),
+        Some(_) => None,
+    }
+}
+
 impl Snapshot {
     pub fn lookup(&self, authority: &str) -> Option<&Arc<Service>> {
-        let host = service_name(authority);
-        if let Some(s) = self.services.get(host) {
-            return Some(s);
-        }
-        // name.namespace[.svc[.cluster-domain]]
-        let (name, rest) = host.split_once('.')?;
-        let mut parts = rest.split('.');
-        let _namespace = parts.next()?;
-        match parts.next() {
-            None | Some("svc") => self.services.get(name),
-            Some(_) => None,
-        }
+        self.services.get(mesh_service(authority)?)
     }
 }
 

@@ -1,0 +1,64 @@
+//! The admin listener: `/metrics` (Prometheus text, or OpenMetrics when
+//! asked), `/ready` (with the last rejected config edit, if any) and
+//! `/live`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use remora_proxy::admin::{metrics_response, text};
+use remora_proxy::discovery::MeshView;
+use remora_proxy::http::Body;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    /// The mesh file's view, when `--config` names one.
+    pub config: Option<watch::Receiver<Arc<MeshView>>>,
+    /// Serving; false while shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Admin {
+    pub fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/metrics") => metrics_response(&self.metrics.registry, req),
+            (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (&Method::GET, "/ready") => self.ready(),
+            (_, "/metrics" | "/live" | "/ready") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /ready, /live\n",
+            ),
+        }
+    }
+
+    /// Ready while serving, even after a rejected edit: the last good config
+    /// still serves, and the body says what was rejected.
+    fn ready(&self) -> Response<Body> {
+        if !self.ready.load(Ordering::Acquire) {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: shutting down\n",
+            );
+        }
+        let mut body = String::from("ready\n");
+        if let Some(config) = &self.config {
+            let view = config.borrow();
+            if let Some(problems) = &view.last_error {
+                let _ = write!(
+                    body,
+                    "the last edit of {} was rejected; the last good config keeps serving. Its problems:\n{problems}\n",
+                    view.source
+                );
+            }
+        }
+        text(StatusCode::OK, body)
+    }
+}

@@ -1,0 +1,221 @@
+//! The API listener (docs/protocol.md): long-poll views, registrations and
+//! the service listing. Each request is routed by method and path, answered
+//! with JSON, and counted by resource and status.
+
+pub mod registrations;
+pub mod services;
+pub mod views;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use remora_api::protocol::ApiError;
+use remora_proxy::http::server::Drain;
+use remora_proxy::http::{full, Body};
+
+use crate::metrics::{Metrics, RequestLabels, ViewMetrics};
+use crate::state::{Kind, State};
+
+/// What the API serves from, shared by every connection.
+pub struct Api {
+    pub state: Arc<State>,
+    outbound: ViewMetrics,
+    inbound: ViewMetrics,
+    requests: Family<RequestLabels, Counter>,
+    /// Signaled at shutdown: held long-polls answer at once.
+    drain: Drain,
+    restart: RestartGrace,
+}
+
+/// Registrations are soft state: a restarted control plane knows each
+/// service from the file at once, but its endpoints only as the sidecars
+/// register again. Answering a proxy that still serves the previous
+/// process's view with a view missing those endpoints would fail its
+/// requests; so, for a while after start, a poll that presents a version
+/// from before this process is held, and the proxy keeps serving what it
+/// has. New proxies (no version) are answered at once.
+#[derive(Clone, Copy, Debug)]
+pub struct RestartGrace {
+    /// This process's first version: anything lower is from an earlier one.
+    pub first_version: u64,
+    pub until: std::time::Instant,
+}
+
+impl RestartGrace {
+    /// How long a poll presenting `version` must still be held.
+    pub fn remaining(&self, version: Option<u64>) -> Option<std::time::Duration> {
+        version.filter(|v| *v < self.first_version)?;
+        self.until
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// What a request asks for, read from its method and path.
+enum Target {
+    View(Kind, String),
+    Register(String, String),
+    Deregister(String, String),
+    Services,
+    MethodNotAllowed(&'static str),
+    NotFound,
+}
+
+impl Api {
+    pub fn new(state: Arc<State>, metrics: &Metrics, drain: Drain, restart: RestartGrace) -> Self {
+        Self {
+            state,
+            outbound: metrics.view(Kind::Outbound),
+            inbound: metrics.view(Kind::Inbound),
+            requests: metrics.requests.clone(),
+            drain,
+            restart,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let (resource, target) = route(req.method(), req.uri().path());
+        let response = match target {
+            Target::View(kind, service) => {
+                let query = req.uri().query().map(str::to_owned);
+                // The request is not needed while the poll is held.
+                drop(req);
+                views::poll(self, kind, &service, query.as_deref()).await
+            }
+            Target::Register(service, instance) => {
+                registrations::put(self, &service, &instance, req).await
+            }
+            Target::Deregister(service, instance) => {
+                registrations::delete(self, &service, &instance)
+            }
+            Target::Services => services::list(self),
+            Target::MethodNotAllowed(allowed) => {
+                let mut r = error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("method not allowed; this path takes {allowed}"),
+                );
+                if let Ok(v) = HeaderValue::from_str(allowed) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                r
+            }
+            Target::NotFound => error(
+                StatusCode::NOT_FOUND,
+                "not found: the API serves /v1/outbound/{service}, /v1/inbound/{service}, /v1/registrations/{service}/{instance} and /v1/services",
+            ),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                resource,
+                status_code: response.status().as_u16(),
+            })
+            .inc();
+        response
+    }
+
+    fn view_metrics(&self, kind: Kind) -> &ViewMetrics {
+        match kind {
+            Kind::Outbound => &self.outbound,
+            Kind::Inbound => &self.inbound,
+        }
+    }
+}
+
+/// The resource label and the target of a request.
+fn route(method: &Method, path: &str) -> (&'static str, Target) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", kind @ ("outbound" | "inbound"), service] => {
+            let (label, kind) = if *kind == "outbound" {
+                ("outbound", Kind::Outbound)
+            } else {
+                ("inbound", Kind::Inbound)
+            };
+            if method == Method::GET {
+                (label, Target::View(kind, service.to_string()))
+            } else {
+                (label, Target::MethodNotAllowed("GET"))
+            }
+        }
+        ["v1", "registrations", service, instance] => {
+            let (service, instance) = (service.to_string(), instance.to_string());
+            let target = match *method {
+                Method::PUT => Target::Register(service, instance),
+                Method::DELETE => Target::Deregister(service, instance),
+                _ => Target::MethodNotAllowed("PUT, DELETE"),
+            };
+            ("registrations", target)
+        }
+        ["v1", "services"] => {
+            if method == Method::GET {
+                ("services", Target::Services)
+            } else {
+                ("services", Target::MethodNotAllowed("GET"))
+            }
+        }
+        _ => ("other", Target::NotFound),
+    }
+}
+
+/// A JSON body with `status`.
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `{"error": "..."}` with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let body = serde_json::to_vec(&ApiError {
+        error: message.into(),
+    })
+    .unwrap_or_default();
+    json(status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_by_method_and_shape() {
+        let get = Method::GET;
+        assert!(matches!(
+            route(&get, "/v1/outbound/orders"),
+            ("outbound", Target::View(Kind::Outbound, s)) if s == "orders"
+        ));
+        assert!(matches!(
+            route(&get, "/v1/inbound/orders"),
+            ("inbound", Target::View(Kind::Inbound, _))
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/v1/outbound/orders"),
+            ("outbound", Target::MethodNotAllowed(_))
+        ));
+        assert!(matches!(
+            route(&Method::PUT, "/v1/registrations/orders/pod-1"),
+            ("registrations", Target::Register(s, i)) if s == "orders" && i == "pod-1"
+        ));
+        assert!(matches!(
+            route(&Method::DELETE, "/v1/registrations/orders/pod-1"),
+            ("registrations", Target::Deregister(..))
+        ));
+        assert!(matches!(
+            route(&get, "/v1/services"),
+            ("services", Target::Services)
+        ));
+        assert!(matches!(
+            route(&get, "/v1/outbound/a/b"),
+            ("other", Target::NotFound)
+        ));
+        assert!(matches!(route(&get, "/"), ("other", Target::NotFound)));
+    }
+}

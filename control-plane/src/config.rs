@@ -1,0 +1,101 @@
+//! The command line: subcommands `serve` (the default) and `check`; every
+//! flag of `serve` also reads `REMORA_<FLAG>` from the environment.
+//! Defaults are the named constants below.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use remora_proxy::telemetry::LogFormat;
+
+pub const DEFAULT_API: &str = "0.0.0.0:8086";
+pub const DEFAULT_ADMIN: &str = "0.0.0.0:9990";
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Longer than a sidecar's renewal period (a third of its 30s TTL), so
+/// every sidecar has registered again before a previous view is replaced.
+pub const DEFAULT_RESTART_GRACE: &str = "15s";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "remora-control",
+    version,
+    about = "remora's control plane: serves the mesh to the proxies and takes their registrations",
+    // `remora-control --config mesh.yaml` serves, as `serve` would.
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the mesh: long-poll views, registrations and the admin port
+    /// (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Check a mesh config: print every problem as FILE:LINE:COLUMN: KEY:
+    /// message and exit 1, or print a summary and exit 0.
+    Check {
+        /// The mesh config to check.
+        file: PathBuf,
+    },
+    /// Run a demo on loopback: a control plane and a small shop of five
+    /// services, each behind its own remora-proxy, with steady traffic and
+    /// each service's rate, success rate and latency printed once a second.
+    Demo(remora_demo::DemoOptions),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// The mesh config, watched and reloaded on change; a bad edit keeps
+    /// the last good config serving. Without it the mesh holds only the
+    /// services that register.
+    #[arg(long, env = "REMORA_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Listener for the proxies: long-poll views, registrations, listing.
+    #[arg(long, env = "REMORA_API", default_value = DEFAULT_API)]
+    pub api: SocketAddr,
+
+    /// Listener for /metrics, /ready and /live.
+    #[arg(long, env = "REMORA_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+
+    /// After a start, how long proxies still serving a previous control
+    /// plane's views keep them while sidecars register again (registrations
+    /// live in memory only).
+    #[arg(long, env = "REMORA_RESTART_GRACE", default_value = DEFAULT_RESTART_GRACE)]
+    pub restart_grace: remora_api::HumanDuration,
+
+    #[arg(long, env = "REMORA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// A tracing filter: `info`, `remora_control=debug,hyper=info`.
+    #[arg(long, env = "REMORA_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
+    pub log_level: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_the_default_subcommand() {
+        let cli = Cli::try_parse_from(["remora-control", "--config", "m.yaml"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.config, Some(PathBuf::from("m.yaml")));
+        assert_eq!(cli.serve.api, DEFAULT_API.parse().unwrap());
+
+        let cli = Cli::try_parse_from(["remora-control", "serve", "--api", "127.0.0.1:1"]).unwrap();
+        match cli.command {
+            Some(Command::Serve(args)) => assert_eq!(args.api, "127.0.0.1:1".parse().unwrap()),
+            other => panic!("{other:?}"),
+        }
+
+        let cli = Cli::try_parse_from(["remora-control", "check", "m.yaml"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Check { .. })));
+    }
+}

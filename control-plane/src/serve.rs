@@ -1,0 +1,162 @@
+//! `remora-control serve`: wires the state, its sources, the API and the
+//! admin listener; runs until SIGTERM or SIGINT, then answers held
+//! long-polls, closes connections and returns.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use remora_proxy::http::server::{
+    self, drain_channel, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT,
+};
+use remora_proxy::metrics::{Direction, TransportMetrics};
+use tokio::net::TcpListener;
+
+use crate::admin::Admin;
+use remora_proxy::signals::Signals;
+
+use crate::api::{Api, RestartGrace};
+use crate::config::ServeArgs;
+use crate::metrics::Metrics;
+use crate::sources;
+use crate::state::State;
+
+/// How long open connections get to close after shutdown begins; held
+/// long-polls are answered at once, so this bounds only slow clients.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    let metrics = Metrics::new();
+    let first_version = unix_millis_now();
+    let restart = RestartGrace {
+        first_version,
+        until: std::time::Instant::now() + args.restart_grace.get(),
+    };
+    let state = Arc::new(State::new(first_version, metrics.registrations.clone()));
+    let config = match &args.config {
+        Some(path) => {
+            let view = remora_proxy::discovery::watch_file(path, &metrics.config_reloads)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("the mesh config {} has problems", path.display()))?;
+            let mesh = view.borrow().mesh.clone();
+            tracing::info!(config = %path.display(), services = mesh.services.len(), "mesh loaded");
+            state.set_mesh(mesh);
+            tokio::spawn(sources::file::follow(view.clone(), state.clone()));
+            Some(view)
+        }
+        None => {
+            tracing::info!("no --config: the mesh holds only the services that register");
+            None
+        }
+    };
+
+    let mut signals = Signals::install()?;
+    let api_listener = bind(args.api, "the API").await?;
+    let admin_listener = bind(args.admin, "admin").await?;
+    let (api_addr, admin_addr) = (api_listener.local_addr()?, admin_listener.local_addr()?);
+    tracing::info!(api = %api_addr, admin = %admin_addr, "listening");
+
+    let metrics = Arc::new(metrics);
+    let ready = Arc::new(AtomicBool::new(true));
+    let (drain, draining) = drain_channel();
+    let (admin_drain, admin_draining) = drain_channel();
+    tokio::spawn(sources::registrations::sweep(
+        state.clone(),
+        draining.clone(),
+    ));
+
+    let api = Arc::new(Api::new(state, &metrics, draining.clone(), restart));
+    let api_server = tokio::spawn(server::serve(
+        api_listener,
+        settings(),
+        unrecorded_transport(),
+        draining,
+        move |_peer| {
+            let api = api.clone();
+            service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            })
+        },
+    ));
+    let admin = Arc::new(Admin {
+        metrics,
+        config,
+        ready: ready.clone(),
+    });
+    let admin_server = tokio::spawn(server::serve(
+        admin_listener,
+        settings(),
+        unrecorded_transport(),
+        admin_draining,
+        move |_peer| {
+            let admin = admin.clone();
+            service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.handle(&req)) }
+            })
+        },
+    ));
+
+    let reason = signals.wait().await;
+    tracing::info!(reason, "shutting down: answering held long-polls");
+    ready.store(false, Ordering::Release);
+    drain.drain();
+    if tokio::time::timeout(SHUTDOWN_GRACE, api_server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; exiting");
+    }
+    admin_drain.drain();
+    let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn settings() -> ServerSettings {
+    ServerSettings {
+        // Labels connection metrics, which the control plane does not record.
+        direction: Direction::Inbound,
+        header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+    }
+}
+
+/// The shared server counts connections and bytes for the proxy's traffic
+/// metrics; the control plane registers none of them.
+fn unrecorded_transport() -> TransportMetrics {
+    TransportMetrics {
+        open: Default::default(),
+        total: Default::default(),
+        bytes: Default::default(),
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// One control plane holds a connection from every proxy: raise the soft
+/// limit on open files to the hard limit.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+/// The first version of this process: its start time in Unix milliseconds,
+/// so that versions keep growing across restarts.
+fn unix_millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+}

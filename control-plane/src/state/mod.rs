@@ -1,0 +1,474 @@
+//! The merged state: the mesh from the file plus the registered endpoints,
+//! turned into one view per resource (`outbound/NAME`, `inbound/NAME`).
+//! Each resource has a `watch` channel holding its serialized body and
+//! version; a change publishes only into the channels of the resources
+//! whose content changed, so it wakes exactly their watchers, and each
+//! body is serialized once however many watch it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+use remora_api::protocol::{
+    EndpointHealth, EndpointSource, EndpointStatus, InboundView, OutboundView, Registration,
+    ServiceStatus, ServicesListing,
+};
+use remora_api::{Endpoint, Mesh, Service};
+use tokio::sync::watch;
+
+use crate::sources::registrations::{Put, Table};
+
+#[cfg(test)]
+mod tests;
+
+/// The two kinds of view a service has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// What callers of the service need: routes, policies, endpoints.
+    Outbound,
+    /// What the service's own sidecars enforce.
+    Inbound,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Outbound => "outbound",
+            Kind::Inbound => "inbound",
+        }
+    }
+}
+
+/// What a resource's channel holds: its current body, if the service
+/// exists, and when it was published.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The view's version; 0 while the service does not exist.
+    pub version: u64,
+    /// The view as JSON; `None` while the service does not exist.
+    pub body: Option<Bytes>,
+    /// When this was published, to measure how long its delivery took.
+    pub at: Instant,
+}
+
+impl Published {
+    fn absent() -> Self {
+        Self {
+            version: 0,
+            body: None,
+            at: Instant::now(),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.body.is_some()
+    }
+}
+
+/// A view as last published, kept to tell whether a recomputed one differs.
+#[derive(Debug)]
+enum View {
+    Outbound(OutboundView),
+    Inbound(InboundView),
+}
+
+impl View {
+    /// Equal but for the version.
+    fn same_content(&self, other: &View) -> bool {
+        match (self, other) {
+            (View::Outbound(a), View::Outbound(b)) => {
+                a.service == b.service
+                    && a.trust_domain == b.trust_domain
+                    && a.services == b.services
+            }
+            (View::Inbound(a), View::Inbound(b)) => {
+                a.service == b.service
+                    && a.trust_domain == b.trust_domain
+                    && a.identity == b.identity
+                    && a.policy == b.policy
+            }
+            _ => false,
+        }
+    }
+
+    fn set_version(&mut self, version: u64) {
+        match self {
+            View::Outbound(v) => v.version = version,
+            View::Inbound(v) => v.version = version,
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        match self {
+            View::Outbound(v) => serde_json::to_vec(v),
+            View::Inbound(v) => serde_json::to_vec(v),
+        }
+    }
+}
+
+type Key = (Kind, String);
+
+struct Resource {
+    tx: watch::Sender<Published>,
+    /// `None` while the service does not exist.
+    view: Option<View>,
+}
+
+impl Resource {
+    fn absent() -> Self {
+        Self {
+            tx: watch::channel(Published::absent()).0,
+            view: None,
+        }
+    }
+}
+
+/// The control plane's whole state, shared by the sources that change it
+/// and the API that serves it. The lock is never held across an `.await`.
+pub struct State {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    mesh: Arc<Mesh>,
+    registrations: Table,
+    resources: HashMap<Key, Resource>,
+    /// Service → the services whose outbound views include it (through a
+    /// split), so an endpoint change refreshes exactly those.
+    dependents: HashMap<String, BTreeSet<String>>,
+    next_version: u64,
+    registrations_gauge: Gauge,
+}
+
+impl State {
+    /// An empty mesh. Versions start at `first_version` (the process's
+    /// start time in Unix milliseconds, so they grow across restarts).
+    pub fn new(first_version: u64, registrations_gauge: Gauge) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                mesh: Arc::default(),
+                registrations: Table::default(),
+                resources: HashMap::new(),
+                dependents: HashMap::new(),
+                next_version: first_version,
+                registrations_gauge,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the state as consistent as
+        // the step that panicked did; serving it beats serving nothing.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the mesh from the file; the number of views that changed.
+    pub fn set_mesh(&self, mesh: Arc<Mesh>) -> usize {
+        let mut inner = self.lock();
+        inner.dependents = dependents(&mesh);
+        inner.mesh = mesh;
+        let mut names: BTreeSet<String> = inner.mesh.services.keys().cloned().collect();
+        names.extend(inner.registrations.service_names());
+        names.extend(inner.resources.keys().map(|(_, name)| name.clone()));
+        let mut changed = 0;
+        for name in &names {
+            changed += inner.refresh(Kind::Outbound, name) as usize;
+            changed += inner.refresh(Kind::Inbound, name) as usize;
+        }
+        changed
+    }
+
+    /// Registers or renews an endpoint; what the `PUT` did.
+    pub fn register(&self, service: &str, instance: &str, reg: &Registration, now: Instant) -> Put {
+        let mut inner = self.lock();
+        let put = inner.registrations.put(service, instance, reg, now);
+        inner.count_registrations();
+        if put != Put::Renewed {
+            inner.endpoints_changed(service);
+        }
+        put
+    }
+
+    /// Removes an endpoint; whether it was registered.
+    pub fn deregister(&self, service: &str, instance: &str) -> bool {
+        let mut inner = self.lock();
+        let removed = inner.registrations.remove(service, instance);
+        if removed {
+            inner.count_registrations();
+            inner.endpoints_changed(service);
+        }
+        removed
+    }
+
+    /// Removes the registrations expired by `now`; which they were.
+    pub fn expire(&self, now: Instant) -> Vec<(String, String)> {
+        let mut inner = self.lock();
+        let expired = inner.registrations.expire(now);
+        if !expired.is_empty() {
+            inner.count_registrations();
+            let services: BTreeSet<&str> = expired.iter().map(|(s, _)| s.as_str()).collect();
+            for service in services {
+                inner.endpoints_changed(service);
+            }
+        }
+        expired
+    }
+
+    /// A receiver of `kind/service`, its current value marked seen. A
+    /// service that does not exist gets a channel too, so that its watchers
+    /// wake when it appears.
+    pub fn watch(&self, kind: Kind, service: &str) -> watch::Receiver<Published> {
+        let mut inner = self.lock();
+        let key = (kind, service.to_string());
+        inner
+            .resources
+            .entry(key)
+            .or_insert_with(Resource::absent)
+            .tx
+            .subscribe()
+    }
+
+    /// What `kind/service` holds now.
+    pub fn current(&self, kind: Kind, service: &str) -> Published {
+        let inner = self.lock();
+        inner
+            .resources
+            .get(&(kind, service.to_string()))
+            .map_or_else(Published::absent, |r| r.tx.borrow().clone())
+    }
+
+    /// Drops the channels of services that do not exist and that nobody
+    /// watches any more.
+    pub fn prune_unwatched(&self) {
+        let mut inner = self.lock();
+        inner
+            .resources
+            .retain(|_, r| r.view.is_some() || r.tx.receiver_count() > 0);
+    }
+
+    /// Every service with its outbound version and endpoints.
+    pub fn listing(&self, now: Instant) -> ServicesListing {
+        let inner = self.lock();
+        let mut names: BTreeSet<&str> = inner.mesh.services.keys().map(String::as_str).collect();
+        names.extend(inner.registrations.services());
+        let services = names
+            .into_iter()
+            .map(|name| {
+                let from_file = inner.mesh.services.get(name);
+                let identity = from_file.and_then(|s| s.identity.clone());
+                let mut endpoints: Vec<EndpointStatus> = from_file
+                    .map(|s| s.endpoints.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| EndpointStatus {
+                        address: e.address,
+                        identity: e.identity.clone(),
+                        labels: e.labels.clone(),
+                        source: EndpointSource::File,
+                        instance: None,
+                        health: EndpointHealth::Static,
+                        expires_in_seconds: None,
+                    })
+                    .collect();
+                for (instance, r) in inner.registrations.of(name).into_iter().flatten() {
+                    endpoints.push(EndpointStatus {
+                        address: r.address,
+                        identity: identity.clone(),
+                        labels: r.labels.clone(),
+                        source: EndpointSource::Registration,
+                        instance: Some(instance.clone()),
+                        health: EndpointHealth::Alive,
+                        expires_in_seconds: Some(
+                            r.expires_at.saturating_duration_since(now).as_secs_f64(),
+                        ),
+                    });
+                }
+                let version = inner
+                    .resources
+                    .get(&(Kind::Outbound, name.to_string()))
+                    .map_or(0, |r| r.tx.borrow().version);
+                let status = ServiceStatus {
+                    version,
+                    in_config: from_file.is_some(),
+                    endpoints,
+                };
+                (name.to_string(), status)
+            })
+            .collect();
+        ServicesListing { services }
+    }
+}
+
+impl Inner {
+    fn count_registrations(&self) {
+        self.registrations_gauge
+            .set(i64::try_from(self.registrations.len()).unwrap_or(i64::MAX));
+    }
+
+    /// `service`'s endpoints changed: its own views, and the outbound
+    /// views that include it.
+    fn endpoints_changed(&mut self, service: &str) {
+        self.refresh(Kind::Outbound, service);
+        // Its inbound view changes only when the service appears or
+        // disappears, which a refresh tells apart cheaply.
+        self.refresh(Kind::Inbound, service);
+        let dependents: Vec<String> = self
+            .dependents
+            .get(service)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for name in dependents {
+            self.refresh(Kind::Outbound, &name);
+        }
+    }
+
+    /// The service as the file defines it, or with every default when only
+    /// registrations name it; `None` when neither does.
+    fn settings(&self, name: &str) -> Option<Service> {
+        match self.mesh.services.get(name) {
+            Some(s) => Some(s.clone()),
+            None => self.registrations.of(name).map(|_| default_service()),
+        }
+    }
+
+    /// The service as its callers see it: its registered endpoints after
+    /// its static ones (a registered address already listed is left out:
+    /// the file's entry wins), and without its `inbound` block, which only
+    /// its own sidecars read, from its inbound view; so a policy change
+    /// wakes none of its callers.
+    fn for_callers(&self, name: &str) -> Option<Service> {
+        let mut service = self.settings(name)?;
+        service.inbound = None;
+        if let Some(registered) = self.registrations.of(name) {
+            let mut seen: HashSet<_> = service.endpoints.iter().map(|e| e.address).collect();
+            for r in registered.values() {
+                if seen.insert(r.address) {
+                    service.endpoints.push(Endpoint {
+                        address: r.address,
+                        identity: service.identity.clone(),
+                        labels: r.labels.clone(),
+                    });
+                }
+            }
+        }
+        Some(service)
+    }
+
+    fn compute(&self, kind: Kind, name: &str) -> Option<View> {
+        let trust_domain = self.mesh.trust_domain.clone();
+        match kind {
+            Kind::Outbound => {
+                let own = self.for_callers(name)?;
+                let mut services = BTreeMap::new();
+                for route in &own.routes {
+                    for target in route.split.iter().filter_map(|s| s.service.as_deref()) {
+                        if target != name && !services.contains_key(target) {
+                            if let Some(svc) = self.for_callers(target) {
+                                services.insert(target.to_string(), svc);
+                            }
+                        }
+                    }
+                }
+                services.insert(name.to_string(), own);
+                Some(View::Outbound(OutboundView {
+                    service: name.to_string(),
+                    version: 0,
+                    trust_domain,
+                    services,
+                }))
+            }
+            Kind::Inbound => {
+                let svc = self.settings(name)?;
+                Some(View::Inbound(InboundView {
+                    service: name.to_string(),
+                    version: 0,
+                    trust_domain,
+                    identity: svc.identity,
+                    policy: svc.inbound.unwrap_or_default(),
+                }))
+            }
+        }
+    }
+
+    /// Recomputes `kind/name` and publishes it if its content changed;
+    /// whether it did.
+    fn refresh(&mut self, kind: Kind, name: &str) -> bool {
+        let computed = self.compute(kind, name);
+        let key = (kind, name.to_string());
+        let unchanged = match (
+            self.resources.get(&key).and_then(|r| r.view.as_ref()),
+            &computed,
+        ) {
+            (Some(old), Some(new)) => old.same_content(new),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return false;
+        }
+        let resource = self.resources.entry(key).or_insert_with(Resource::absent);
+        let published = match computed {
+            Some(mut view) => {
+                let version = self.next_version;
+                view.set_version(version);
+                let body = match view.to_json() {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => {
+                        tracing::error!(resource = %format!("{}/{name}", kind.as_str()), error = %e, "cannot serialize a view; keeping the last one");
+                        return false;
+                    }
+                };
+                self.next_version += 1;
+                resource.view = Some(view);
+                Published {
+                    version,
+                    body: Some(body),
+                    at: Instant::now(),
+                }
+            }
+            None => {
+                resource.view = None;
+                Published::absent()
+            }
+        };
+        resource.tx.send_replace(published);
+        true
+    }
+}
+
+/// Service → the services that split traffic to it.
+fn dependents(mesh: &Mesh) -> HashMap<String, BTreeSet<String>> {
+    let mut out: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for (name, svc) in &mesh.services {
+        for split in svc.routes.iter().flat_map(|r| &r.split) {
+            if let Some(target) = &split.service {
+                if target != name {
+                    out.entry(target.clone()).or_default().insert(name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A service that only registrations name: every setting at its default,
+/// as if the file said `NAME: {}`.
+pub fn default_service() -> Service {
+    Service {
+        protocol: Default::default(),
+        identity: None,
+        endpoints: Vec::new(),
+        load_balancer: Default::default(),
+        hash_on: None,
+        timeout: None,
+        connect_timeout: remora_api::DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: remora_api::DEFAULT_IDLE_TIMEOUT,
+        retry: None,
+        circuit_breaker: None,
+        health_check: None,
+        routes: Vec::new(),
+        inbound: None,
+    }
+}

@@ -1,0 +1,247 @@
+//! The merged state: versions move only with content, a change wakes
+//! exactly the watchers of what it changed, registrations expire.
+
+use std::time::Duration;
+
+use remora_api::protocol::{InboundView, OutboundView};
+
+use super::*;
+
+const FIRST_VERSION: u64 = 1_764_070_000_000;
+
+fn mesh(text: &str) -> Arc<Mesh> {
+    Arc::new(remora_api::parse_mesh("mesh.yaml", text).unwrap())
+}
+
+fn state(text: &str) -> State {
+    let s = State::new(FIRST_VERSION, Gauge::default());
+    s.set_mesh(mesh(text));
+    s
+}
+
+fn reg(address: &str, ttl_seconds: u64) -> Registration {
+    Registration {
+        address: address.parse().unwrap(),
+        labels: [("version".to_string(), "v2".to_string())].into(),
+        ttl_seconds,
+    }
+}
+
+fn outbound(s: &State, name: &str) -> OutboundView {
+    let p = s.current(Kind::Outbound, name);
+    serde_json::from_slice(p.body.as_ref().expect("the service exists")).unwrap()
+}
+
+const MESH: &str = "\
+services:
+  orders:
+    identity: orders
+    routes:
+      - split: [ { weight: 9 }, { service: orders-next, weight: 1 } ]
+  orders-next:
+    endpoints: [ { address: 127.0.0.1:9101 } ]
+  users:
+    endpoints: [ { address: 127.0.0.1:9201 } ]
+";
+
+#[test]
+fn a_registration_only_service_has_every_default() {
+    let from_serde: Service = serde_json::from_str("{}").unwrap();
+    assert_eq!(default_service(), from_serde);
+}
+
+#[test]
+fn versions_start_at_the_first_and_grow_with_each_change() {
+    let s = state(MESH);
+    let versions: BTreeSet<u64> = ["orders", "orders-next", "users"]
+        .iter()
+        .flat_map(|n| [Kind::Outbound, Kind::Inbound].map(|k| s.current(k, n).version))
+        .collect();
+    assert_eq!(versions.len(), 6, "every view has its own version");
+    assert!(versions.iter().all(|v| *v >= FIRST_VERSION), "{versions:?}");
+    let before = s.current(Kind::Outbound, "orders-next").version;
+    s.register("orders-next", "a", &reg("127.0.0.1:1", 30), Instant::now());
+    assert!(s.current(Kind::Outbound, "orders-next").version > before);
+}
+
+#[test]
+fn the_outbound_view_holds_the_service_and_its_split_targets_with_their_endpoints() {
+    let s = state(MESH);
+    s.register(
+        "orders",
+        "pod-1",
+        &reg("127.0.0.1:4143", 30),
+        Instant::now(),
+    );
+    let view = outbound(&s, "orders");
+    assert_eq!(view.service, "orders");
+    assert_eq!(view.trust_domain, "cluster.local");
+    assert_eq!(
+        view.services.keys().collect::<Vec<_>>(),
+        ["orders", "orders-next"]
+    );
+    let orders = &view.services["orders"];
+    assert_eq!(orders.endpoints.len(), 1);
+    // A registered endpoint of a service with an identity carries it.
+    assert_eq!(orders.endpoints[0].identity.as_deref(), Some("orders"));
+    assert_eq!(orders.endpoints[0].labels["version"], "v2");
+    assert_eq!(view.version, s.current(Kind::Outbound, "orders").version);
+
+    // Static endpoints first, then registered ones.
+    s.register("orders-next", "b", &reg("127.0.0.1:2", 30), Instant::now());
+    let next = &outbound(&s, "orders").services["orders-next"];
+    let addresses: Vec<String> = next
+        .endpoints
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect();
+    assert_eq!(addresses, ["127.0.0.1:9101", "127.0.0.1:2"]);
+    assert_eq!(next.endpoints[1].identity, None);
+}
+
+#[test]
+fn versions_do_not_move_when_the_content_does_not() {
+    let s = state(MESH);
+    let before: Vec<u64> = ["orders", "users"]
+        .iter()
+        .map(|n| s.current(Kind::Outbound, n).version)
+        .collect();
+    // The same meaning written differently.
+    let changed = s.set_mesh(mesh(&format!(
+        "trust_domain: cluster.local\n{MESH}\n# a comment\n"
+    )));
+    assert_eq!(changed, 0);
+    s.register("users", "u1", &reg("127.0.0.1:7", 30), Instant::now());
+    let after_register = s.current(Kind::Outbound, "users").version;
+    assert!(after_register > before[1]);
+    // A renewal changes nothing.
+    assert_eq!(
+        s.register("users", "u1", &reg("127.0.0.1:7", 30), Instant::now()),
+        Put::Renewed
+    );
+    assert_eq!(s.current(Kind::Outbound, "users").version, after_register);
+    assert_eq!(s.current(Kind::Outbound, "orders").version, before[0]);
+}
+
+#[test]
+fn a_change_wakes_exactly_the_watchers_of_what_it_changed() {
+    let s = state(MESH);
+    let mut orders = s.watch(Kind::Outbound, "orders");
+    let mut orders_in = s.watch(Kind::Inbound, "orders");
+    let mut next = s.watch(Kind::Outbound, "orders-next");
+    let mut users = s.watch(Kind::Outbound, "users");
+    let mut unknown = s.watch(Kind::Outbound, "billing");
+
+    // An endpoint of orders-next: its own view and that of orders, which
+    // splits to it.
+    s.register("orders-next", "n1", &reg("127.0.0.1:5", 30), Instant::now());
+    assert!(next.has_changed().unwrap());
+    assert!(orders.has_changed().unwrap());
+    assert!(!orders_in.has_changed().unwrap());
+    assert!(!users.has_changed().unwrap());
+    assert!(!unknown.has_changed().unwrap());
+    next.borrow_and_update();
+    orders.borrow_and_update();
+
+    // A file edit that touches only users' settings.
+    s.set_mesh(mesh(
+        &MESH.replace("  users:\n", "  users:\n    timeout: 2s\n"),
+    ));
+    assert!(users.has_changed().unwrap());
+    assert!(!orders.has_changed().unwrap());
+    assert!(!next.has_changed().unwrap());
+    assert!(!orders_in.has_changed().unwrap());
+    users.borrow_and_update();
+
+    // An inbound policy change wakes only that inbound view.
+    s.set_mesh(mesh(
+        &MESH
+            .replace(
+                "    identity: orders\n",
+                "    identity: orders\n    inbound: { mtls: permissive }\n",
+            )
+            .replace("  users:\n", "  users:\n    timeout: 2s\n"),
+    ));
+    assert!(orders_in.has_changed().unwrap());
+    assert!(!orders.has_changed().unwrap());
+    assert!(!users.has_changed().unwrap());
+    let view: InboundView =
+        serde_json::from_slice(orders_in.borrow_and_update().body.as_ref().unwrap()).unwrap();
+    assert_eq!(view.identity.as_deref(), Some("orders"));
+    assert_eq!(view.policy.mtls, remora_api::MtlsMode::Permissive);
+
+    // A service that appears wakes those who waited for it.
+    s.register("billing", "b1", &reg("127.0.0.1:6", 30), Instant::now());
+    assert!(unknown.has_changed().unwrap());
+    assert!(unknown.borrow_and_update().exists());
+    assert!(!users.has_changed().unwrap());
+}
+
+#[test]
+fn a_registration_only_service_lives_until_its_last_endpoint_leaves() {
+    let s = state(MESH);
+    assert!(!s.current(Kind::Outbound, "billing").exists());
+    let now = Instant::now();
+    s.register("billing", "b1", &reg("127.0.0.1:1", 30), now);
+    s.register("billing", "b2", &reg("127.0.0.1:2", 1), now);
+    assert_eq!(
+        outbound(&s, "billing").services["billing"].endpoints.len(),
+        2
+    );
+    let inbound = s.current(Kind::Inbound, "billing");
+    assert!(
+        inbound.exists(),
+        "a registered service has the default policy"
+    );
+    assert!(s.listing(now).services.contains_key("billing"));
+
+    let mut watcher = s.watch(Kind::Outbound, "billing");
+    // b2 expires after its TTL.
+    assert!(s.expire(now + Duration::from_millis(500)).is_empty());
+    let expired = s.expire(now + Duration::from_secs(1));
+    assert_eq!(expired, vec![("billing".to_string(), "b2".to_string())]);
+    assert!(watcher.has_changed().unwrap());
+    let view: OutboundView =
+        serde_json::from_slice(watcher.borrow_and_update().body.as_ref().unwrap()).unwrap();
+    assert_eq!(view.services["billing"].endpoints.len(), 1);
+
+    assert!(s.deregister("billing", "b1"));
+    assert!(!s.deregister("billing", "b1"));
+    assert!(watcher.has_changed().unwrap());
+    assert!(!watcher.borrow_and_update().exists());
+    assert!(!s.current(Kind::Inbound, "billing").exists());
+    assert!(!s.listing(now).services.contains_key("billing"));
+}
+
+#[test]
+fn the_listing_tells_each_endpoint_source_and_health() {
+    let s = state(MESH);
+    let now = Instant::now();
+    s.register("orders", "pod-1", &reg("127.0.0.1:4143", 30), now);
+    let listing = s.listing(now);
+    assert_eq!(listing.services.len(), 3);
+    let orders = &listing.services["orders"];
+    assert!(orders.in_config);
+    assert_eq!(orders.version, s.current(Kind::Outbound, "orders").version);
+    let e = &orders.endpoints[0];
+    assert_eq!(e.source, EndpointSource::Registration);
+    assert_eq!(e.health, EndpointHealth::Alive);
+    assert_eq!(e.instance.as_deref(), Some("pod-1"));
+    assert_eq!(e.expires_in_seconds, Some(30.0));
+    let next = &listing.services["orders-next"].endpoints[0];
+    assert_eq!(
+        (next.source, next.health, next.instance.as_deref()),
+        (EndpointSource::File, EndpointHealth::Static, None)
+    );
+}
+
+#[test]
+fn channels_of_unknown_services_go_when_nobody_watches() {
+    let s = state(MESH);
+    let watcher = s.watch(Kind::Outbound, "nowhere");
+    s.prune_unwatched();
+    assert_eq!(s.lock().resources.len(), 7);
+    drop(watcher);
+    s.prune_unwatched();
+    assert_eq!(s.lock().resources.len(), 6);
+}

@@ -1,0 +1,198 @@
+//! A `remora-control` process on ephemeral loopback ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use http::Request;
+use tokio::process::Command;
+
+use crate::client::body;
+use crate::process::{binary, Running};
+use crate::{Client, Reply};
+
+pub struct ControlPlane {
+    process: Running,
+    /// The API listener: long-poll views, registrations, listing.
+    pub api: SocketAddr,
+    /// The admin listener: /metrics, /ready, /live.
+    pub admin: SocketAddr,
+    /// The mesh config it serves (absent for `start_without_config`).
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// Starts a control plane serving `mesh` (YAML) on ephemeral loopback
+    /// ports and waits until `/ready` answers 200.
+    pub async fn start(mesh: &str) -> ControlPlane {
+        Self::start_with(mesh, &[]).await
+    }
+
+    /// As `start`, with more command-line arguments.
+    pub async fn start_with(mesh: &str, extra: &[&str]) -> ControlPlane {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_path = dir.path().join("mesh.yaml");
+        std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+        let config = config_path.to_string_lossy().into_owned();
+        let mut args = vec!["--config", config.as_str(), "--api", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, config_path.clone(), &args).await
+    }
+
+    /// Starts a control plane whose API listens on `api`: to restart one
+    /// on the address its proxies know.
+    pub async fn start_on(mesh: &str, api: SocketAddr, extra: &[&str]) -> ControlPlane {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_path = dir.path().join("mesh.yaml");
+        std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+        let (config, api) = (config_path.to_string_lossy().into_owned(), api.to_string());
+        let mut args = vec!["--config", config.as_str(), "--api", api.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, config_path.clone(), &args).await
+    }
+
+    /// Starts a control plane on a config the caller laid out in `dir` (a
+    /// symlinked ConfigMap, say); it keeps `dir` until it ends.
+    pub async fn start_from(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        extra: &[&str],
+    ) -> ControlPlane {
+        let config = config_path.to_string_lossy().into_owned();
+        let mut args = vec!["--config", config.as_str(), "--api", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, config_path.clone(), &args).await
+    }
+
+    /// Starts a control plane with no `--config`: only registrations.
+    pub async fn start_without_config() -> ControlPlane {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_path = dir.path().join("mesh.yaml");
+        Self::spawn(dir, config_path, &["--api", "127.0.0.1:0"]).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> ControlPlane {
+        let mut command = Command::new(binary("remora-control"));
+        command
+            .args(["--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--log-level", "info"])
+            .args(args);
+        let process = Running::spawn(command, "remora-control").await;
+        let control = ControlPlane {
+            api: process.address("api"),
+            admin: process.address("admin"),
+            config_path,
+            process,
+            _dir: dir,
+        };
+        control.wait_ready().await;
+        control
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let client = Client::http1();
+        let url = self.admin_url("/ready");
+        crate::eventually(
+            Duration::from_secs(10),
+            "the control plane to be ready",
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move { client.get(&url).await.is_ok_and(|r| r.status == 200) }
+            },
+        )
+        .await;
+    }
+
+    /// `http://API`, what proxies take as `--control-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// A GET of `path` (with its query) on the API, over HTTP/1.1.
+    pub async fn get(&self, path: &str) -> Reply {
+        Client::http1()
+            .get(&format!("{}{path}", self.url()))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `PUT /v1/registrations/{service}/{instance}` with `registration`
+    /// (JSON) as the body.
+    pub async fn register(&self, service: &str, instance: &str, registration: &str) -> Reply {
+        let req = Request::put(format!(
+            "{}/v1/registrations/{service}/{instance}",
+            self.url()
+        ))
+        .header("content-type", "application/json")
+        .body(body(registration.to_string()))
+        .expect("a request");
+        Client::http1()
+            .send(req)
+            .await
+            .unwrap_or_else(|e| panic!("registering {service}/{instance}: {e}"))
+    }
+
+    /// `DELETE /v1/registrations/{service}/{instance}`.
+    pub async fn deregister(&self, service: &str, instance: &str) -> Reply {
+        let req = Request::delete(format!(
+            "{}/v1/registrations/{service}/{instance}",
+            self.url()
+        ))
+        .body(body(""))
+        .expect("a request");
+        Client::http1()
+            .send(req)
+            .await
+            .unwrap_or_else(|e| panic!("deregistering {service}/{instance}: {e}"))
+    }
+
+    /// `GET /v1/services`, parsed.
+    pub async fn services(&self) -> serde_json::Value {
+        let r = self.get("/v1/services").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        serde_json::from_slice(&r.body).expect("a JSON listing")
+    }
+
+    /// Replaces the config the way editors and ConfigMaps do: write a new
+    /// file, then rename it over the old one.
+    pub fn write_config(&self, mesh: &str) {
+        let tmp = self.config_path.with_extension("yaml.tmp");
+        std::fs::write(&tmp, mesh).expect("writing the new config");
+        std::fs::rename(&tmp, &self.config_path).expect("renaming the new config into place");
+    }
+
+    pub async fn metrics(&self) -> String {
+        Client::http1()
+            .get(&self.admin_url("/metrics"))
+            .await
+            .expect("scraping /metrics")
+            .text()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.process.logs()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal)
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        tokio::time::timeout(limit, self.process.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the control plane did not exit within {limit:?}"))
+            .expect("waiting for the control plane")
+    }
+}

@@ -1,0 +1,49 @@
+//! Prometheus' `promtool`, the reference check of a metrics exposition.
+
+use std::io::Write as _;
+
+/// Whether Prometheus' `promtool` can be run. CI installs it and must have
+/// it; on a developer's machine without it the promtool checks are skipped,
+/// saying so, and everything else still runs.
+pub fn have_promtool() -> bool {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is needed to check the metrics exposition; install it (Debian: `apt-get install prometheus`)"
+        );
+        eprintln!("promtool not found: skipping the promtool check (install Debian's `prometheus` to run it)");
+    }
+    found
+}
+
+/// Runs `promtool check metrics` on `exposition`; the error names what
+/// promtool said.
+pub fn promtool_check(exposition: &str) -> Result<(), String> {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running promtool");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(exposition.as_bytes())
+        .expect("writing to promtool");
+    let out = child.wait_with_output().expect("waiting for promtool");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
