@@ -108,6 +108,30 @@ pub fn balanced_mesh(counts: &[usize]) -> String {
     yaml
 }
 
+/// The name of the push benchmark's `i`th service.
+pub fn pushed_service(i: usize) -> String {
+    format!("svc-{i}")
+}
+
+/// The push benchmark's mesh: `services` services, each with a static
+/// endpoint and one route whose timeout is `timeout_ms`, so that changing
+/// that number changes every service's outbound view.
+pub fn pushed_mesh(services: usize, timeout_ms: u64) -> String {
+    let mut yaml = String::from("services:\n");
+    for i in 0..services {
+        let _ = writeln!(yaml, "  {}:", pushed_service(i));
+        let _ = writeln!(
+            yaml,
+            "    endpoints: [ {{ address: 10.1.{}.{}:8080 }} ]",
+            i / 250,
+            i % 250 + 1
+        );
+        let _ = writeln!(yaml, "    routes:");
+        let _ = writeln!(yaml, "      - {{ name: default, timeout: {timeout_ms}ms }}");
+    }
+    yaml
+}
+
 /// Compiles `yaml` as the proxy does on each config change.
 ///
 /// # Panics
@@ -141,5 +165,19 @@ mod tests {
             .next()
             .map(|b| b.endpoints.len());
         assert_eq!(backend, Some(100));
+    }
+
+    #[test]
+    fn the_push_mesh_sets_every_route_timeout() {
+        let mesh = remora_api::parse_mesh("push.yaml", &pushed_mesh(10, 1234))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(mesh.services.len(), 10);
+        for service in mesh.services.values() {
+            assert_eq!(
+                service.routes[0].timeout,
+                Some(remora_api::HumanDuration::from_millis(1234))
+            );
+        }
+        assert_eq!(compile(&pushed_mesh(3, 1)).services.len(), 3);
     }
 }

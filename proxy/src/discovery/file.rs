@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use remora_api::ConfigError;
@@ -71,7 +72,7 @@ fn watch_dir(path: &Path, events: mpsc::UnboundedSender<()>) -> Option<notify::R
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| is_change(&e.kind)) {
             let _ = events.send(());
         }
     })
@@ -82,6 +83,16 @@ fn watch_dir(path: &Path, events: mpsc::UnboundedSender<()>) -> Option<notify::R
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config's directory; re-reading it every {RESCAN:?}");
             None
         }
+    }
+}
+
+/// Whether an event may have changed the file. Opening and reading it do
+/// not, and must not count: reading the file after each event would
+/// otherwise trigger the next read, forever.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(access) => *access == AccessKind::Close(AccessMode::Write),
+        _ => true,
     }
 }
 
@@ -142,5 +153,20 @@ async fn follow(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn reading_the_file_is_not_a_change_but_writing_it_is() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(is_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
     }
 }

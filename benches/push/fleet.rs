@@ -1,0 +1,300 @@
+//! The simulated proxies: each one HTTP/2 connection (prior knowledge) to
+//! the control plane carrying one long-poll per watched service, polled as
+//! `remora-proxy` polls: a first poll for the current view, then held polls
+//! with the version it has, re-armed as soon as a view arrives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// How long a held poll asks the control plane to hold it.
+const WAIT: Duration = Duration::from_secs(60);
+/// How much longer than `WAIT` a poll may take before it counts as failed.
+const POLL_SLACK: Duration = Duration::from_secs(10);
+/// How long one connection may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings, as the proxy sends them to its control plane.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header that carries a view's version.
+const VERSION_HEADER: &str = "remora-version";
+
+/// A view one watch received while it held a long-poll.
+pub struct Delivery {
+    pub watch: usize,
+    /// When its body was read in full.
+    pub at: Instant,
+    pub version: u64,
+    pub body: Bytes,
+}
+
+/// What the watch tasks tell the benchmark.
+pub enum Event {
+    /// A watch got its first view and now holds a poll with its version.
+    Armed { watch: usize, version: u64 },
+    /// A held poll answered `200`: the view changed.
+    Delivered(Delivery),
+    /// A poll failed; the watch has stopped.
+    Failed { watch: usize, error: String },
+}
+
+/// Every simulated proxy and its watches; dropping it closes them all.
+pub struct Fleet {
+    /// The connections and the watch tasks; aborted on drop.
+    _tasks: JoinSet<()>,
+    events: mpsc::UnboundedReceiver<Event>,
+    /// The service each watch polls, by watch number.
+    pub services: Vec<String>,
+    /// The version each watch has, by watch number.
+    pub versions: Vec<u64>,
+}
+
+impl Fleet {
+    /// Opens `proxies` connections to `api`, each watching every one of
+    /// `services`, and waits until every watch has its first view.
+    /// Connections open one after another, so the control plane's accept
+    /// backlog never overflows (a dropped SYN would cost a second).
+    pub async fn start(
+        api: SocketAddr,
+        proxies: usize,
+        services: &[String],
+        limit: Duration,
+    ) -> anyhow::Result<Fleet> {
+        let deadline = Instant::now() + limit;
+        let base: Arc<str> = format!("http://{api}").into();
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut tasks = JoinSet::new();
+        let mut watched = Vec::with_capacity(proxies * services.len());
+        for proxy in 0..proxies {
+            if Instant::now() > deadline {
+                bail!("only {proxy} of {proxies} proxies connected within {limit:?}");
+            }
+            let sender = connect(api, &mut tasks)
+                .await
+                .with_context(|| format!("connecting proxy {proxy} to {api}"))?;
+            for service in services {
+                let watch = watched.len();
+                watched.push(service.clone());
+                tasks.spawn(run_watch(
+                    sender.clone(),
+                    base.clone(),
+                    service.clone(),
+                    watch,
+                    tx.clone(),
+                ));
+            }
+        }
+        let mut fleet = Fleet {
+            _tasks: tasks,
+            events,
+            versions: vec![0; watched.len()],
+            services: watched,
+        };
+        fleet.armed(deadline, limit).await?;
+        Ok(fleet)
+    }
+
+    /// How many watches there are.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Waits for every watch's first view.
+    async fn armed(&mut self, deadline: Instant, limit: Duration) -> anyhow::Result<()> {
+        let mut armed = 0;
+        while armed < self.len() {
+            let event = tokio::time::timeout_at(deadline.into(), self.events.recv())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "only {armed} of {} watches got their first view within {limit:?}",
+                        self.len()
+                    )
+                })?
+                .context("every watch task ended")?;
+            match event {
+                Event::Armed { watch, version } => {
+                    self.versions[watch] = version;
+                    armed += 1;
+                }
+                Event::Delivered(d) => bail!(
+                    "watch {} ({}) got a view before it had its first one",
+                    d.watch,
+                    self.services[d.watch]
+                ),
+                Event::Failed { watch, error } => {
+                    bail!("watch {watch} ({}) failed: {error}", self.services[watch])
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An error if any watch was woken or failed since the last round: with
+    /// no change made, nothing may have answered.
+    pub fn expect_quiet(&mut self) -> anyhow::Result<()> {
+        if let Ok(event) = self.events.try_recv() {
+            match event {
+                Event::Delivered(d) => bail!(
+                    "watch {} ({}) got version {} with no change made (it had {})",
+                    d.watch,
+                    self.services[d.watch],
+                    d.version,
+                    self.versions[d.watch]
+                ),
+                Event::Armed { watch, .. } => bail!("watch {watch} was armed twice"),
+                Event::Failed { watch, error } => {
+                    bail!("watch {watch} ({}) failed: {error}", self.services[watch])
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first view each watch receives until every watch has one or
+    /// `deadline` passes, by watch number (`None`: nothing came).
+    pub async fn collect(&mut self, deadline: Instant) -> anyhow::Result<Vec<Option<Delivery>>> {
+        let mut got: Vec<Option<Delivery>> = (0..self.len()).map(|_| None).collect();
+        let mut count = 0;
+        while count < self.len() {
+            let Ok(event) = tokio::time::timeout_at(deadline.into(), self.events.recv()).await
+            else {
+                break;
+            };
+            match event.context("every watch task ended")? {
+                Event::Delivered(d) => {
+                    let watch = d.watch;
+                    if got[watch].is_none() {
+                        self.versions[watch] = d.version;
+                        got[watch] = Some(d);
+                        count += 1;
+                    } else {
+                        bail!(
+                            "watch {watch} ({}) got two views for one change",
+                            self.services[watch]
+                        );
+                    }
+                }
+                Event::Armed { watch, .. } => bail!("watch {watch} was armed twice"),
+                Event::Failed { watch, error } => {
+                    bail!("watch {watch} ({}) failed: {error}", self.services[watch])
+                }
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// Opens one HTTP/2 connection, as the proxy does, and drives it in `tasks`.
+async fn connect(
+    api: SocketAddr,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(api))
+        .await
+        .map_err(|_| anyhow!("no connection within {CONNECT_TIMEOUT:?}"))??;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .context("the HTTP/2 handshake failed")?;
+    // An error here reaches the watches as failed requests.
+    tasks.spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// One watch: the first view, then held polls until a poll fails.
+async fn run_watch(
+    mut sender: SendRequest<Empty<Bytes>>,
+    base: Arc<str>,
+    service: String,
+    watch: usize,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let result: anyhow::Result<()> = async {
+        let (mut version, ..) = poll(&mut sender, &base, &service, None)
+            .await?
+            .context("the first poll answered 304")?;
+        events.send(Event::Armed { watch, version })?;
+        loop {
+            if let Some((new, body, at)) = poll(&mut sender, &base, &service, Some(version)).await?
+            {
+                version = new;
+                events.send(Event::Delivered(Delivery {
+                    watch,
+                    at,
+                    version,
+                    body,
+                }))?;
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        // Nobody listens any more once the benchmark has ended.
+        let _ = events.send(Event::Failed {
+            watch,
+            error: format!("{e:#}"),
+        });
+    }
+}
+
+/// One poll of `outbound/SERVICE`: with no version, answered at once with
+/// the current view; with one, held until the view changes. The new
+/// version, the body and when it was read, or `None` on `304`.
+async fn poll(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    base: &str,
+    service: &str,
+    version: Option<u64>,
+) -> anyhow::Result<Option<(u64, Bytes, Instant)>> {
+    let (uri, limit) = match version {
+        None => (format!("{base}/v1/outbound/{service}?wait=0s"), POLL_SLACK),
+        Some(v) => (
+            format!(
+                "{base}/v1/outbound/{service}?version={v}&wait={}s",
+                WAIT.as_secs()
+            ),
+            WAIT + POLL_SLACK,
+        ),
+    };
+    let request = hyper::Request::get(&uri).body(Empty::new())?;
+    let exchange = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok((parts, body, Instant::now()))
+    };
+    let (parts, body, at) = tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| anyhow!("{uri}: no answer within {limit:?}"))?
+        .with_context(|| uri.clone())?;
+    match parts.status {
+        StatusCode::OK => {
+            let version = parts
+                .headers
+                .get(VERSION_HEADER)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .ok_or_else(|| anyhow!("{uri}: a 200 with no {VERSION_HEADER} header"))?;
+            Ok(Some((version, body, at)))
+        }
+        StatusCode::NOT_MODIFIED => Ok(None),
+        status => bail!("{uri}: {status}: {}", String::from_utf8_lossy(&body).trim()),
+    }
+}
