@@ -3,6 +3,7 @@
 //! Defaults are the named constants below.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -70,12 +71,25 @@ pub struct ServeArgs {
     #[arg(long, env = "REMORA_RESTART_GRACE", default_value = DEFAULT_RESTART_GRACE)]
     pub restart_grace: remora_api::HumanDuration,
 
+    /// Threads that serve the API, each holding its share of the proxies'
+    /// connections; one per core when not given.
+    #[arg(long, env = "REMORA_THREADS")]
+    pub threads: Option<NonZeroUsize>,
+
     #[arg(long, env = "REMORA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
     /// A tracing filter: `info`, `remora_control=debug,hyper=info`.
     #[arg(long, env = "REMORA_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
     pub log_level: String,
+}
+
+impl ServeArgs {
+    /// `--threads`, or one per core.
+    pub fn api_threads(&self) -> NonZeroUsize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+    }
 }
 
 #[cfg(test)]

@@ -19,11 +19,13 @@ use tokio::net::TcpListener;
 use crate::admin::Admin;
 use remora_proxy::signals::Signals;
 
+use crate::api::fanout::ThreadViews;
 use crate::api::{Api, RestartGrace};
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::sources;
 use crate::state::State;
+use crate::threads;
 
 /// How long open connections get to close after shutdown begins; held
 /// long-polls are answered at once, so this bounds only slow clients.
@@ -71,19 +73,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
 
     let api = Arc::new(Api::new(state, &metrics, draining.clone(), restart));
-    let api_server = tokio::spawn(server::serve(
-        api_listener,
-        settings(),
-        unrecorded_transport(),
-        draining,
-        move |_peer| {
+    let threads = args.api_threads();
+    tracing::info!(threads, "API threads");
+    let api_server = tokio::spawn(
+        threads::serve_on_threads(threads, api_listener, move |listener| {
             let api = api.clone();
-            service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(api.handle(req).await) }
-            })
-        },
-    ));
+            let views = ThreadViews::start(api.state.clone());
+            server::serve(
+                listener,
+                settings(),
+                unrecorded_transport(),
+                draining.clone(),
+                move |_peer| {
+                    let (api, views) = (api.clone(), views.clone());
+                    service_fn(move |req| {
+                        let (api, views) = (api.clone(), views.clone());
+                        async move { Ok::<_, Infallible>(api.handle(req, &views).await) }
+                    })
+                },
+            )
+        })
+        .context("cannot start the API's threads")?,
+    );
     let admin = Arc::new(Admin {
         metrics,
         config,
@@ -124,6 +135,9 @@ fn settings() -> ServerSettings {
         // Labels connection metrics, which the control plane does not record.
         direction: Direction::Inbound,
         header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        // Pushes answer many streams of a connection at once; unvectored,
+        // their answers coalesce into one write (see `api::chunks`).
+        vectored_writes: false,
     }
 }
 

@@ -108,6 +108,7 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let settings = |direction| ServerSettings {
         direction,
         header_read_timeout: config.header_read_timeout.get(),
+        vectored_writes: true,
     };
     let outbound_server = tokio::spawn(server::serve(
         outbound_listener,

@@ -2,6 +2,8 @@
 //! the service listing. Each request is routed by method and path, answered
 //! with JSON, and counted by resource and status.
 
+mod chunks;
+pub mod fanout;
 pub mod registrations;
 pub mod services;
 pub mod views;
@@ -19,6 +21,7 @@ use remora_proxy::http::{full, Body};
 
 use crate::metrics::{Metrics, RequestLabels, ViewMetrics};
 use crate::state::{Kind, State};
+use fanout::ThreadViews;
 
 /// What the API serves from, shared by every connection.
 pub struct Api {
@@ -56,10 +59,10 @@ impl RestartGrace {
 }
 
 /// What a request asks for, read from its method and path.
-enum Target {
-    View(Kind, String),
-    Register(String, String),
-    Deregister(String, String),
+enum Target<'a> {
+    View(Kind, &'a str),
+    Register(&'a str, &'a str),
+    Deregister(&'a str, &'a str),
     Services,
     MethodNotAllowed(&'static str),
     NotFound,
@@ -77,21 +80,21 @@ impl Api {
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let (resource, target) = route(req.method(), req.uri().path());
+    /// Answers `req`, holding long-polls on `views`, this thread's.
+    pub async fn handle(&self, req: Request<Incoming>, views: &ThreadViews) -> Response<Body> {
+        // The URI outlives the request, which is let go of while a poll is
+        // held; cloning it shares its bytes.
+        let uri = req.uri().clone();
+        let (resource, target) = route(req.method(), uri.path());
         let response = match target {
             Target::View(kind, service) => {
-                let query = req.uri().query().map(str::to_owned);
-                // The request is not needed while the poll is held.
                 drop(req);
-                views::poll(self, kind, &service, query.as_deref()).await
+                views::poll(self, views, kind, service, uri.query()).await
             }
             Target::Register(service, instance) => {
-                registrations::put(self, &service, &instance, req).await
+                registrations::put(self, service, instance, req).await
             }
-            Target::Deregister(service, instance) => {
-                registrations::delete(self, &service, &instance)
-            }
+            Target::Deregister(service, instance) => registrations::delete(self, service, instance),
             Target::Services => services::list(self),
             Target::MethodNotAllowed(allowed) => {
                 let mut r = error(
@@ -126,23 +129,24 @@ impl Api {
 }
 
 /// The resource label and the target of a request.
-fn route(method: &Method, path: &str) -> (&'static str, Target) {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", kind @ ("outbound" | "inbound"), service] => {
-            let (label, kind) = if *kind == "outbound" {
+fn route<'a>(method: &Method, path: &'a str) -> (&'static str, Target<'a>) {
+    let mut segments = path.trim_start_matches('/').split('/');
+    // One more than the longest path has, to tell a longer one.
+    let segments = [(); 5].map(|_| segments.next());
+    match segments {
+        [Some("v1"), Some(kind @ ("outbound" | "inbound")), Some(service), None, None] => {
+            let (label, kind) = if kind == "outbound" {
                 ("outbound", Kind::Outbound)
             } else {
                 ("inbound", Kind::Inbound)
             };
             if method == Method::GET {
-                (label, Target::View(kind, service.to_string()))
+                (label, Target::View(kind, service))
             } else {
                 (label, Target::MethodNotAllowed("GET"))
             }
         }
-        ["v1", "registrations", service, instance] => {
-            let (service, instance) = (service.to_string(), instance.to_string());
+        [Some("v1"), Some("registrations"), Some(service), Some(instance), None] => {
             let target = match *method {
                 Method::PUT => Target::Register(service, instance),
                 Method::DELETE => Target::Deregister(service, instance),
@@ -150,7 +154,7 @@ fn route(method: &Method, path: &str) -> (&'static str, Target) {
             };
             ("registrations", target)
         }
-        ["v1", "services"] => {
+        [Some("v1"), Some("services"), None, None, None] => {
             if method == Method::GET {
                 ("services", Target::Services)
             } else {
@@ -163,7 +167,11 @@ fn route(method: &Method, path: &str) -> (&'static str, Target) {
 
 /// A JSON body with `status`.
 fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(full(body.into()));
+    json_body(status, full(body.into()))
+}
+
+fn json_body(status: StatusCode, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -2,6 +2,7 @@
 //! once when the caller's version is not the current one, else hold the
 //! request on the resource's channel until it changes or the wait passes.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
@@ -11,7 +12,7 @@ use remora_api::protocol::{DEFAULT_WAIT, MAX_WAIT, VERSION_HEADER};
 use remora_api::HumanDuration;
 use remora_proxy::http::{empty, Body};
 
-use super::{error, json, Api};
+use super::{chunks, error, json_body, Api, ThreadViews};
 use crate::state::{Kind, Published};
 
 /// A long-poll's query: `version=V&wait=30s`.
@@ -54,7 +55,10 @@ pub fn parse_query(query: Option<&str>) -> Result<Query, String> {
 
 /// `%XX` and `+` as a query string writes them; anything undecodable is
 /// kept as it is, for the parse that follows to reject.
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -78,7 +82,7 @@ fn percent_decode(s: &str) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Whether `published` is worth an answer to a caller that has `version`.
@@ -103,7 +107,13 @@ impl Drop for Held {
     }
 }
 
-pub async fn poll(api: &Api, kind: Kind, service: &str, query: Option<&str>) -> Response<Body> {
+pub async fn poll(
+    api: &Api,
+    views: &ThreadViews,
+    kind: Kind,
+    service: &str,
+    query: Option<&str>,
+) -> Response<Body> {
     if !is_valid_service_name(service) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -115,7 +125,7 @@ pub async fn poll(api: &Api, kind: Kind, service: &str, query: Option<&str>) -> 
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let metrics = api.view_metrics(kind);
-    let mut rx = api.state.watch(kind, service);
+    let mut rx = views.watch(kind, service);
     let mut wait = query.wait;
     if let Some(remaining) = api.restart.remaining(query.version) {
         // The caller keeps its view from before the restart: nothing is
@@ -172,17 +182,27 @@ pub async fn poll(api: &Api, kind: Kind, service: &str, query: Option<&str>) -> 
 
 fn view(published: &Published) -> Response<Body> {
     let body = published.body.clone().unwrap_or_default();
-    let mut r = json(StatusCode::OK, body);
+    let mut r = json_body(StatusCode::OK, chunks::in_pieces(body));
     r.headers_mut()
-        .insert(VERSION_HEADER, HeaderValue::from(published.version));
+        .insert(VERSION_HEADER, version_header(published.version));
     r
+}
+
+/// The `remora-version` header. Marked never to be indexed by HPACK:
+/// versions change with every push, so an entry for one in a connection's
+/// header table would never be used again, and would push out entries
+/// that are (`content-type`, `date`, each view's `content-length`).
+fn version_header(version: u64) -> HeaderValue {
+    let mut value = HeaderValue::from(version);
+    value.set_sensitive(true);
+    value
 }
 
 fn not_modified(version: u64) -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NOT_MODIFIED;
     r.headers_mut()
-        .insert(VERSION_HEADER, HeaderValue::from(version));
+        .insert(VERSION_HEADER, version_header(version));
     r
 }
 

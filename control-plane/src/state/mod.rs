@@ -140,6 +140,11 @@ struct Inner {
     dependents: HashMap<String, BTreeSet<String>>,
     next_version: u64,
     registrations_gauge: Gauge,
+    /// Bumped once at the end of every change that published a view, after
+    /// all of its views: see [`State::changes`].
+    changes: watch::Sender<u64>,
+    /// Whether the change under way has published a view yet.
+    published: bool,
 }
 
 impl State {
@@ -154,8 +159,19 @@ impl State {
                 dependents: HashMap::new(),
                 next_version: first_version,
                 registrations_gauge,
+                changes: watch::channel(0).0,
+                published: false,
             }),
         }
+    }
+
+    /// A receiver told once per change that published views (a file
+    /// reload, a new or removed endpoint), when all of that change's views
+    /// are published. Who relays views in bulk waits on this rather than on
+    /// each view's channel, so a change that touches many views reaches
+    /// them together.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.lock().changes.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -177,6 +193,7 @@ impl State {
             changed += inner.refresh(Kind::Outbound, name) as usize;
             changed += inner.refresh(Kind::Inbound, name) as usize;
         }
+        inner.end_change();
         changed
     }
 
@@ -187,6 +204,7 @@ impl State {
         inner.count_registrations();
         if put != Put::Renewed {
             inner.endpoints_changed(service);
+            inner.end_change();
         }
         put
     }
@@ -198,6 +216,7 @@ impl State {
         if removed {
             inner.count_registrations();
             inner.endpoints_changed(service);
+            inner.end_change();
         }
         removed
     }
@@ -212,6 +231,7 @@ impl State {
             for service in services {
                 inner.endpoints_changed(service);
             }
+            inner.end_change();
         }
         expired
     }
@@ -302,6 +322,13 @@ impl State {
 }
 
 impl Inner {
+    /// Tells [`State::changes`]'s receivers, if the change published a view.
+    fn end_change(&mut self) {
+        if std::mem::take(&mut self.published) {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
     fn count_registrations(&self) {
         self.registrations_gauge
             .set(i64::try_from(self.registrations.len()).unwrap_or(i64::MAX));
@@ -434,6 +461,7 @@ impl Inner {
             }
         };
         resource.tx.send_replace(published);
+        self.published = true;
         true
     }
 }

@@ -34,6 +34,13 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub struct ServerSettings {
     pub direction: Direction,
     pub header_read_timeout: Duration,
+    /// Whether connections may write with `writev`. The proxy's do: a large
+    /// body goes out beside its frame header without a copy. A server of
+    /// many small HTTP/2 responses is better off without: h2 then copies
+    /// DATA frames under 1 KiB into its write buffer (from 256 bytes up it
+    /// sends each in a write of its own when writes are vectored), so that
+    /// the responses that are ready together leave in one write.
+    pub vectored_writes: bool,
 }
 
 /// Tells servers to stop accepting and finish what they have.
@@ -126,6 +133,7 @@ pub async fn serve<S, F>(
             read: read.clone(),
             written: written.clone(),
             framing,
+            vectored: settings.vectored_writes,
         });
         let service = make_service(peer);
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -157,6 +165,7 @@ pin_project_lite::pin_project! {
         read: Counter,
         written: Counter,
         framing: Framing,
+        vectored: bool,
     }
 }
 
@@ -206,7 +215,7 @@ impl AsyncWrite for Counted {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.vectored && self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
