@@ -2,9 +2,15 @@
 //! the control plane carrying one long-poll per watched service, polled as
 //! `remora-proxy` polls: a first poll for the current view, then held polls
 //! with the version it has, re-armed as soon as a view arrives.
+//!
+//! The proxies are shared out among threads, each running a
+//! single-threaded runtime, as `remora-proxy` runs by default: the answers
+//! that arrive together on a connection are read at once, and the polls
+//! that re-arm them leave in one write.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -13,7 +19,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
 use hyper::StatusCode;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 /// How long a held poll asks the control plane to hold it.
@@ -25,6 +32,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings, as the proxy sends them to its control plane.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often `collect` looks for what the watches received. Looking,
+/// rather than waiting for each delivery, spares the client threads a
+/// wakeup of this one per delivery; each delivery carries the time it was
+/// read, so this adds nothing to what is measured.
+const COLLECT_INTERVAL: Duration = Duration::from_millis(2);
 /// The header that carries a view's version.
 const VERSION_HEADER: &str = "remora-version";
 
@@ -45,12 +57,15 @@ pub enum Event {
     Delivered(Delivery),
     /// A poll failed; the watch has stopped.
     Failed { watch: usize, error: String },
+    /// A proxy could not connect; its watches never started.
+    Unconnected { proxy: usize, error: String },
 }
 
 /// Every simulated proxy and its watches; dropping it closes them all.
 pub struct Fleet {
-    /// The connections and the watch tasks; aborted on drop.
-    _tasks: JoinSet<()>,
+    /// Dropped to stop the threads, which close their connections.
+    stop: Option<watch::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
     events: mpsc::UnboundedReceiver<Event>,
     /// The service each watch polls, by watch number.
     pub services: Vec<String>,
@@ -59,42 +74,39 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Opens `proxies` connections to `api`, each watching every one of
-    /// `services`, and waits until every watch has its first view.
-    /// Connections open one after another, so the control plane's accept
-    /// backlog never overflows (a dropped SYN would cost a second).
+    /// Opens `proxies` connections to `api` from `threads` threads, each
+    /// connection watching every one of `services`, and waits until every
+    /// watch has its first view. Each thread opens its connections one
+    /// after another, so the control plane's accept backlog never
+    /// overflows (a dropped SYN would cost a second). Proxy `p`'s watch of
+    /// `services[s]` is watch number `p * services.len() + s`.
     pub async fn start(
         api: SocketAddr,
         proxies: usize,
+        threads: usize,
         services: &[String],
         limit: Duration,
     ) -> anyhow::Result<Fleet> {
         let deadline = Instant::now() + limit;
-        let base: Arc<str> = format!("http://{api}").into();
         let (tx, events) = mpsc::unbounded_channel();
-        let mut tasks = JoinSet::new();
-        let mut watched = Vec::with_capacity(proxies * services.len());
-        for proxy in 0..proxies {
-            if Instant::now() > deadline {
-                bail!("only {proxy} of {proxies} proxies connected within {limit:?}");
-            }
-            let sender = connect(api, &mut tasks)
-                .await
-                .with_context(|| format!("connecting proxy {proxy} to {api}"))?;
-            for service in services {
-                let watch = watched.len();
-                watched.push(service.clone());
-                tasks.spawn(run_watch(
-                    sender.clone(),
-                    base.clone(),
-                    service.clone(),
-                    watch,
-                    tx.clone(),
-                ));
-            }
-        }
+        let (stop, stopped) = watch::channel(());
+        let services: Arc<[String]> = services.into();
+        let threads = (0..threads.clamp(1, proxies.max(1)))
+            .map(|n| {
+                let mine: Vec<usize> = (n..proxies).step_by(threads).collect();
+                let (services, tx, stopped) = (services.clone(), tx.clone(), stopped.clone());
+                std::thread::Builder::new()
+                    .name(format!("proxies-{n}"))
+                    .spawn(move || run_thread(api, mine, services, tx, stopped))
+                    .context("starting a client thread")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let watched = (0..proxies)
+            .flat_map(|_| services.iter().cloned())
+            .collect::<Vec<_>>();
         let mut fleet = Fleet {
-            _tasks: tasks,
+            stop: Some(stop),
+            threads,
             events,
             versions: vec![0; watched.len()],
             services: watched,
@@ -131,9 +143,7 @@ impl Fleet {
                     d.watch,
                     self.services[d.watch]
                 ),
-                Event::Failed { watch, error } => {
-                    bail!("watch {watch} ({}) failed: {error}", self.services[watch])
-                }
+                other => return Err(self.unexpected(other)),
             }
         }
         Ok(())
@@ -142,22 +152,17 @@ impl Fleet {
     /// An error if any watch was woken or failed since the last round: with
     /// no change made, nothing may have answered.
     pub fn expect_quiet(&mut self) -> anyhow::Result<()> {
-        if let Ok(event) = self.events.try_recv() {
-            match event {
-                Event::Delivered(d) => bail!(
-                    "watch {} ({}) got version {} with no change made (it had {})",
-                    d.watch,
-                    self.services[d.watch],
-                    d.version,
-                    self.versions[d.watch]
-                ),
-                Event::Armed { watch, .. } => bail!("watch {watch} was armed twice"),
-                Event::Failed { watch, error } => {
-                    bail!("watch {watch} ({}) failed: {error}", self.services[watch])
-                }
-            }
+        match self.events.try_recv() {
+            Ok(Event::Delivered(d)) => bail!(
+                "watch {} ({}) got version {} with no change made (it had {})",
+                d.watch,
+                self.services[d.watch],
+                d.version,
+                self.versions[d.watch]
+            ),
+            Ok(other) => Err(self.unexpected(other)),
+            Err(_) => Ok(()),
         }
-        Ok(())
     }
 
     /// The first view each watch receives until every watch has one or
@@ -166,32 +171,103 @@ impl Fleet {
         let mut got: Vec<Option<Delivery>> = (0..self.len()).map(|_| None).collect();
         let mut count = 0;
         while count < self.len() {
-            let Ok(event) = tokio::time::timeout_at(deadline.into(), self.events.recv()).await
-            else {
-                break;
+            let event = match self.events.try_recv() {
+                Ok(event) => event,
+                Err(TryRecvError::Empty) if Instant::now() < deadline => {
+                    tokio::time::sleep(COLLECT_INTERVAL).await;
+                    continue;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => bail!("every watch task ended"),
             };
-            match event.context("every watch task ended")? {
+            match event {
                 Event::Delivered(d) => {
                     let watch = d.watch;
-                    if got[watch].is_none() {
-                        self.versions[watch] = d.version;
-                        got[watch] = Some(d);
-                        count += 1;
-                    } else {
+                    if got[watch].is_some() {
                         bail!(
                             "watch {watch} ({}) got two views for one change",
                             self.services[watch]
                         );
                     }
+                    self.versions[watch] = d.version;
+                    got[watch] = Some(d);
+                    count += 1;
                 }
-                Event::Armed { watch, .. } => bail!("watch {watch} was armed twice"),
-                Event::Failed { watch, error } => {
-                    bail!("watch {watch} ({}) failed: {error}", self.services[watch])
-                }
+                other => return Err(self.unexpected(other)),
             }
         }
         Ok(got)
     }
+
+    /// What an event that should not have come says.
+    fn unexpected(&self, event: Event) -> anyhow::Error {
+        match event {
+            Event::Armed { watch, .. } => anyhow!("watch {watch} was armed twice"),
+            Event::Delivered(d) => anyhow!("watch {} got a view it did not wait for", d.watch),
+            Event::Failed { watch, error } => {
+                anyhow!("watch {watch} ({}) failed: {error}", self.services[watch])
+            }
+            Event::Unconnected { proxy, error } => anyhow!("proxy {proxy}: {error}"),
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One client thread: connects `proxies` one after another, runs their
+/// watches, and closes them all when `stop` is dropped.
+fn run_thread(
+    api: SocketAddr,
+    proxies: Vec<usize>,
+    services: Arc<[String]>,
+    events: mpsc::UnboundedSender<Event>,
+    mut stop: watch::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            for proxy in proxies {
+                let error = format!("building its thread's runtime: {e}");
+                let _ = events.send(Event::Unconnected { proxy, error });
+            }
+            return;
+        }
+    };
+    let base: Arc<str> = format!("http://{api}").into();
+    runtime.block_on(async move {
+        let mut tasks = JoinSet::new();
+        for proxy in proxies {
+            let sender = match connect(api, &mut tasks).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let error = format!("connecting to {api}: {e:#}");
+                    let _ = events.send(Event::Unconnected { proxy, error });
+                    continue;
+                }
+            };
+            for (s, service) in services.iter().enumerate() {
+                tasks.spawn(run_watch(
+                    sender.clone(),
+                    base.clone(),
+                    service.clone(),
+                    proxy * services.len() + s,
+                    events.clone(),
+                ));
+            }
+        }
+        // Until the fleet is dropped; then `tasks` drops, which aborts them.
+        let _ = stop.changed().await;
+    });
 }
 
 /// Opens one HTTP/2 connection, as the proxy does, and drives it in `tasks`.

@@ -22,6 +22,13 @@ use control::ControlPlane;
 use fleet::{Delivery, Fleet};
 use report::{Costs, OwnPush, Round, Summary};
 
+/// The simulated proxies allocate and free a little for every delivery on
+/// several threads at once; glibc's per-thread arenas grow and shrink
+/// with an `mprotect` call each time, about one per delivery, which is
+/// cost that no real proxy (one thread, the main arena) pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// This benchmark's name, which a filter given to `cargo bench` must match.
 const NAME: &str = "push";
 const DEFAULT_PROXIES: usize = 1000;
@@ -109,8 +116,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.client_threads)
+    // The simulated proxies run on threads of their own (see `fleet`);
+    // this one collects what they receive and scrapes the control plane.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -166,7 +174,7 @@ async fn measure(
     let idle = control.memory()?;
 
     eprintln!("baseline: 1 proxy x 1 service");
-    let mut baseline = Fleet::start(control.api, 1, &services[..1], START_LIMIT).await?;
+    let mut baseline = Fleet::start(control.api, 1, 1, &services[..1], START_LIMIT).await?;
     control.await_watches(1, SETTLE_LIMIT).await?;
     let baseline_rounds = rounds("baseline", settings.rounds, control, &mut baseline, mesh).await?;
     drop(baseline);
@@ -181,7 +189,14 @@ async fn measure(
         settings.proxies, settings.services
     );
     let started = Instant::now();
-    let mut fleet = Fleet::start(control.api, settings.proxies, &services, START_LIMIT).await?;
+    let mut fleet = Fleet::start(
+        control.api,
+        settings.proxies,
+        settings.client_threads,
+        &services,
+        START_LIMIT,
+    )
+    .await?;
     control.await_watches(watches as u64, SETTLE_LIMIT).await?;
     eprintln!(
         "  {watches} watches held after {:.1} s",
