@@ -61,7 +61,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api_listener = bind(args.api, "the API").await?;
     let admin_listener = bind(args.admin, "admin").await?;
     let (api_addr, admin_addr) = (api_listener.local_addr()?, admin_listener.local_addr()?);
-    tracing::info!(api = %api_addr, admin = %admin_addr, "listening");
+    let threads = args.api_threads();
+    tracing::info!(api = %api_addr, admin = %admin_addr, threads, "listening");
 
     let metrics = Arc::new(metrics);
     let ready = Arc::new(AtomicBool::new(true));
@@ -73,8 +74,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
 
     let api = Arc::new(Api::new(state, &metrics, draining.clone(), restart));
-    let threads = args.api_threads();
-    tracing::info!(threads, "API threads");
     let api_server = tokio::spawn(
         threads::serve_on_threads(threads, api_listener, move |listener| {
             let api = api.clone();

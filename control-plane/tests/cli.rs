@@ -28,3 +28,13 @@ fn a_bad_listen_address_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--api"), "{stderr}");
 }
+
+#[test]
+fn a_bad_thread_count_is_refused() {
+    for threads in ["--threads=0", "--threads=many"] {
+        let out = control().args(["serve", threads]).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--threads"), "{stderr}");
+    }
+}
