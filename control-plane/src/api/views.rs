@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use prometheus_client::metrics::gauge::Gauge;
 use remora_api::load::is_valid_service_name;
 use remora_api::protocol::{DEFAULT_WAIT, MAX_WAIT, VERSION_HEADER};
@@ -184,11 +184,14 @@ fn view(published: &Published) -> Response<Body> {
     let body = published.body.clone().unwrap_or_default();
     let mut r = json_body(StatusCode::OK, chunks::in_pieces(body));
     r.headers_mut()
-        .insert(VERSION_HEADER, version_header(published.version));
+        .insert(VERSION, version_header(published.version));
     r
 }
 
-/// The `remora-version` header. Marked never to be indexed by HPACK:
+/// The header's name, made once rather than parsed for every answer.
+const VERSION: HeaderName = HeaderName::from_static(VERSION_HEADER);
+
+/// The `remora-version` header's value. Marked never to be indexed by HPACK:
 /// versions change with every push, so an entry for one in a connection's
 /// header table would never be used again, and would push out entries
 /// that are (`content-type`, `date`, each view's `content-length`).
@@ -201,8 +204,7 @@ fn version_header(version: u64) -> HeaderValue {
 fn not_modified(version: u64) -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NOT_MODIFIED;
-    r.headers_mut()
-        .insert(VERSION_HEADER, version_header(version));
+    r.headers_mut().insert(VERSION, version_header(version));
     r
 }
 
