@@ -841,6 +841,41 @@ async fn views_are_served_over_http2_many_streams_on_one_connection() {
 }
 
 #[tokio::test]
+async fn a_view_larger_than_one_frame_arrives_whole_over_both_protocols() {
+    // Sixty endpoints make a view of several kilobytes, which is sent in
+    // pieces under 1 KiB.
+    let mut mesh = String::from("services:\n  big:\n    endpoints:\n");
+    for i in 0..60 {
+        mesh.push_str(&format!(
+            "      - {{ address: 10.0.{}.{}:8080, labels: {{ version: v{i}, zone: zone-{i} }} }}\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    let cp = ControlPlane::start(&mesh).await;
+    for client in [Client::http1(), Client::http2()] {
+        let r = poll_with(&client, &cp.url(), "outbound/big", None, "0s").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r.body.len() > 4096, "{} bytes", r.body.len());
+        assert_eq!(
+            r.headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()),
+            Some(r.body.len().to_string().as_str()),
+            "{:?}",
+            r.version
+        );
+        let view = json(&r);
+        assert_eq!(
+            view["services"]["big"]["endpoints"]
+                .as_array()
+                .map(Vec::len),
+            Some(60)
+        );
+    }
+}
+
+#[tokio::test]
 async fn versions_grow_across_a_restart_on_the_same_port() {
     let mut cp = ControlPlane::start(MESH).await;
     let v0 = version_of(&cp, "outbound/users").await;
