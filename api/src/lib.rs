@@ -4,12 +4,14 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod identity;
 pub mod load;
 pub mod locate;
 pub mod mesh;
 pub mod protocol;
 
 pub use duration::HumanDuration;
+pub use identity::SpiffeId;
 pub use load::{parse_mesh, read_mesh, ConfigError, Problem};
 pub use mesh::*;
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use crate::identity::{check_trust_domain, SpiffeId};
 use crate::locate::{duplicate_keys, locate, Position, Segment};
 use crate::mesh::{Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route, Service};
 
@@ -173,8 +174,12 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
     let mut c = Checker {
         problems: Vec::new(),
     };
+    if let Err(reason) = check_trust_domain(&mesh.trust_domain) {
+        c.problem(&[key("trust_domain")], &[], reason);
+    }
     for (name, svc) in &mesh.services {
         let at = vec![key("services"), key(name)];
+        check_identities(&mut c, &at, mesh, svc);
         if !is_valid_service_name(name) {
             c.problem(&at, &[], format!("{name:?} is not a valid service name (lowercase letters, digits and '-', at most 63)"));
         }
@@ -338,6 +343,36 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
         }
     }
     c.problems
+}
+
+/// Every identity the service names (its own, its endpoints', those its
+/// inbound policy allows) must resolve to a SPIFFE id.
+fn check_identities(c: &mut Checker, at: &[Segment], mesh: &Mesh, svc: &Service) {
+    // A bad trust domain is a problem of its own: check the names' own form.
+    let trust_domain = match check_trust_domain(&mesh.trust_domain) {
+        Ok(()) => mesh.trust_domain.as_str(),
+        Err(_) => crate::mesh::DEFAULT_TRUST_DOMAIN,
+    };
+    let mut check = |extra: &[Segment], name: &str| {
+        if let Err(e) = SpiffeId::resolve(name, trust_domain) {
+            c.problem(at, extra, e.reason);
+        }
+    };
+    if let Some(identity) = &svc.identity {
+        check(&[key("identity")], identity);
+    }
+    for (i, ep) in svc.endpoints.iter().enumerate() {
+        if let Some(identity) = &ep.identity {
+            check(
+                &[key("endpoints"), Segment::Index(i), key("identity")],
+                identity,
+            );
+        }
+    }
+    let allowed = svc.inbound.as_ref().and_then(|i| i.allow.as_deref());
+    for (i, identity) in allowed.unwrap_or_default().iter().enumerate() {
+        check(&[key("inbound"), key("allow"), Segment::Index(i)], identity);
+    }
 }
 
 /// A split's labels must select at least one endpoint, as far as the file

@@ -287,3 +287,26 @@ services:
     let text = "services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 1s }\n  b:\n    retry: { per_try_timeout: 9s }\n";
     assert!(parse_mesh("mesh.yaml", text).is_ok());
 }
+
+#[test]
+fn identities_must_be_spiffe_ids_or_their_short_forms() {
+    let text = "trust_domain: Example\nservices:\n  a:\n    identity: A\n    endpoints:\n      - { address: 127.0.0.1:1, identity: \"spiffe://x/\" }\n    inbound: { allow: [frontend, \"b.c.d\"] }\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 4, "{p:?}");
+    assert!(p[0].starts_with("mesh.yaml:1:1: trust_domain: "), "{p:?}");
+    assert!(
+        p[1].starts_with("mesh.yaml:4:5: services.a.identity: "),
+        "{p:?}"
+    );
+    assert!(
+        p[2].contains("services.a.endpoints[0].identity: its path has an empty segment"),
+        "{p:?}"
+    );
+    assert!(
+        p[3].contains("services.a.inbound.allow[1]: the namespace \"c.d\""),
+        "{p:?}"
+    );
+    // The same with a good trust domain: the short forms resolve in it.
+    let good = "trust_domain: example.org\nservices:\n  a:\n    identity: a.shop\n    inbound: { allow: [frontend, \"spiffe://other/x\"] }\n";
+    assert!(parse_mesh("mesh.yaml", good).is_ok());
+}
