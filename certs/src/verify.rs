@@ -1,0 +1,211 @@
+//! Checking peers, and the rustls configs of both ends of a mesh
+//! connection: TLS 1.3 only, ALPN `h2`, each side's chain verified
+//! against the trust anchors, and the server's SPIFFE id checked against
+//! the one the client expects (a mesh certificate names no DNS host, so
+//! the usual host name check does not apply). The server learns the
+//! client's identity from its certificate; what that identity may do is
+//! the authorization policy's business, not this module's.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::leaf::CredentialStore;
+use crate::{inspect, pem, Error, SpiffeId};
+
+/// The ALPN protocol of mesh connections.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The one crypto provider: ring, as rustls ships it.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
+
+/// The certificates a mesh trusts: one, or two while the anchor rotates.
+#[derive(Clone, Debug)]
+pub struct TrustAnchors {
+    roots: Arc<RootCertStore>,
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+impl TrustAnchors {
+    /// Every certificate of a PEM bundle.
+    pub fn from_pem(pem: &str) -> Result<TrustAnchors, Error> {
+        let certs = pem::certificates(pem, "the trust anchors")?;
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in certs.iter().enumerate() {
+            roots.add(cert.clone()).map_err(|e| {
+                Error::invalid(
+                    "the trust anchors",
+                    format!("certificate {} is not a usable anchor: {e}", i + 1),
+                )
+            })?;
+        }
+        Ok(TrustAnchors {
+            roots: Arc::new(roots),
+            certs,
+        })
+    }
+}
+
+/// The client's check of a server: a chain to one of the anchors, and
+/// the SPIFFE id the endpoint is known by.
+#[derive(Debug)]
+pub struct ServerIdentityVerifier {
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+    provider: Arc<CryptoProvider>,
+}
+
+/// The server's certificate names another identity than the one expected.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is {presented}, not {expected}")]
+pub struct WrongIdentity {
+    pub expected: SpiffeId,
+    pub presented: String,
+}
+
+impl ServerIdentityVerifier {
+    pub fn new(anchors: &TrustAnchors, expected: SpiffeId) -> ServerIdentityVerifier {
+        ServerIdentityVerifier {
+            roots: anchors.roots.clone(),
+            expected,
+            provider: provider(),
+        }
+    }
+}
+
+impl ServerCertVerifier for ServerIdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        match inspect::spiffe_id(end_entity) {
+            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            other => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(WrongIdentity {
+                    expected: self.expected.clone(),
+                    presented: match other {
+                        Ok(id) => id.to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                })),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What a sidecar dials another with: its own credentials, and the
+/// identity the endpoint must prove.
+pub fn client_config(
+    anchors: &TrustAnchors,
+    expected: SpiffeId,
+    own: Arc<CredentialStore>,
+) -> ClientConfig {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerIdentityVerifier::new(anchors, expected)))
+        .with_client_cert_resolver(own);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config
+}
+
+/// Whether a server asks every client for a certificate of the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// A client without one is refused in the handshake.
+    Required,
+    /// A client may come without one (and is then anonymous); one that
+    /// sends one must send a good one.
+    Optional,
+}
+
+/// What a sidecar's inbound (or the control plane's API) serves with.
+pub fn server_config(
+    anchors: &TrustAnchors,
+    own: Arc<CredentialStore>,
+    client_auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, Error> {
+    let builder = WebPkiClientVerifier::builder_with_provider(anchors.roots.clone(), provider());
+    let verifier = match client_auth {
+        ClientAuth::Required => builder.build(),
+        ClientAuth::Optional => builder.allow_unauthenticated().build(),
+    }
+    .map_err(|e| Error::invalid("the trust anchors", e))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(own);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The identity a verified peer's certificate names, if it sent one.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
+    certs
+        .and_then(<[_]>::first)
+        .and_then(|leaf| inspect::spiffe_id(leaf).ok())
+}
+
+#[cfg(test)]
+mod tests;
