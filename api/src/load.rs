@@ -102,7 +102,8 @@ pub fn read_mesh(path: &Path) -> Result<Mesh, ConfigError> {
     parse_mesh(&file, &text)
 }
 
-fn serde_problem(file: &str, e: &serde_yaml::Error) -> Problem {
+/// A serde_yaml error as a problem of `file`, its key and position split out.
+pub fn serde_problem(file: &str, e: &serde_yaml::Error) -> Problem {
     // serde_yaml prefixes the message with the key path ("services.orders: ...")
     // and suffixes it with the position; split both off into their fields.
     let full = e.to_string();

@@ -72,6 +72,8 @@ impl ControlPlane {
             .arg("--config")
             .arg(config)
             .args(["--api", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(config.with_file_name("data"))
             .args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -15,6 +15,9 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Longer than a sidecar's renewal period (a third of its 30s TTL), so
 /// every sidecar has registered again before a previous view is replaced.
 pub const DEFAULT_RESTART_GRACE: &str = "15s";
+/// Where a development CA is kept when no issuer is given.
+pub const DEFAULT_DATA_DIR: &str = "remora-data";
+pub const DEFAULT_CERT_TTL: &str = "24h";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +73,38 @@ pub struct ServeArgs {
     /// live in memory only).
     #[arg(long, env = "REMORA_RESTART_GRACE", default_value = DEFAULT_RESTART_GRACE)]
     pub restart_grace: remora_api::HumanDuration,
+
+    /// The issuer's certificate (PEM), as `remora-certs init` writes it
+    /// (issuer.crt). Without the three issuer flags, a development CA is
+    /// made in --data-dir.
+    #[arg(long, env = "REMORA_ISSUER_CERT")]
+    pub issuer_cert: Option<PathBuf>,
+
+    /// The issuer's private key (PEM; issuer.key).
+    #[arg(long, env = "REMORA_ISSUER_KEY")]
+    pub issuer_key: Option<PathBuf>,
+
+    /// The trust anchors (PEM; ca.crt, or a bundle of two while rotating).
+    #[arg(long, env = "REMORA_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+
+    /// Where the development CA lives when no issuer is given.
+    #[arg(long, env = "REMORA_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Which bearer token grants which identity: a YAML map from identity
+    /// to the SHA-256 hex of its token. Without it no certificate is issued.
+    #[arg(long, env = "REMORA_TOKENS")]
+    pub tokens: Option<PathBuf>,
+
+    /// How long the certificates the control plane signs are valid.
+    #[arg(long, env = "REMORA_CERT_TTL", default_value = DEFAULT_CERT_TTL)]
+    pub cert_ttl: remora_api::HumanDuration,
+
+    /// Turn identity off: no certificate authority, a plaintext mesh.
+    /// Warned at every start.
+    #[arg(long, env = "REMORA_INSECURE")]
+    pub insecure: bool,
 
     /// Threads that serve the API, each holding its share of the proxies'
     /// connections; one per core when not given.

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod ca;
 pub mod check;
 pub mod config;
 pub mod metrics;

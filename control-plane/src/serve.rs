@@ -21,6 +21,7 @@ use remora_proxy::signals::Signals;
 
 use crate::api::fanout::ThreadViews;
 use crate::api::{Api, RestartGrace};
+use crate::ca::{Authority, IssuerSource, Tokens};
 use crate::config::ServeArgs;
 use crate::metrics::Metrics;
 use crate::sources;
@@ -57,6 +58,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let trust_domain = config.as_ref().map_or_else(
+        || remora_api::DEFAULT_TRUST_DOMAIN.to_string(),
+        |view| view.borrow().mesh.trust_domain.clone(),
+    );
+    let authority = authority(&args, &trust_domain)?;
+
     let mut signals = Signals::install()?;
     let api_listener = bind(args.api, "the API").await?;
     let admin_listener = bind(args.admin, "admin").await?;
@@ -73,7 +80,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         draining.clone(),
     ));
 
-    let api = Arc::new(Api::new(state, &metrics, draining.clone(), restart));
+    let api = Arc::new(Api::new(
+        state,
+        &metrics,
+        draining.clone(),
+        restart,
+        authority,
+    ));
     let api_server = tokio::spawn(
         threads::serve_on_threads(threads, api_listener, move |listener| {
             let api = api.clone();
@@ -127,6 +140,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The certificate authority, unless identity is off.
+fn authority(args: &ServeArgs, trust_domain: &str) -> anyhow::Result<Option<Arc<Authority>>> {
+    if args.insecure {
+        if args.issuer_cert.is_some() || args.issuer_key.is_some() || args.tokens.is_some() {
+            anyhow::bail!("--insecure turns identity off: give it without --issuer-cert, --issuer-key and --tokens");
+        }
+        tracing::warn!("--insecure: identity is OFF; no certificates are issued and the mesh runs in plaintext");
+        return Ok(None);
+    }
+    let source = IssuerSource::from_flags(
+        args.issuer_cert.clone(),
+        args.issuer_key.clone(),
+        args.trust_anchors.clone(),
+        &args.data_dir,
+    )?;
+    let tokens = match &args.tokens {
+        Some(path) => Tokens::read(path, trust_domain)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("the tokens file {} has problems", path.display()))?,
+        None => {
+            tracing::warn!("no --tokens: no token grants an identity, so no certificate is issued");
+            Tokens::default()
+        }
+    };
+    tracing::info!(tokens = tokens.len(), cert_ttl = %args.cert_ttl, "certificate authority");
+    Ok(Some(Arc::new(Authority::load(
+        &source,
+        tokens,
+        args.cert_ttl.get(),
+        trust_domain,
+    )?)))
 }
 
 fn settings() -> ServerSettings {

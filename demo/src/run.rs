@@ -267,6 +267,8 @@ async fn start_and_report(
         .arg("--config")
         .arg(&mesh)
         .args(["--api", LOOPBACK_ANY_PORT, "--admin", LOOPBACK_ANY_PORT])
+        .arg("--data-dir")
+        .arg(dir.join("ca"))
         .args(["--log-format", "json"]);
     let control = Process::start("control plane", command, &dir.join("control-plane.log")).await?;
     let (api, control_admin) = (control.address("api")?, control.address("admin")?);

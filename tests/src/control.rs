@@ -77,6 +77,9 @@ impl ControlPlane {
         let mut command = Command::new(binary("remora-control"));
         command
             .args(["--admin", "127.0.0.1:0"])
+            // The development CA, when no issuer is given, lives here.
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
             .args(["--log-format", "json", "--log-level", "info"])
             .args(args);
         let process = Running::spawn(command, "remora-control").await;

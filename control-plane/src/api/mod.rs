@@ -2,6 +2,7 @@
 //! the service listing. Each request is routed by method and path, answered
 //! with JSON, and counted by resource and status.
 
+pub mod certificate;
 mod chunks;
 pub mod fanout;
 pub mod registrations;
@@ -19,6 +20,7 @@ use remora_api::protocol::ApiError;
 use remora_proxy::http::server::Drain;
 use remora_proxy::http::{full, Body};
 
+use crate::ca::Authority;
 use crate::metrics::{Metrics, RequestLabels, ViewMetrics};
 use crate::state::{Kind, State};
 use fanout::ThreadViews;
@@ -32,6 +34,8 @@ pub struct Api {
     /// Signaled at shutdown: held long-polls answer at once.
     drain: Drain,
     restart: RestartGrace,
+    /// `None` with `--insecure`.
+    authority: Option<Arc<Authority>>,
 }
 
 /// Registrations are soft state: a restarted control plane knows each
@@ -64,13 +68,21 @@ enum Target<'a> {
     Register(&'a str, &'a str),
     Deregister(&'a str, &'a str),
     Services,
+    Certificate,
     MethodNotAllowed(&'static str),
     NotFound,
 }
 
 impl Api {
-    pub fn new(state: Arc<State>, metrics: &Metrics, drain: Drain, restart: RestartGrace) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        metrics: &Metrics,
+        drain: Drain,
+        restart: RestartGrace,
+        authority: Option<Arc<Authority>>,
+    ) -> Self {
         Self {
+            authority,
             state,
             outbound: metrics.view(Kind::Outbound),
             inbound: metrics.view(Kind::Inbound),
@@ -96,6 +108,7 @@ impl Api {
             }
             Target::Deregister(service, instance) => registrations::delete(self, service, instance),
             Target::Services => services::list(self),
+            Target::Certificate => certificate::issue(self, req).await,
             Target::MethodNotAllowed(allowed) => {
                 let mut r = error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -108,7 +121,7 @@ impl Api {
             }
             Target::NotFound => error(
                 StatusCode::NOT_FOUND,
-                "not found: the API serves /v1/outbound/{service}, /v1/inbound/{service}, /v1/registrations/{service}/{instance} and /v1/services",
+                "not found: the API serves /v1/outbound/{service}, /v1/inbound/{service}, /v1/registrations/{service}/{instance}, /v1/certificate and /v1/services",
             ),
         };
         self.requests
@@ -154,6 +167,13 @@ fn route<'a>(method: &Method, path: &'a str) -> (&'static str, Target<'a>) {
             };
             ("registrations", target)
         }
+        [Some("v1"), Some("certificate"), None, None, None] => {
+            if method == Method::POST {
+                ("certificate", Target::Certificate)
+            } else {
+                ("certificate", Target::MethodNotAllowed("POST"))
+            }
+        }
         [Some("v1"), Some("services"), None, None, None] => {
             if method == Method::GET {
                 ("services", Target::Services)
@@ -162,6 +182,19 @@ fn route<'a>(method: &Method, path: &'a str) -> (&'static str, Target<'a>) {
             }
         }
         _ => ("other", Target::NotFound),
+    }
+}
+
+/// The whole body of `req`, or the `400` that says it is too large or
+/// broken.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body (at most {limit} bytes): {e}"),
+        )),
     }
 }
 

@@ -4,14 +4,13 @@
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use remora_api::load::is_valid_service_name;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
 use remora_proxy::http::Body;
 use serde::Serialize;
 
-use super::{error, json, Api};
+use super::{error, json, read_body, Api};
 use crate::sources::registrations::Put;
 
 /// A registration is a few hundred bytes; anything near this is a mistake.
@@ -57,17 +56,9 @@ pub async fn put(
     if let Some(e) = bad_names(service, instance) {
         return error(StatusCode::BAD_REQUEST, e);
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body (at most {MAX_BODY_BYTES} bytes): {e}"),
-            )
-        }
+    let body = match read_body(req, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(response) => return response,
     };
     let reg: Registration = match serde_json::from_slice(&body) {
         Ok(r) => r,

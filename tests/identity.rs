@@ -1,0 +1,249 @@
+//! The control plane's certificate authority, through the real binary:
+//! `POST /v1/certificate` with bearer tokens, a given issuer or a
+//! development CA, `--cert-ttl`, `--insecure`, and the flags' errors.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::{header, Request, StatusCode};
+use remora_certs::authority::{self, Generated};
+use remora_certs::{inspect, leaf, pem};
+use remora_e2e::client::body;
+use remora_e2e::process::binary;
+use remora_e2e::{Client, ControlPlane, Reply};
+
+/// A bearer token; tokens.yaml holds its SHA-256 (as `sha256sum` prints it).
+const FRONTEND_TOKEN: &str = "frontend-token";
+const MESH: &str = "services:\n  orders: {}\n";
+
+fn sha256_hex(text: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+fn tokens_file(dir: &Path) -> String {
+    let path = dir.join("tokens.yaml");
+    std::fs::write(&path, format!("frontend: {}\n", sha256_hex(FRONTEND_TOKEN))).unwrap();
+    path.display().to_string()
+}
+
+async fn ask(cp: &ControlPlane, token: Option<&str>, csr: &str) -> Reply {
+    let mut req = Request::post(format!("{}/v1/certificate", cp.url()));
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    Client::http1()
+        .send(req.body(body(csr.to_string())).unwrap())
+        .await
+        .expect("POST /v1/certificate")
+}
+
+#[tokio::test]
+async fn a_csr_is_signed_for_the_identity_its_token_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path());
+    let cp = ControlPlane::start_with(MESH, &["--tokens", &tokens, "--cert-ttl", "1h"]).await;
+    assert!(
+        cp.logs()
+            .iter()
+            .any(|l| l.contains("DEVELOPMENT certificate authority")),
+        "a development CA is announced"
+    );
+
+    let request = leaf::new_request().unwrap();
+    let r = ask(&cp, Some(FRONTEND_TOKEN), &request.csr_pem).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/pem-certificate-chain")
+    );
+    let credentials = request
+        .complete(&r.text())
+        .expect("the chain is for our key");
+    assert_eq!(
+        credentials.identity.as_str(),
+        "spiffe://cluster.local/ns/default/sa/frontend"
+    );
+    let life = credentials.leaf.lifetime();
+    assert!(
+        life >= Duration::from_secs(3600) && life < Duration::from_secs(3700),
+        "{life:?}"
+    );
+    let chain = pem::certificates(&r.text(), "chain").unwrap();
+    assert_eq!(chain.len(), 2);
+    assert!(inspect::is_signed_by(&chain[0], &chain[1]).unwrap());
+
+    let metrics = cp.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"remora_control_requests_total{resource="certificate",status_code="200"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_and_csrs_are_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path());
+    let cp = ControlPlane::start_with(MESH, &["--tokens", &tokens]).await;
+    let csr = leaf::new_request().unwrap().csr_pem;
+
+    let r = ask(&cp, None, &csr).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert!(r.text().contains("no bearer token"), "{}", r.text());
+    let r = ask(&cp, Some("guessed"), &csr).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.text().contains("grants no identity"), "{}", r.text());
+    let r = ask(&cp, Some(FRONTEND_TOKEN), "not a csr").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.text().contains("not a PEM CERTIFICATE REQUEST"),
+        "{}",
+        r.text()
+    );
+    let r = ask(&cp, Some(FRONTEND_TOKEN), &"x".repeat(20_000)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("at most"), "{}", r.text());
+    let r = cp.get("/v1/certificate").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), Some("POST"));
+}
+
+#[tokio::test]
+async fn a_given_issuer_signs_and_its_anchor_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let Generated {
+        anchor_cert,
+        issuer_cert,
+        issuer_key,
+        ..
+    } = authority::generate(
+        "cluster.local",
+        Duration::from_secs(86400),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (anchors, cert, key) = (
+        write("ca.crt", &anchor_cert),
+        write("issuer.crt", &issuer_cert),
+        write("issuer.key", &issuer_key),
+    );
+    let tokens = tokens_file(dir.path());
+    let cp = ControlPlane::start_with(
+        MESH,
+        &[
+            "--tokens",
+            &tokens,
+            "--issuer-cert",
+            &cert,
+            "--issuer-key",
+            &key,
+            "--trust-anchors",
+            &anchors,
+        ],
+    )
+    .await;
+    assert!(!cp.logs().iter().any(|l| l.contains("DEVELOPMENT")));
+    let request = leaf::new_request().unwrap();
+    let r = ask(&cp, Some(FRONTEND_TOKEN), &request.csr_pem).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let chain = pem::certificates(&r.text(), "chain").unwrap();
+    let issuer = &pem::certificates(&issuer_cert, "issuer").unwrap()[0];
+    assert!(inspect::is_signed_by(&chain[0], issuer).unwrap());
+}
+
+#[tokio::test]
+async fn insecure_turns_identity_off_and_says_so() {
+    let cp = ControlPlane::start_with(MESH, &["--insecure"]).await;
+    assert!(cp.logs().iter().any(|l| l.contains("identity is OFF")));
+    let r = ask(&cp, Some(FRONTEND_TOKEN), "x").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.text().contains("--insecure"), "{}", r.text());
+}
+
+/// `remora-control serve` with `args` in `dir`, expected to refuse to
+/// start; what it printed.
+async fn refused(dir: &Path, args: &[&str]) -> String {
+    let mesh = dir.join("mesh.yaml");
+    std::fs::write(&mesh, MESH).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(binary("remora-control"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&mesh)
+            .args([
+                "--api",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--log-format",
+                "text",
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("it exits")
+    .unwrap();
+    assert!(!out.status.success(), "it started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn bad_identity_flags_stop_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = refused(dir.path(), &["--issuer-cert", "issuer.crt"]).await;
+    assert!(
+        out.contains("missing: --issuer-key, --trust-anchors"),
+        "{out}"
+    );
+    let out = refused(dir.path(), &["--insecure", "--tokens", "t.yaml"]).await;
+    assert!(out.contains("--insecure turns identity off"), "{out}");
+
+    let tokens = dir.path().join("bad-tokens.yaml");
+    std::fs::write(&tokens, "frontend: not-a-hash\n").unwrap();
+    let out = refused(dir.path(), &["--tokens", &tokens.display().to_string()]).await;
+    assert!(
+        out.contains("bad-tokens.yaml:1:1: frontend: the token's SHA-256 must be 64 hex digits"),
+        "{out}"
+    );
+
+    let missing = dir.path().join("nowhere");
+    let out = refused(
+        dir.path(),
+        &[
+            "--issuer-cert",
+            &missing.join("issuer.crt").display().to_string(),
+            "--issuer-key",
+            &missing.join("issuer.key").display().to_string(),
+            "--trust-anchors",
+            &missing.join("ca.crt").display().to_string(),
+        ],
+    )
+    .await;
+    assert!(
+        out.contains("cannot read") && out.contains("ca.crt"),
+        "{out}"
+    );
+}
