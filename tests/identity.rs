@@ -11,7 +11,7 @@ use remora_certs::authority::{self, Generated};
 use remora_certs::{inspect, leaf, pem};
 use remora_e2e::client::body;
 use remora_e2e::process::binary;
-use remora_e2e::{Client, ControlPlane, Reply};
+use remora_e2e::{eventually, metric_value, Client, ControlPlane, Proxy, Reply, Upstream};
 
 /// A bearer token; tokens.yaml holds its SHA-256 (as `sha256sum` prints it).
 const FRONTEND_TOKEN: &str = "frontend-token";
@@ -246,4 +246,170 @@ async fn bad_identity_flags_stop_the_start_with_the_reason() {
         out.contains("cannot read") && out.contains("ca.crt"),
         "{out}"
     );
+}
+
+async fn config_of(proxy: &Proxy) -> serde_json::Value {
+    let r = Client::http1()
+        .get(&proxy.admin_url("/config"))
+        .await
+        .expect("GET /config");
+    serde_json::from_slice(&r.body).expect("/config is JSON")
+}
+
+async fn ready_status(proxy: &Proxy) -> StatusCode {
+    Client::http1()
+        .get(&proxy.admin_url("/ready"))
+        .await
+        .expect("GET /ready")
+        .status
+}
+
+/// A control plane with a development CA and a token for `frontend`, and
+/// the token's file.
+async fn mesh_with_tokens(dir: &Path, extra: &[&str]) -> (ControlPlane, String) {
+    let tokens = tokens_file(dir);
+    let mut args = vec!["--tokens", tokens.as_str()];
+    args.extend_from_slice(extra);
+    let cp = ControlPlane::start_with(MESH, &args).await;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{FRONTEND_TOKEN}\n")).unwrap();
+    (cp, token_file.display().to_string())
+}
+
+#[tokio::test]
+async fn a_proxy_holds_its_certificate_before_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, token_file) = mesh_with_tokens(dir.path(), &["--cert-ttl", "1h"]).await;
+    let anchors = cp.development_anchors().display().to_string();
+    let app = Upstream::named("frontend").await;
+    let proxy = Proxy::controlled(
+        &cp.url(),
+        "frontend",
+        app.addr,
+        &["--token-file", &token_file, "--trust-anchors", &anchors],
+    )
+    .await;
+    let config = config_of(&proxy).await;
+    let identity = &config["identity"];
+    assert_eq!(identity["state"], "ready", "{config:#}");
+    assert_eq!(
+        identity["id"],
+        "spiffe://cluster.local/ns/default/sa/frontend"
+    );
+    assert_eq!(identity["trust_anchors"], 1);
+
+    let expiry = metric_value(
+        &proxy.metrics().await,
+        "remora_identity_expiry_timestamp_seconds",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (expiry - (now + 3600.0)).abs() < 120.0,
+        "expiry {expiry}, now {now}"
+    );
+    // It registered once it had its certificate.
+    let services = cp.services().await;
+    assert_eq!(
+        services["services"]["frontend"]["endpoints"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{services:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_token_keeps_the_proxy_unready_and_unregistered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, _) = mesh_with_tokens(dir.path(), &[]).await;
+    let anchors = cp.development_anchors().display().to_string();
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let app = Upstream::named("frontend").await;
+    let proxy = Proxy::controlled_unready(
+        &cp.url(),
+        "frontend",
+        app.addr,
+        &[
+            "--token-file",
+            &wrong.display().to_string(),
+            "--trust-anchors",
+            &anchors,
+        ],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the refusal to be logged",
+        || async {
+            proxy.logs().iter().any(|l| {
+                l.contains("refused a certificate: 401") && l.contains("grants no identity")
+            })
+        },
+    )
+    .await;
+    assert_eq!(ready_status(&proxy).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        config_of(&proxy).await["identity"]["state"],
+        "waiting for a certificate"
+    );
+    assert!(cp.services().await["services"].get("frontend").is_none());
+}
+
+#[tokio::test]
+async fn certificates_are_renewed_at_seventy_percent_of_their_life_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, token_file) = mesh_with_tokens(dir.path(), &["--cert-ttl", "4s"]).await;
+    let anchors = cp.development_anchors().display().to_string();
+    let app = Upstream::named("frontend").await;
+    let proxy = Proxy::controlled(
+        &cp.url(),
+        "frontend",
+        app.addr,
+        &["--token-file", &token_file, "--trust-anchors", &anchors],
+    )
+    .await;
+    let first = config_of(&proxy).await["identity"].clone();
+    let parse = |v: &serde_json::Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
+    let (after, renew) = (parse(&first["not_after"]), parse(&first["renew_at"]));
+    let left = after.duration_since(renew).unwrap().as_secs_f64();
+    assert!(
+        (0.5..=2.0).contains(&left),
+        "renewed {left}s before the end of a 4s certificate"
+    );
+
+    // Steady traffic through the proxy while two renewals happen.
+    let url = format!("http://{}/", proxy.inbound);
+    let client = Client::http1();
+    let mut serials = vec![first["serial"].as_str().unwrap().to_string()];
+    let (mut sent, mut failed) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while serials.len() < 3 && std::time::Instant::now() < deadline {
+        for _ in 0..20 {
+            sent += 1;
+            match client.get(&url).await {
+                Ok(r) if r.status == StatusCode::OK => {}
+                _ => failed += 1,
+            }
+        }
+        assert_eq!(ready_status(&proxy).await, StatusCode::OK);
+        let serial = config_of(&proxy).await["identity"]["serial"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if serials.last() != Some(&serial) {
+            serials.push(serial);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{sent} requests, {failed} failed, certificates {serials:?}");
+    assert_eq!(
+        serials.len(),
+        3,
+        "two renewals within 15s of 4s certificates"
+    );
+    assert_eq!(failed, 0);
 }

@@ -20,9 +20,9 @@ pub const DEFAULT_ANCHOR_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 
 pub const DEFAULT_ISSUER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long a leaf is valid by default (the control plane's `--cert-ttl`).
 pub const DEFAULT_LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-/// Leaves are valid from a little before they are signed, so that a peer
-/// whose clock is slightly behind still accepts them.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Certificates are valid from a little before they are signed, so that
+/// a peer whose clock is slightly behind still accepts them.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(10);
 /// The organization every certificate made here names.
 const ORGANIZATION: &str = "remora";
 

@@ -60,6 +60,8 @@ pub struct Credentials {
     pub identity: SpiffeId,
     /// The leaf's own fields.
     pub leaf: CertInfo,
+    /// When these credentials were made here.
+    pub received_at: SystemTime,
 }
 
 impl Credentials {
@@ -97,14 +99,21 @@ impl Credentials {
             certified: Arc::new(certified),
             identity,
             leaf,
+            received_at: SystemTime::now(),
         })
     }
 
     /// When to ask for new credentials: [`RENEW_AT`] of the way through
-    /// the certificate's life.
+    /// the life the certificate had when it arrived (the time it was
+    /// backdated by, for clock skew, is not life to use).
     pub fn renew_at(&self) -> SystemTime {
-        let life = self.leaf.lifetime();
-        self.leaf.not_before + Duration::from_secs_f64(life.as_secs_f64() * RENEW_AT)
+        let start = self.received_at.max(self.leaf.not_before);
+        let life = self
+            .leaf
+            .not_after
+            .duration_since(start)
+            .unwrap_or_default();
+        start + Duration::from_secs_f64(life.as_secs_f64() * RENEW_AT)
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::discovery::MeshView;
 use crate::http::{full, Body};
+use crate::identity::Identity;
 use crate::metrics::{encode_openmetrics, to_prometheus_text, Metrics};
 use crate::telemetry::LogLevel;
 use prometheus_client::registry::Registry;
@@ -30,6 +31,8 @@ pub struct Admin {
     pub log_level: LogLevel,
     pub shutdown: Arc<Notify>,
     pub listeners: serde_json::Value,
+    /// `None` without `--token-file`.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl Admin {
@@ -90,6 +93,9 @@ impl Admin {
             "last_error": view.last_error,
             "mesh": view.mesh,
         });
+        if let Some(identity) = &self.identity {
+            body["identity"] = identity.status();
+        }
         if !view.views.is_empty() {
             body["views"] = serde_json::json!(view.views);
             body["inbound"] = serde_json::json!(view.inbound);

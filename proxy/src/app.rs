@@ -18,6 +18,7 @@ use crate::discovery::control::ControlClient;
 use crate::discovery::MeshView;
 use crate::http::client::Clients;
 use crate::http::server::{self, drain_channel, ServerSettings};
+use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::{Direction, Metrics};
 use crate::outbound::balance::EndpointRegistry;
@@ -29,6 +30,9 @@ use crate::telemetry::LogLevel;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
+    if config.control_url.is_none() && config.token_file.is_some() {
+        anyhow::bail!("--token-file needs --control-url: the control plane signs the certificate");
+    }
     let mut metrics = Metrics::new();
     let outbound_listener = bind(config.outbound, "outbound").await?;
     let inbound_listener = bind(config.inbound, "inbound").await?;
@@ -56,6 +60,23 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
             (view, Some(client))
         }
         (None, None) => anyhow::bail!("give --config FILE or --control-url URL"),
+    };
+    let identity = match (&control, &config.token_file, &config.trust_anchors) {
+        (Some(client), Some(token_file), Some(anchors)) => {
+            let identity = Arc::new(Identity::load(anchors)?);
+            tokio::spawn(identity.clone().keep_current(
+                client.clone(),
+                token_file.clone(),
+                metrics.identity_expiry.clone(),
+            ));
+            Some(identity)
+        }
+        _ => {
+            if control.is_some() {
+                tracing::warn!("no --token-file: this proxy has no identity; it is reached and calls in plaintext");
+            }
+            None
+        }
     };
     let registration = match &control {
         Some(_) => Some(registration(&config, inbound_addr)?),
@@ -101,6 +122,7 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         log_level,
         shutdown: shutdown.clone(),
         listeners,
+        identity: identity.clone(),
     });
 
     let (drain, draining) = drain_channel();
@@ -159,17 +181,28 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     // between kills it without a drain.
     let mut signals = Signals::install()?;
     // Standalone, the proxy is ready once it serves; with a control plane,
-    // once it has its inbound view and is registered.
-    let (registrar, becoming_ready) = match (&control, registration) {
+    // once it has its inbound view, is registered, and (with an identity)
+    // holds its certificate.
+    let (registering, becoming_ready) = match (&control, registration) {
         (Some(client), Some((instance, registration))) => {
-            let registrar = client.register(&instance, registration, config.app);
+            // Registered only with a certificate in hand, so that no peer
+            // dials this instance before it can prove who it is.
+            let registering = {
+                let (client, identity, app) = (client.clone(), identity.clone(), config.app);
+                tokio::spawn(async move {
+                    if let Some(identity) = identity {
+                        identity.obtained().await;
+                    }
+                    client.register(&instance, registration, app)
+                })
+            };
             let (client, ready) = (client.clone(), ready.clone());
             let becoming_ready = tokio::spawn(async move {
                 client.ready().await;
                 ready.store(true, Ordering::Release);
                 tracing::info!("ready");
             });
-            (Some(registrar), Some(becoming_ready))
+            (Some(registering), Some(becoming_ready))
         }
         _ => {
             ready.store(true, Ordering::Release);
@@ -189,8 +222,14 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     ready.store(false, Ordering::Release);
     // Leave the registry first, so callers stop picking this instance
     // while it still serves what they already sent.
-    if let Some(registrar) = registrar {
-        registrar.deregister().await;
+    if let Some(registering) = registering {
+        if registering.is_finished() {
+            if let Ok(registrar) = registering.await {
+                registrar.deregister().await;
+            }
+        } else {
+            registering.abort();
+        }
     }
     drain.drain();
     let drained = tokio::time::timeout(config.drain_timeout.get(), async {

@@ -39,6 +39,18 @@ pub struct Config {
     #[arg(long, env = "REMORA_CONTROL_URL", conflicts_with = "config")]
     pub control_url: Option<http::Uri>,
 
+    /// A file holding the bearer token that grants this proxy its identity
+    /// (in Kubernetes, a projected service-account token). Read again at
+    /// every renewal. With it, the proxy gets a certificate from the
+    /// control plane before it is ready, and renews it at 70% of its life.
+    #[arg(long, env = "REMORA_TOKEN_FILE", requires = "trust_anchors")]
+    pub token_file: Option<PathBuf>,
+
+    /// The mesh's trust anchors (PEM; one certificate, or two while the
+    /// anchor rotates).
+    #[arg(long, env = "REMORA_TRUST_ANCHORS", requires = "token_file")]
+    pub trust_anchors: Option<PathBuf>,
+
     /// The address other sidecars dial for this instance, registered with
     /// the control plane. Default: `$POD_IP` with the inbound port, else the
     /// inbound listener's own address.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -213,6 +213,8 @@ pub struct Metrics {
     /// Config reloads by result (`ok`, `error`).
     pub config_reloads: Family<ResultLabels, Counter>,
     pub control: ControlMetrics,
+    /// When this proxy's certificate expires, in Unix seconds.
+    pub identity_expiry: Gauge,
 }
 
 impl Metrics {
@@ -296,8 +298,15 @@ impl Metrics {
             "Whether the latest exchange with the control plane succeeded",
             control.connected.clone(),
         );
+        let identity_expiry = Gauge::default();
+        r.register(
+            "identity_expiry_timestamp_seconds",
+            "When this proxy's certificate expires (Unix seconds); 0 without one",
+            identity_expiry.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
+            identity_expiry,
             registry,
             http,
             transport,

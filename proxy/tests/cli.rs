@@ -116,4 +116,31 @@ fn bad_control_plane_flags_are_named() {
         "2h",
     ]);
     assert!(stderr.contains("--registration-ttl"), "{stderr}");
+    // An identity needs the anchors to check peers with, and a control plane.
+    let stderr = run(&["--control-url", "http://127.0.0.1:1", "--token-file", "t"]);
+    assert!(stderr.contains("--trust-anchors"), "{stderr}");
+    let stderr = run(&[
+        "--config",
+        "m.yaml",
+        "--token-file",
+        "t",
+        "--trust-anchors",
+        "a",
+    ]);
+    assert!(
+        stderr.contains("--token-file needs --control-url"),
+        "{stderr}"
+    );
+    let stderr = run(&[
+        "--control-url",
+        "http://127.0.0.1:1",
+        "--token-file",
+        "t",
+        "--trust-anchors",
+        "/nowhere/ca.crt",
+    ]);
+    assert!(
+        stderr.contains("cannot read --trust-anchors /nowhere/ca.crt"),
+        "{stderr}"
+    );
 }

@@ -20,7 +20,7 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     /// The mesh config it serves (absent for `start_without_config`).
     pub config_path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl ControlPlane {
@@ -88,10 +88,16 @@ impl ControlPlane {
             admin: process.address("admin"),
             config_path,
             process,
-            _dir: dir,
+            dir,
         };
         control.wait_ready().await;
         control
+    }
+
+    /// The trust anchor of the development CA it made (when given no
+    /// issuer), for proxies' `--trust-anchors`.
+    pub fn development_anchors(&self) -> PathBuf {
+        self.dir.path().join("data").join("ca.crt")
     }
 
     /// Waits until `/ready` answers 200.

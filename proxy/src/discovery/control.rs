@@ -189,6 +189,26 @@ impl ControlClient {
         Some(rx)
     }
 
+    /// Asks the control plane to sign `csr_pem` for the identity `token`
+    /// grants: its status and body (the chain, or why not).
+    pub async fn request_certificate(
+        &self,
+        token: &str,
+        csr_pem: &str,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let uri = format!("{}/v1/certificate", self.0.base);
+        self.0
+            .exchange_with(
+                Method::POST,
+                &uri,
+                Some("application/pkcs10"),
+                Some(token),
+                Bytes::from(csr_pem.to_string()),
+                REQUEST_TIMEOUT,
+            )
+            .await
+    }
+
     /// Resolves once the proxy has its inbound view and is registered:
     /// what `/ready` waits for.
     pub async fn ready(&self) {
@@ -266,10 +286,29 @@ impl Shared {
         body: Bytes,
         limit: Duration,
     ) -> Result<(StatusCode, Bytes), String> {
+        let json = (!body.is_empty()).then_some("application/json");
+        self.exchange_with(method, uri, json, None, body, limit)
+            .await
+    }
+
+    /// As [`Shared::exchange`], with the body's content type and a bearer
+    /// token given.
+    async fn exchange_with(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: Option<&str>,
+        bearer: Option<&str>,
+        body: Bytes,
+        limit: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
         let mut sender = self.connected().await;
         let mut request = Request::builder().method(method).uri(uri);
-        if !body.is_empty() {
-            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(token) = bearer {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
             .body(Full::new(body))
@@ -679,12 +718,12 @@ async fn connect(
 /// Exponential backoff with full jitter: each wait is uniform in
 /// [0, base·2ⁿ], capped, so a fleet of proxies does not reconnect in step.
 #[derive(Default)]
-struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let ceiling = BACKOFF_BASE
             .saturating_mul(1 << self.failures.min(16))
             .min(BACKOFF_MAX);
@@ -692,7 +731,7 @@ impl Backoff {
         ceiling.mul_f64(fastrand::f64())
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 }
