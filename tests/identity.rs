@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use http::{header, Request, StatusCode};
 use remora_certs::authority::{self, Generated};
+use remora_certs::verify::TrustAnchors;
 use remora_certs::{inspect, leaf, pem};
 use remora_e2e::client::body;
+use remora_e2e::mesh_client;
 use remora_e2e::process::binary;
 use remora_e2e::{eventually, metric_value, Client, ControlPlane, Proxy, Reply, Upstream};
 
@@ -381,18 +383,35 @@ async fn certificates_are_renewed_at_seventy_percent_of_their_life_under_load() 
         "renewed {left}s before the end of a 4s certificate"
     );
 
-    // Steady traffic through the proxy while two renewals happen.
-    let url = format!("http://{}/", proxy.inbound);
-    let client = Client::http1();
+    // Steady traffic over mutual TLS while two renewals happen: on one
+    // connection kept open throughout, and on a new connection each round,
+    // whose handshake meets whatever certificate is current.
+    let anchors =
+        TrustAnchors::from_pem(&std::fs::read_to_string(cp.development_anchors()).unwrap())
+            .unwrap();
+    let caller = mesh_client::credentials(&cp.development_issuer(), "checkout");
+    let mut kept = mesh_client::connect(proxy.inbound, &anchors, caller.clone(), "frontend")
+        .await
+        .unwrap();
     let mut serials = vec![first["serial"].as_str().unwrap().to_string()];
     let (mut sent, mut failed) = (0, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while serials.len() < 3 && std::time::Instant::now() < deadline {
-        for _ in 0..20 {
+        let mut fresh =
+            mesh_client::connect(proxy.inbound, &anchors, caller.clone(), "frontend").await;
+        for i in 0..20 {
             sent += 1;
-            match client.get(&url).await {
+            let reply = match (&mut fresh, i % 2) {
+                (Ok(sender), 0) => mesh_client::send(sender, "/", &[]).await,
+                (Err(e), 0) => Err(e.clone()),
+                _ => mesh_client::send(&mut kept, "/", &[]).await,
+            };
+            match reply {
                 Ok(r) if r.status == StatusCode::OK => {}
-                _ => failed += 1,
+                other => {
+                    eprintln!("failed: {other:?}");
+                    failed += 1
+                }
             }
         }
         assert_eq!(ready_status(&proxy).await, StatusCode::OK);

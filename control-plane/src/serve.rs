@@ -183,17 +183,14 @@ fn settings() -> ServerSettings {
         // Pushes answer many streams of a connection at once; unvectored,
         // their answers coalesce into one write (see `api::chunks`).
         vectored_writes: false,
+        tls: None,
     }
 }
 
 /// The shared server counts connections and bytes for the proxy's traffic
 /// metrics; the control plane registers none of them.
 fn unrecorded_transport() -> TransportMetrics {
-    TransportMetrics {
-        open: Default::default(),
-        total: Default::default(),
-        bytes: Default::default(),
-    }
+    TransportMetrics::default()
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -18,6 +18,7 @@ use crate::discovery::control::ControlClient;
 use crate::discovery::MeshView;
 use crate::http::client::Clients;
 use crate::http::server::{self, drain_channel, ServerSettings};
+use crate::http::tls::InboundTls;
 use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::{Direction, Metrics};
@@ -131,6 +132,17 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         direction,
         header_read_timeout: config.header_read_timeout.get(),
         vectored_writes: true,
+        tls: None,
+    };
+    // With an identity, callers that start TLS are served over mutual
+    // TLS, and the service's `mtls` mode says whether others are.
+    let inbound_tls = match &identity {
+        Some(identity) => Some(InboundTls::new(
+            &identity.anchors,
+            identity.store.clone(),
+            inbound.clone(),
+        )?),
+        None => None,
     };
     let outbound_server = tokio::spawn(server::serve(
         outbound_listener,
@@ -147,14 +159,18 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     ));
     let inbound_server = tokio::spawn(server::serve(
         inbound_listener,
-        settings(Direction::Inbound),
+        ServerSettings {
+            tls: inbound_tls,
+            ..settings(Direction::Inbound)
+        },
         metrics.transport.clone(),
         draining,
         move |peer| {
             let inbound = inbound.clone();
+            let caller = Arc::new(inbound.caller(peer));
             service_fn(move |req| {
-                let inbound = inbound.clone();
-                async move { Ok::<_, Infallible>(inbound.handle(req, peer).await) }
+                let (inbound, caller) = (inbound.clone(), caller.clone());
+                async move { Ok::<_, Infallible>(inbound.handle(req, &caller).await) }
             })
         },
     ));
@@ -162,17 +178,13 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
         settings(Direction::Inbound),
-        crate::metrics::TransportMetrics {
-            open: Default::default(),
-            total: Default::default(),
-            bytes: Default::default(),
-        },
+        crate::metrics::TransportMetrics::default(),
         admin_draining,
         move |peer| {
             let admin = admin.clone();
             service_fn(move |req| {
                 let admin = admin.clone();
-                async move { admin.handle(req, peer).await }
+                async move { admin.handle(req, peer.addr).await }
             })
         },
     ));
@@ -316,7 +328,8 @@ impl Follower {
         .compile(mesh);
         self.health.sync(&compiled, &self.clients);
         self.outbound.update(compiled);
-        self.inbound.update(view.inbound_policy(&self.service));
+        self.inbound
+            .update(view.inbound_policy(&self.service), &mesh.trust_domain);
     }
 
     /// Applies every new version of the view.

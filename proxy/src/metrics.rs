@@ -97,6 +97,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    pub peer: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     #[prometheus(flatten)]
     pub route: RouteLabels,
@@ -121,6 +128,13 @@ pub struct EjectionLabels {
 pub struct ConnectionLabels {
     pub direction: Direction,
     pub tls: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: Direction,
+    /// `ok`, `failed` or `plaintext_refused`.
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,16 +179,20 @@ pub struct HttpMetrics {
     pub timeouts: Family<RouteLabels, Counter>,
     pub ejections: Family<EjectionLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
+    pub authz_denied: Family<PeerLabels, Counter>,
 }
 
 impl HttpMetrics {
     /// Counts one answered request and its time to response headers.
     /// `peer` is the other side's identity, or `unmeshed`.
+    /// `peer` is the other side's identity, or `unmeshed`; `tls` whether
+    /// the request came or went over mutual TLS.
     pub fn record_request(
         &self,
         route: &RouteLabels,
         status: u16,
         peer: &Arc<str>,
+        tls: bool,
         elapsed: std::time::Duration,
     ) {
         let classification = Classification::of_status(status);
@@ -183,7 +201,7 @@ impl HttpMetrics {
                 route: route.clone(),
                 status_code: status,
                 classification,
-                tls: false,
+                tls,
                 peer: peer.clone(),
             })
             .inc();
@@ -196,12 +214,15 @@ impl HttpMetrics {
     }
 }
 
-/// Transport metrics: connections and bytes.
-#[derive(Clone, Debug)]
+/// Transport metrics: connections, bytes and TLS handshakes. The
+/// default records nothing anyone reads (for listeners that are not
+/// proxied traffic).
+#[derive(Clone, Debug, Default)]
 pub struct TransportMetrics {
     pub open: Family<ConnectionLabels, Gauge>,
     pub total: Family<ConnectionLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
+    pub handshakes: Family<HandshakeLabels, Counter>,
 }
 
 /// Everything the proxy records, created once and passed down.
@@ -229,6 +250,7 @@ impl Metrics {
             timeouts: Family::default(),
             ejections: Family::default(),
             rate_limited: Family::default(),
+            authz_denied: Family::default(),
         };
         r.register("requests", "Requests by outcome", http.requests.clone());
         r.register(
@@ -261,11 +283,12 @@ impl Metrics {
             "Inbound requests refused by the service's rate limit",
             http.rate_limited.clone(),
         );
-        let transport = TransportMetrics {
-            open: Family::default(),
-            total: Family::default(),
-            bytes: Family::default(),
-        };
+        r.register(
+            "authz_denied",
+            "Inbound requests refused by the service's allow list, by caller",
+            http.authz_denied.clone(),
+        );
+        let transport = TransportMetrics::default();
         r.register(
             "connections_open",
             "Connections open now",
@@ -280,6 +303,11 @@ impl Metrics {
             "bytes",
             "Bytes read and written on proxied connections",
             transport.bytes.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "Inbound connections by how their TLS handshake ended",
+            transport.handshakes.clone(),
         );
         let config_reloads = Family::default();
         r.register(

@@ -100,6 +100,15 @@ impl ControlPlane {
         self.dir.path().join("data").join("ca.crt")
     }
 
+    /// The issuer of the development CA it made, to sign certificates of
+    /// callers a test plays itself.
+    pub fn development_issuer(&self) -> remora_certs::authority::Issuer {
+        let data = self.dir.path().join("data");
+        let read = |f: &str| std::fs::read_to_string(data.join(f)).expect("the development CA");
+        remora_certs::authority::Issuer::from_pem(&read("issuer.crt"), &read("issuer.key"))
+            .expect("a usable issuer")
+    }
+
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
         let client = Client::http1();

@@ -42,6 +42,12 @@ pub enum ProxyError {
     AppUnreachable { endpoint: String, reason: String },
     #[error("the request body could not be read: {0}")]
     RequestBody(String),
+    #[error("{caller} may not call {service}: {rule}")]
+    Forbidden {
+        caller: String,
+        service: String,
+        rule: String,
+    },
 }
 
 /// Reading the caller's request body failed (malformed chunks, or the
@@ -68,6 +74,7 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => "bad-request",
             ProxyError::AppUnreachable { .. } => "app-unreachable",
+            ProxyError::Forbidden { .. } => "forbidden",
         }
     }
 
@@ -87,6 +94,7 @@ impl ProxyError {
             ProxyError::BudgetExhausted(inner) => inner.status(),
             ProxyError::FaultInjected(status) => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 

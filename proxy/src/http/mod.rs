@@ -9,6 +9,7 @@ pub mod replay;
 pub mod retry;
 pub mod server;
 pub mod smuggling;
+pub mod tls;
 pub mod upgrade;
 
 use bytes::Bytes;

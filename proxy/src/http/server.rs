@@ -1,11 +1,13 @@
-//! The HTTP server of both directions: accept, detect HTTP/1.1 or HTTP/2
-//! (prior knowledge) per connection, enforce header limits and the header
-//! read timeout, count connections and bytes, and drain gracefully.
+//! The HTTP server of both directions: accept, detect TLS or plaintext
+//! (where the listener takes mutual TLS), detect HTTP/1.1 or HTTP/2 (prior
+//! knowledge) per connection, enforce header limits and the header read
+//! timeout, count connections, handshakes and bytes, and drain gracefully.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,15 +16,19 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use remora_certs::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::smuggling::{AmbiguousFraming, Framing};
+use super::tls::InboundTls;
 use super::Body;
-use crate::metrics::{BytesLabels, ConnectionLabels, Direction, TransportMetrics};
+use crate::metrics::{BytesLabels, ConnectionLabels, Direction, HandshakeLabels, TransportMetrics};
 
 /// Headers of one request may take this much in all (→ 431 past it).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -41,6 +47,9 @@ pub struct ServerSettings {
     /// sends each in a write of its own when writes are vectored), so that
     /// the responses that are ready together leave in one write.
     pub vectored_writes: bool,
+    /// Mutual TLS for connections that start a handshake (the inbound
+    /// listener of a proxy with an identity); `None` serves plaintext only.
+    pub tls: Option<InboundTls>,
 }
 
 /// Tells servers to stop accepting and finish what they have.
@@ -70,8 +79,19 @@ impl Drain {
     }
 }
 
+/// Who is on the other end of an accepted connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The identity its certificate names, on a mutual-TLS connection.
+    pub identity: Option<SpiffeId>,
+}
+
 /// Serves `listener` until drained, then waits for open connections to
 /// finish their requests. `make_service` gets each connection's peer.
+/// With `settings.tls`, a connection that starts a TLS handshake is served
+/// over mutual TLS; one that does not is served only where the policy
+/// allows plaintext, and is closed (and counted) elsewhere.
 pub async fn serve<S, F>(
     listener: TcpListener,
     settings: ServerSettings,
@@ -79,7 +99,7 @@ pub async fn serve<S, F>(
     mut drain: Drain,
     make_service: F,
 ) where
-    F: Fn(SocketAddr) -> S,
+    F: Fn(Peer) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -97,22 +117,14 @@ pub async fn serve<S, F>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = GracefulShutdown::new();
-    let labels = ConnectionLabels {
-        direction: settings.direction,
-        tls: false,
-    };
-    let open = transport.open.get_or_create_owned(&labels);
-    let total = transport.total.get_or_create_owned(&labels);
-    let read = transport.bytes.get_or_create_owned(&BytesLabels {
-        direction: settings.direction,
-        rw: "read",
-    });
-    let written = transport.bytes.get_or_create_owned(&BytesLabels {
-        direction: settings.direction,
-        rw: "write",
+    let connections = Arc::new(Connections {
+        metrics: ConnectionMetrics::new(&transport, settings.direction),
+        builder,
+        make_service,
+        settings,
     });
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -125,43 +137,154 @@ pub async fn serve<S, F>(
             _ = drain.signaled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // Made here, before the task, so that a drain waits for this
+        // connection too, even while it is still in its handshake.
+        let watcher = graceful.watcher();
+        tokio::spawn(connections.clone().serve(stream, addr, watcher));
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// What every connection of one listener shares.
+struct Connections<F> {
+    builder: auto::Builder<TokioExecutor>,
+    make_service: F,
+    settings: ServerSettings,
+    metrics: ConnectionMetrics,
+}
+
+/// A listener's connection metrics, resolved once.
+struct ConnectionMetrics {
+    handshakes: Family<HandshakeLabels, Counter>,
+    direction: Direction,
+    plain: (Gauge, Counter),
+    tls: (Gauge, Counter),
+    read: Counter,
+    written: Counter,
+}
+
+impl ConnectionMetrics {
+    fn new(transport: &TransportMetrics, direction: Direction) -> ConnectionMetrics {
+        let pair = |tls| {
+            let labels = ConnectionLabels { direction, tls };
+            (
+                transport.open.get_or_create_owned(&labels),
+                transport.total.get_or_create_owned(&labels),
+            )
+        };
+        let bytes = |rw| {
+            transport
+                .bytes
+                .get_or_create_owned(&BytesLabels { direction, rw })
+        };
+        ConnectionMetrics {
+            handshakes: transport.handshakes.clone(),
+            direction,
+            plain: pair(false),
+            tls: pair(true),
+            read: bytes("read"),
+            written: bytes("write"),
+        }
+    }
+
+    fn handshake(&self, result: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                direction: self.direction,
+                result,
+            })
+            .inc();
+    }
+}
+
+impl<S, F> Connections<F>
+where
+    F: Fn(Peer) -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// One accepted connection: TLS or plaintext as the settings say, then
+    /// HTTP until it closes.
+    async fn serve(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, watcher: Watcher) {
+        let Some(tls) = &self.settings.tls else {
+            let peer = Peer {
+                addr,
+                identity: None,
+            };
+            return self.http(stream, peer, watcher).await;
+        };
+        match super::tls::starts_tls(&stream, self.settings.header_read_timeout).await {
+            Some(true) => match tls.acceptor.accept(stream).await {
+                Ok(stream) => {
+                    self.metrics.handshake("ok");
+                    let identity =
+                        remora_certs::verify::peer_identity(stream.get_ref().1.peer_certificates());
+                    let peer = Peer { addr, identity };
+                    self.http(stream, peer, watcher).await;
+                }
+                Err(e) => {
+                    self.metrics.handshake("failed");
+                    tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
+                }
+            },
+            Some(false) if tls.plaintext.allows_plaintext() => {
+                let peer = Peer {
+                    addr,
+                    identity: None,
+                };
+                self.http(stream, peer, watcher).await;
+            }
+            Some(false) => {
+                self.metrics.handshake("plaintext_refused");
+                tracing::info!(peer = %addr, "plaintext refused: this service's inbound is mtls: strict");
+            }
+            // Closed, or silent past the header read timeout.
+            None => {}
+        }
+    }
+
+    async fn http<IO>(&self, io: IO, peer: Peer, watcher: Watcher)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (open, total) = if peer.identity.is_some() {
+            &self.metrics.tls
+        } else {
+            &self.metrics.plain
+        };
         total.inc();
         open.inc();
         let (framing, verdicts) = Framing::new();
         let io = TokioIo::new(Counted {
-            inner: stream,
-            read: read.clone(),
-            written: written.clone(),
+            inner: io,
+            read: self.metrics.read.clone(),
+            written: self.metrics.written.clone(),
             framing,
-            vectored: settings.vectored_writes,
+            vectored: self.settings.vectored_writes,
         });
-        let service = make_service(peer);
+        let addr = peer.addr;
+        let service = (self.make_service)(peer);
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             if verdicts.next_is_ambiguous() {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
             service.call(req)
         });
-        let conn = builder.serve_connection_with_upgrades(io, service);
-        let conn = graceful.watch(conn.into_owned());
-        let open = open.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            open.dec();
-        });
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+        }
+        open.dec();
     }
-    drop(listener);
-    graceful.shutdown().await;
 }
 
 pin_project_lite::pin_project! {
     /// A stream that counts the bytes it moves and follows the framing of
     /// the requests it reads.
-    struct Counted {
+    struct Counted<IO> {
         #[pin]
-        inner: TcpStream,
+        inner: IO,
         read: Counter,
         written: Counter,
         framing: Framing,
@@ -169,7 +292,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl AsyncRead for Counted {
+impl<IO: AsyncRead> AsyncRead for Counted<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -187,7 +310,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<IO: AsyncWrite> AsyncWrite for Counted<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,7 +1,8 @@
 //! The inbound direction: calls from other services to the local app.
-//! accept → detect → check the request → say who connected
-//! (`x-forwarded-for`) → the service's inbound policy (rate limit) →
-//! forward to the app over a pooled connection.
+//! accept → TLS or plaintext (the server; plaintext only where the service
+//! is `permissive`) → check the request → who may call (`allow`) → the
+//! rate limit → say who called (`remora-peer-identity`, `x-forwarded-for`)
+//! → forward to the app over a pooled connection.
 
 mod policy;
 
@@ -10,15 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, Version};
+use http::{HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use remora_api::InboundPolicy;
+use remora_api::{InboundPolicy, SpiffeId};
 
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
+use crate::http::server::Peer;
+use crate::http::tls::PlaintextPolicy;
 use crate::http::{boxed, headers, Body};
-use crate::metrics::{Direction, HttpMetrics, RouteLabels};
+use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels};
 use crate::outbound::attempt_head;
 use crate::telemetry::AccessRecord;
 
@@ -26,6 +29,9 @@ use self::policy::Policy;
 
 /// The route label of inbound requests: the app has no routes of its own.
 const INBOUND_ROUTE: &str = "inbound";
+/// Tells the app who called, as the caller's certificate says; a caller
+/// cannot send it itself.
+pub const PEER_IDENTITY: &str = "remora-peer-identity";
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -60,12 +66,31 @@ impl Inbound {
     }
 
     /// Applies the service's inbound policy from a new mesh view.
-    pub fn update(&self, policy: Option<&InboundPolicy>) {
-        let next = Policy::of(policy, &self.policy.load());
+    pub fn update(&self, policy: Option<&InboundPolicy>, trust_domain: &str) {
+        let next = Policy::of(policy, trust_domain, &self.policy.load());
         self.policy.store(Arc::new(next));
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    /// What the requests of one connection from `peer` carry: made once
+    /// per connection, so no request formats its labels.
+    pub fn caller(&self, peer: Peer) -> Caller {
+        let label = peer
+            .identity
+            .as_ref()
+            .map_or_else(|| self.unmeshed.clone(), |id| Arc::from(id.as_str()));
+        let header = peer
+            .identity
+            .as_ref()
+            .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
+        Caller {
+            addr: peer.addr,
+            identity: peer.identity,
+            label,
+            header,
+        }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, caller: &Caller) -> Response<Body> {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let method = parts.method.clone();
@@ -88,20 +113,45 @@ impl Inbound {
 
         headers::ensure_host(&mut parts.headers, &authority);
         let smuggled = headers::is_smuggling_attempt(&parts.headers, &parts.extensions);
+        let policy = self.policy.load();
         let (response, error) = if smuggled {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             (e.into_response(), Some("bad-request"))
-        } else if !self.policy.load().admit() {
+        } else if let Err(denied) = policy.authorize(caller.identity.as_ref()) {
+            self.metrics
+                .authz_denied
+                .get_or_create(&PeerLabels {
+                    route: self.labels.clone(),
+                    peer: caller.label.clone(),
+                })
+                .inc();
+            let e = ProxyError::Forbidden {
+                caller: denied.caller,
+                service: self.labels.service.to_string(),
+                rule: denied.rule,
+            };
+            (e.into_response(), Some("forbidden"))
+        } else if !policy.admit() {
             self.metrics.rate_limited.get_or_create(&self.labels).inc();
             let e = ProxyError::RateLimited(self.labels.service.to_string());
             (e.into_response(), Some("rate-limited"))
         } else {
-            self.forward(parts, body, peer).await
+            // Only this proxy says who called.
+            parts.headers.remove(PEER_IDENTITY);
+            if let Some(identity) = &caller.header {
+                parts.headers.insert(PEER_IDENTITY, identity.clone());
+            }
+            self.forward(parts, body, caller.addr).await
         };
 
         let status = response.status().as_u16();
-        self.metrics
-            .record_request(&self.labels, status, &self.unmeshed, started.elapsed());
+        self.metrics.record_request(
+            &self.labels,
+            status,
+            &caller.label,
+            caller.identity.is_some(),
+            started.elapsed(),
+        );
         AccessRecord {
             direction: "inbound",
             service: &self.labels.service,
@@ -160,5 +210,22 @@ impl Inbound {
                 (e.into_response(), Some("app-unreachable"))
             }
         }
+    }
+}
+
+/// One connection's caller, as its requests need it.
+pub struct Caller {
+    pub addr: SocketAddr,
+    /// The identity its certificate names; `None` on plaintext.
+    pub identity: Option<SpiffeId>,
+    /// The `peer` label of its metrics.
+    label: Arc<str>,
+    /// Its `remora-peer-identity` header.
+    header: Option<HeaderValue>,
+}
+
+impl PlaintextPolicy for Inbound {
+    fn allows_plaintext(&self) -> bool {
+        self.policy.load().allows_plaintext()
     }
 }

@@ -460,7 +460,7 @@ impl Outbound {
     fn record(&self, route: &RouteLabels, outcome: &Outcome, started: Instant) {
         let status = outcome.response.status().as_u16();
         self.metrics
-            .record_request(route, status, &self.unmeshed, started.elapsed());
+            .record_request(route, status, &self.unmeshed, false, started.elapsed());
     }
 
     /// Requests refused before a route was found are logged, not counted

@@ -1,0 +1,214 @@
+//! Mutual TLS between sidecars: the connector that dials a meshed endpoint
+//! (TLS 1.3, ALPN `h2`, the endpoint's identity checked) and the inbound
+//! side's detection of TLS or plaintext from a connection's first byte.
+//! Both read this proxy's credentials from its [`CredentialStore`], so a
+//! renewal applies to the next handshake; a connection keeps its own.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use remora_certs::leaf::CredentialStore;
+use remora_certs::verify::{self, ClientAuth, TrustAnchors};
+use remora_certs::SpiffeId;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tower::Service;
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Dials a meshed endpoint: TCP, then TLS with this proxy's credentials,
+/// requiring the server to be `expected`.
+#[derive(Clone)]
+pub struct MeshConnector {
+    tcp: HttpConnector,
+    tls: TlsConnector,
+    /// Sent as SNI; mesh certificates name no host, so it only tells the
+    /// server which identity the client expects.
+    server_name: ServerName<'static>,
+}
+
+impl MeshConnector {
+    pub fn new(
+        tcp: HttpConnector,
+        anchors: &TrustAnchors,
+        store: Arc<CredentialStore>,
+        expected: SpiffeId,
+    ) -> MeshConnector {
+        let server_name = sni(&expected);
+        let config = verify::client_config(anchors, expected, store);
+        MeshConnector {
+            tcp,
+            tls: TlsConnector::from(Arc::new(config)),
+            server_name,
+        }
+    }
+}
+
+/// A DNS-shaped name for an identity (`orders.default.sa.cluster.local`
+/// for `spiffe://cluster.local/ns/default/sa/orders`), or a fixed one
+/// when the path does not make one.
+fn sni(identity: &SpiffeId) -> ServerName<'static> {
+    let labels: Vec<&str> = identity.path().trim_start_matches('/').split('/').collect();
+    let name = match labels.as_slice() {
+        ["ns", ns, "sa", sa] => format!("{sa}.{ns}.sa.{}", identity.trust_domain()),
+        _ => format!("mesh.{}", identity.trust_domain()),
+    };
+    ServerName::try_from(name)
+        .unwrap_or_else(|_| ServerName::try_from("mesh.remora").expect("a valid DNS name"))
+}
+
+impl Service<http::Uri> for MeshConnector {
+    type Response = TokioIo<MeshStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.tcp.call(uri);
+        let (tls, name) = (self.tls.clone(), self.server_name.clone());
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            let stream = tls.connect(name, tcp).await.map_err(|e| {
+                // A refused certificate is a failure to connect, which a
+                // retry to another endpoint may get past.
+                io::Error::new(io::ErrorKind::ConnectionRefused, format!("mTLS: {e}"))
+            })?;
+            Ok(TokioIo::new(MeshStream(Box::new(stream))))
+        })
+    }
+}
+
+/// A TLS connection to a meshed endpoint.
+pub struct MeshStream(Box<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.0.get_ref().1.alpn_protocol() == Some(verify::ALPN_H2) {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+/// How the inbound side treats a connection that does not start TLS.
+pub trait PlaintextPolicy: Send + Sync {
+    /// Whether a plaintext connection is served (the service is
+    /// `permissive`) or refused (`strict`).
+    fn allows_plaintext(&self) -> bool;
+}
+
+/// The inbound side's TLS: this proxy's credentials, every client's chain
+/// verified against the anchors.
+#[derive(Clone)]
+pub struct InboundTls {
+    pub acceptor: TlsAcceptor,
+    pub plaintext: Arc<dyn PlaintextPolicy>,
+}
+
+impl std::fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundTls").finish_non_exhaustive()
+    }
+}
+
+impl InboundTls {
+    pub fn new(
+        anchors: &TrustAnchors,
+        store: Arc<CredentialStore>,
+        plaintext: Arc<dyn PlaintextPolicy>,
+    ) -> Result<InboundTls, remora_certs::Error> {
+        let config =
+            verify::server_config(anchors, store, ClientAuth::Required, &[verify::ALPN_H2])?;
+        Ok(InboundTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            plaintext,
+        })
+    }
+}
+
+/// Whether a connection starts with a TLS handshake, from its first byte,
+/// read without consuming it; `None` when nothing arrives within `limit`
+/// or the connection closes first.
+pub async fn starts_tls(stream: &TcpStream, limit: Duration) -> Option<bool> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_names_the_service_account() {
+        let id = SpiffeId::resolve("orders.shop", "cluster.local").unwrap();
+        assert_eq!(
+            format!("{:?}", sni(&id)),
+            format!(
+                "{:?}",
+                ServerName::try_from("orders.shop.sa.cluster.local").unwrap()
+            )
+        );
+        let other: SpiffeId = "spiffe://example.org/job/x".parse().unwrap();
+        assert_eq!(
+            format!("{:?}", sni(&other)),
+            format!("{:?}", ServerName::try_from("mesh.example.org").unwrap())
+        );
+    }
+}

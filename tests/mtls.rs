@@ -1,0 +1,220 @@
+//! Mutual TLS at a sidecar's inbound, through the real binaries: a caller
+//! with a certificate of the mesh is served and named to the app; a
+//! plaintext caller is refused where the service is strict and served
+//! where it is permissive; a caller outside the allow list gets `403`; a
+//! certificate of another CA does not get through the handshake.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use http::StatusCode;
+use remora_certs::authority;
+use remora_certs::verify::TrustAnchors;
+use remora_e2e::mesh_client::{self, credentials};
+use remora_e2e::upstream::text;
+use remora_e2e::{metric_value, Client, ControlPlane, Proxy, Upstream};
+
+const ORDERS_TOKEN: &str = "orders-token";
+
+fn sha256_hex(text: &str) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout)[..64].to_string()
+}
+
+/// A control plane serving `mesh`, and a sidecar of `orders` with an
+/// identity, in front of an app that answers with the caller's identity
+/// as the proxy told it.
+struct Meshed {
+    cp: ControlPlane,
+    proxy: Proxy,
+    anchors: TrustAnchors,
+    _app: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+async fn meshed(mesh: &str) -> Meshed {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(&tokens, format!("orders: {}\n", sha256_hex(ORDERS_TOKEN))).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, ORDERS_TOKEN).unwrap();
+    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens.display().to_string()]).await;
+    let app = Upstream::start(|req| async move {
+        let who = req
+            .headers()
+            .get("remora-peer-identity")
+            .map_or("none".to_string(), |v| v.to_str().unwrap().to_string());
+        text(who)
+    })
+    .await;
+    let anchors_path = cp.development_anchors();
+    let proxy = Proxy::controlled(
+        &cp.url(),
+        "orders",
+        app.addr,
+        &[
+            "--token-file",
+            &token.display().to_string(),
+            "--trust-anchors",
+            &anchors_path.display().to_string(),
+        ],
+    )
+    .await;
+    let anchors = TrustAnchors::from_pem(&std::fs::read_to_string(&anchors_path).unwrap()).unwrap();
+    Meshed {
+        cp,
+        proxy,
+        anchors,
+        _app: app,
+        _dir: dir,
+    }
+}
+
+impl Meshed {
+    async fn call_as(
+        &self,
+        identity: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<remora_e2e::Reply, String> {
+        let own = credentials(&self.cp.development_issuer(), identity);
+        mesh_client::get(
+            self.proxy.inbound,
+            &self.anchors,
+            own,
+            "orders",
+            "/",
+            headers,
+        )
+        .await
+    }
+
+    async fn plaintext(&self) -> Result<remora_e2e::Reply, String> {
+        Client::http1()
+            .get(&format!("http://{}/", self.proxy.inbound))
+            .await
+    }
+
+    async fn metric(&self, prefix: &str) -> f64 {
+        metric_value(&self.proxy.metrics().await, prefix)
+    }
+}
+
+const STRICT: &str = "services:\n  orders:\n    identity: orders\n";
+
+#[tokio::test]
+async fn a_mesh_caller_is_served_and_named_to_the_app() {
+    let m = meshed(STRICT).await;
+    // A caller's own claim to an identity is dropped.
+    let r = m
+        .call_as(
+            "frontend",
+            &[(
+                "remora-peer-identity",
+                "spiffe://cluster.local/ns/default/sa/admin",
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "spiffe://cluster.local/ns/default/sa/frontend");
+    assert_eq!(
+        m.metric("remora_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}")
+            .await,
+        1.0
+    );
+    // A caller that expects another service refuses this one's certificate.
+    let own = credentials(&m.cp.development_issuer(), "frontend");
+    let e = mesh_client::get(m.proxy.inbound, &m.anchors, own, "billing", "/", &[])
+        .await
+        .unwrap_err();
+    assert!(e.contains("orders") && e.contains("billing"), "{e}");
+    let metrics = m.proxy.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("remora_requests_total")
+                && l.contains("direction=\"inbound\"")
+                && l.contains("tls=\"true\"")
+                && l.contains("peer=\"spiffe://cluster.local/ns/default/sa/frontend\"")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_is_refused_where_strict_and_served_where_permissive() {
+    let strict = meshed(STRICT).await;
+    assert!(
+        strict.plaintext().await.is_err(),
+        "a strict service serves no plaintext"
+    );
+    assert_eq!(
+        strict
+            .metric(
+                "remora_tls_handshakes_total{direction=\"inbound\",result=\"plaintext_refused\"}"
+            )
+            .await,
+        1.0
+    );
+
+    let permissive =
+        meshed("services:\n  orders:\n    identity: orders\n    inbound: { mtls: permissive }\n")
+            .await;
+    let r = permissive.plaintext().await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "none"));
+    // And a mesh caller still gets mutual TLS.
+    let r = permissive.call_as("frontend", &[]).await.unwrap();
+    assert_eq!(r.text(), "spiffe://cluster.local/ns/default/sa/frontend");
+}
+
+#[tokio::test]
+async fn a_caller_outside_the_allow_list_is_refused_with_403() {
+    let m =
+        meshed("services:\n  orders:\n    identity: orders\n    inbound: { allow: [frontend] }\n")
+            .await;
+    assert_eq!(
+        m.call_as("frontend", &[]).await.unwrap().status,
+        StatusCode::OK
+    );
+    let r = m.call_as("intruder", &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.headers.get("remora-error").unwrap(), "forbidden");
+    assert_eq!(
+        r.text().trim(),
+        "spiffe://cluster.local/ns/default/sa/intruder may not call orders: inbound.allow is [frontend]"
+    );
+    assert_eq!(
+        m.metric("remora_authz_denied_total{direction=\"inbound\",service=\"orders\",route=\"inbound\",peer=\"spiffe://cluster.local/ns/default/sa/intruder\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_of_another_ca_does_not_get_through_the_handshake() {
+    let m = meshed(STRICT).await;
+    let foreign = authority::generate(
+        "cluster.local",
+        Duration::from_secs(86400),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    let foreign_issuer =
+        authority::Issuer::from_pem(&foreign.issuer_cert, &foreign.issuer_key).unwrap();
+    let own = credentials(&foreign_issuer, "frontend");
+    let r = mesh_client::get(m.proxy.inbound, &m.anchors, own, "orders", "/", &[]).await;
+    assert!(r.is_err(), "{r:?}");
+    remora_e2e::eventually(
+        Duration::from_secs(5),
+        "the failed handshake to be counted",
+        || async {
+            m.metric("remora_tls_handshakes_total{direction=\"inbound\",result=\"failed\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+}
