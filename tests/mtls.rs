@@ -218,3 +218,134 @@ async fn a_certificate_of_another_ca_does_not_get_through_the_handshake() {
     )
     .await;
 }
+
+/// Two sidecars with identities, `frontend` and `orders`, on one control
+/// plane; `orders`' app answers with who called it, in which HTTP version,
+/// under which Host.
+struct TwoSidecars {
+    cp: ControlPlane,
+    frontend: Proxy,
+    orders: Proxy,
+    _apps: (Upstream, Upstream),
+    _dir: tempfile::TempDir,
+}
+
+async fn two_sidecars(mesh: &str) -> TwoSidecars {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "orders: {}\nfrontend: {}\n",
+            sha256_hex(ORDERS_TOKEN),
+            sha256_hex("frontend-token")
+        ),
+    )
+    .unwrap();
+    let token = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, value).unwrap();
+        p.display().to_string()
+    };
+    let (orders_token, frontend_token) = (
+        token("orders.token", ORDERS_TOKEN),
+        token("frontend.token", "frontend-token"),
+    );
+    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens.display().to_string()]).await;
+    let anchors = cp.development_anchors().display().to_string();
+    let orders_app = Upstream::start(|req| async move {
+        let who = req
+            .headers()
+            .get("remora-peer-identity")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_string();
+        let host = req
+            .headers()
+            .get("host")
+            .map_or("", |v| v.to_str().unwrap())
+            .to_string();
+        text(format!("{who} {:?} {host}", req.version()))
+    })
+    .await;
+    let frontend_app = Upstream::named("frontend").await;
+    let orders = Proxy::controlled(
+        &cp.url(),
+        "orders",
+        orders_app.addr,
+        &["--token-file", &orders_token, "--trust-anchors", &anchors],
+    )
+    .await;
+    let frontend = Proxy::controlled(
+        &cp.url(),
+        "frontend",
+        frontend_app.addr,
+        &["--token-file", &frontend_token, "--trust-anchors", &anchors],
+    )
+    .await;
+    TwoSidecars {
+        cp,
+        frontend,
+        orders,
+        _apps: (orders_app, frontend_app),
+        _dir: dir,
+    }
+}
+
+const ORDERS_MESHED: &str =
+    "services:\n  orders:\n    identity: orders\n  frontend:\n    identity: frontend\n";
+
+#[tokio::test]
+async fn sidecars_call_each_other_over_mutual_tls_in_the_apps_own_http_version() {
+    let m = two_sidecars(ORDERS_MESHED).await;
+    for (http2, version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
+        let r = Client::via(m.frontend.outbound, http2)
+            .get("http://orders/")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(
+            r.text(),
+            format!("spiffe://cluster.local/ns/default/sa/frontend {version} orders"),
+            "the app of orders learns who called, in the caller's own HTTP version"
+        );
+    }
+    let outbound = m.frontend.metrics().await;
+    assert!(
+        outbound
+            .lines()
+            .any(|l| l.starts_with("remora_requests_total")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("tls=\"true\"")
+                && l.contains("peer=\"spiffe://cluster.local/ns/default/sa/orders\"")
+                && l.ends_with(" 2")),
+        "{outbound}"
+    );
+    assert_eq!(
+        metric_value(
+            &m.orders.metrics().await,
+            "remora_tls_handshakes_total{direction=\"inbound\",result=\"ok\"}"
+        ),
+        1.0,
+        "both requests shared one multiplexed connection"
+    );
+    let _ = &m.cp;
+}
+
+#[tokio::test]
+async fn the_callee_allow_list_refuses_a_meshed_caller_it_does_not_name() {
+    let m = two_sidecars(
+        "services:\n  orders:\n    identity: orders\n    inbound: { allow: [checkout] }\n  frontend:\n    identity: frontend\n",
+    )
+    .await;
+    let r = Client::via(m.frontend.outbound, false)
+        .get("http://orders/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        r.text()
+            .contains("spiffe://cluster.local/ns/default/sa/frontend may not call orders"),
+        "{}",
+        r.text()
+    );
+}

@@ -84,7 +84,7 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
         None => None,
     };
 
-    let clients = Clients::default();
+    let clients = Clients::new(identity.clone());
     let mut outbound = Outbound::new(metrics.http.clone());
     if let Some(client) = &control {
         outbound = outbound.with_discovery(Discovery {

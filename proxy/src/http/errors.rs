@@ -42,6 +42,8 @@ pub enum ProxyError {
     AppUnreachable { endpoint: String, reason: String },
     #[error("the request body could not be read: {0}")]
     RequestBody(String),
+    #[error("HTTP upgrades (WebSocket) are not yet carried over mutual TLS to a meshed endpoint")]
+    UpgradeOverMtls,
     #[error("{caller} may not call {service}: {rule}")]
     Forbidden {
         caller: String,
@@ -75,6 +77,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => "bad-request",
             ProxyError::AppUnreachable { .. } => "app-unreachable",
             ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::UpgradeOverMtls => "upgrade-over-mtls",
         }
     }
 
@@ -95,6 +98,7 @@ impl ProxyError {
             ProxyError::FaultInjected(status) => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::UpgradeOverMtls => StatusCode::NOT_IMPLEMENTED,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::http::server::Peer;
 use crate::http::tls::PlaintextPolicy;
 use crate::http::{boxed, headers, Body};
 use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels};
-use crate::outbound::attempt_head;
+use crate::outbound::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::telemetry::AccessRecord;
 
 use self::policy::Policy;
@@ -96,18 +96,21 @@ impl Inbound {
         let method = parts.method.clone();
         // A clone of the URI shares its bytes; the log reads the path from it.
         let uri = parts.uri.clone();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
+        let host = || {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        };
+        // Between sidecars the URI names the endpoint; the calling app's
+        // authority travels in Host.
+        let authority = if caller.identity.is_some() {
+            host().or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        } else {
+            parts.uri.authority().map(|a| a.to_string()).or_else(host)
+        }
+        .unwrap_or_default();
         let request_id = headers::ensure_request_id(&mut parts.headers);
         headers::ensure_traceparent(&mut parts.headers);
 
@@ -178,7 +181,13 @@ impl Inbound {
     ) -> (Response<Body>, Option<&'static str>) {
         let downstream_upgrade = crate::http::upgrade::forward_request_head(&mut parts);
         headers::append_forwarded_for(&mut parts.headers, peer.ip());
-        let http2 = parts.version == Version::HTTP_2;
+        // A request the calling sidecar carried as HTTP/2 reaches the app
+        // in the version the calling app spoke.
+        let carried_http1 = parts
+            .headers
+            .remove(ORIG_PROTO)
+            .is_some_and(|v| v == ORIG_PROTO_HTTP1);
+        let http2 = parts.version == Version::HTTP_2 && !carried_http1;
         let mut head = attempt_head(&parts.method, std::mem::take(&mut parts.headers), http2);
         head.uri = crate::http::upstream_uri(&self.app_authority, &parts.uri);
         let body = if body.is_end_stream() {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use remora_api::{CircuitBreaker, LoadBalancer};
+use remora_api::{CircuitBreaker, LoadBalancer, SpiffeId};
 
 /// The latency assumed for an endpoint before it has answered.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -29,6 +29,9 @@ pub struct Endpoint {
     /// The address as a URI authority, made once.
     pub authority: http::uri::Authority,
     pub labels: BTreeMap<String, String>,
+    /// Whom the endpoint must prove to be: a sidecar's inbound, reached
+    /// over mutual TLS when this proxy has an identity too.
+    pub identity: Option<SpiffeId>,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
     /// Failures in a row, reset by a success without taking a lock.
@@ -67,6 +70,7 @@ impl Endpoint {
             label: address.to_string().into(),
             authority: crate::http::authority_of(address),
             labels,
+            identity: None,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
                 estimate: DEFAULT_RTT.as_nanos() as f64,
@@ -245,7 +249,7 @@ impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
 }
 
 /// An endpoint is the same one across reloads while its address and labels are.
-type EndpointKey = (SocketAddr, BTreeMap<String, String>);
+type EndpointKey = (SocketAddr, BTreeMap<String, String>, Option<SpiffeId>);
 
 /// Endpoint state by address, kept across config reloads.
 #[derive(Default)]
@@ -254,10 +258,20 @@ pub struct EndpointRegistry {
 }
 
 impl EndpointRegistry {
-    pub fn get(&self, address: SocketAddr, labels: &BTreeMap<String, String>) -> Arc<Endpoint> {
+    pub fn get(
+        &self,
+        address: SocketAddr,
+        labels: &BTreeMap<String, String>,
+        identity: Option<&SpiffeId>,
+    ) -> Arc<Endpoint> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((address, labels.clone()))
-            .or_insert_with(|| Arc::new(Endpoint::new(address, labels.clone())))
+        map.entry((address, labels.clone(), identity.cloned()))
+            .or_insert_with(|| {
+                Arc::new(Endpoint {
+                    identity: identity.cloned(),
+                    ..Endpoint::new(address, labels.clone())
+                })
+            })
             .clone()
     }
 

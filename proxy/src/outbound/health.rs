@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 
 use super::balance::Endpoint;
 use super::snapshot::Snapshot;
+use super::{ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::client::{ClientSettings, Clients, HttpClient};
 use crate::http::empty;
 
@@ -67,18 +68,39 @@ impl HealthChecks {
             if probes.contains_key(&key) {
                 continue;
             }
-            let client = clients.get(ClientSettings {
+            let settings = |http2| ClientSettings {
                 connect_timeout: key.check.timeout.get(),
                 idle_timeout: key.check.interval.get() * 2,
-                http2: false,
-            });
-            let task = tokio::spawn(probe_loop(key.clone(), endpoint, client));
+                http2,
+            };
+            // A meshed endpoint is probed as it is called: over mutual TLS.
+            let meshed = endpoint
+                .identity
+                .as_ref()
+                .and_then(|id| clients.mesh(settings(true), id));
+            let probe = match meshed {
+                Some(client) => Prober {
+                    client,
+                    meshed: true,
+                },
+                None => Prober {
+                    client: clients.get(settings(false)),
+                    meshed: false,
+                },
+            };
+            let task = tokio::spawn(probe_loop(key.clone(), endpoint, probe));
             probes.insert(key, task.abort_handle());
         }
     }
 }
 
-async fn probe_loop(key: ProbeKey, endpoint: Arc<Endpoint>, client: HttpClient) {
+/// The client a probe goes through, and whether it is a mutual-TLS one.
+struct Prober {
+    client: HttpClient,
+    meshed: bool,
+}
+
+async fn probe_loop(key: ProbeKey, endpoint: Arc<Endpoint>, client: Prober) {
     let check = &key.check;
     let uri = format!("http://{}{}", key.endpoint, check.path);
     let (mut passes, mut failures) = (0u32, 0u32);
@@ -108,17 +130,22 @@ async fn probe_loop(key: ProbeKey, endpoint: Arc<Endpoint>, client: HttpClient) 
 
 /// One probe: a 2xx within the timeout passes.
 async fn probe(
-    client: &HttpClient,
+    prober: &Prober,
     uri: &str,
     service: &str,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    let request = Request::get(uri)
+    let mut request = Request::get(uri)
         .header(header::HOST, service)
-        .header(header::USER_AGENT, "remora-health-check")
-        .body(empty())
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(check.timeout.get(), client.request(request)).await {
+        .header(header::USER_AGENT, "remora-health-check");
+    if prober.meshed {
+        // As the outbound carries an app's HTTP/1.1 request.
+        request = request
+            .version(http::Version::HTTP_2)
+            .header(ORIG_PROTO, ORIG_PROTO_HTTP1);
+    }
+    let request = request.body(empty()).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(check.timeout.get(), prober.client.request(request)).await {
         Err(_) => Err(format!("no response within {}", check.timeout)),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(response)) if response.status().is_success() => Ok(()),

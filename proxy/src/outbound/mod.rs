@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -81,6 +81,11 @@ impl prometheus_client::collector::Collector for EndpointGauges {
     }
 }
 
+/// Says that a request carried as HTTP/2 between sidecars was HTTP/1.1
+/// when the app sent it, so that the far side restores it.
+pub const ORIG_PROTO: &str = "remora-orig-proto";
+pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
+
 /// The peer label of a request to or from a process with no mesh identity.
 const UNMESHED: &str = "unmeshed";
 
@@ -104,6 +109,8 @@ pub struct Discovery {
 struct Outcome {
     response: Response<Body>,
     endpoint: Option<Arc<Endpoint>>,
+    /// The identity of the endpoint, when the last try went over mutual TLS.
+    peer: Option<Arc<str>>,
     retries: u32,
     error: Option<&'static str>,
 }
@@ -114,6 +121,7 @@ impl Outcome {
         Self {
             response: e.into_response(),
             endpoint: None,
+            peer: None,
             retries: 0,
             error: Some(code),
         }
@@ -269,7 +277,13 @@ impl Outbound {
         let Some(backend) = route.pick_backend() else {
             return Outcome::error(ProxyError::NoEndpoints(service.name.to_string()));
         };
-        self.send_with_retries(route, backend, req, authority).await
+        let mut outcome = self.send_with_retries(route, backend, req, authority).await;
+        outcome.peer = outcome
+            .endpoint
+            .as_ref()
+            .and_then(|e| backend.meshed(e))
+            .map(|m| m.peer.clone());
+        outcome
     }
 
     async fn send_with_retries(
@@ -310,14 +324,32 @@ impl Outbound {
                 Some(_) => parts.headers.clone(),
                 None => std::mem::take(&mut parts.headers),
             };
+            let meshed = backend.meshed(&endpoint);
+            if meshed.is_some() && downstream_upgrade.is_some() {
+                return Outcome {
+                    endpoint: Some(endpoint),
+                    ..Outcome::error(ProxyError::UpgradeOverMtls)
+                };
+            }
             let mut attempt = Request::from_parts(
-                attempt_head(&parts.method, headers, http2 || backend.always_http2),
+                attempt_head(
+                    &parts.method,
+                    headers,
+                    http2 || backend.always_http2 || meshed.is_some(),
+                ),
                 attempt_body,
             );
+            if meshed.is_some() && !http2 {
+                // Carried as HTTP/2, restored as HTTP/1.1 by the far side.
+                attempt
+                    .headers_mut()
+                    .insert(ORIG_PROTO, HeaderValue::from_static(ORIG_PROTO_HTTP1));
+            }
             *attempt.uri_mut() = crate::http::upstream_uri(&endpoint.authority, &parts.uri);
 
             let mut in_flight = endpoint.start();
-            let sent = backend.client(http2).request(attempt);
+            let client = meshed.map_or_else(|| backend.client(http2), |m| &m.client);
+            let sent = client.request(attempt);
             let result = match retry.and_then(|r| r.per_try_timeout) {
                 Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
                 None => Ok(sent.await),
@@ -436,6 +468,7 @@ impl Outbound {
         Outcome {
             response: Response::from_parts(parts, boxed(body)),
             endpoint: Some(endpoint),
+            peer: None,
             retries,
             error: None,
         }
@@ -459,8 +492,14 @@ impl Outbound {
 
     fn record(&self, route: &RouteLabels, outcome: &Outcome, started: Instant) {
         let status = outcome.response.status().as_u16();
-        self.metrics
-            .record_request(route, status, &self.unmeshed, false, started.elapsed());
+        let peer = outcome.peer.as_ref().unwrap_or(&self.unmeshed);
+        self.metrics.record_request(
+            route,
+            status,
+            peer,
+            outcome.peer.is_some(),
+            started.elapsed(),
+        );
     }
 
     /// Requests refused before a route was found are logged, not counted

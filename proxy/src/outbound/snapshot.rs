@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use remora_api::{CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy};
+use remora_api::{CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy, SpiffeId};
 
 use super::balance::{Balancer, Endpoint, EndpointRegistry};
 use super::routes::Matcher;
@@ -52,9 +52,19 @@ pub struct Backend {
     pub hash_header: Option<HeaderName>,
     http1: HttpClient,
     http2: HttpClient,
+    /// The mutual-TLS client of each identity among the endpoints; empty
+    /// when this proxy has no identity of its own.
+    mesh: HashMap<SpiffeId, Meshed>,
     /// gRPC services are always spoken to in HTTP/2.
     pub always_http2: bool,
     pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// How to reach the endpoints that prove one identity.
+pub struct Meshed {
+    pub client: HttpClient,
+    /// The identity as the `peer` label of the requests sent to them.
+    pub peer: Arc<str>,
 }
 
 /// Requests waiting on a service, bounded by `max_pending_requests`.
@@ -125,6 +135,12 @@ impl Backend {
         } else {
             &self.http1
         }
+    }
+
+    /// How to reach `endpoint` over mutual TLS, if it is meshed and this
+    /// proxy can prove an identity of its own.
+    pub fn meshed(&self, endpoint: &Endpoint) -> Option<&Meshed> {
+        self.mesh.get(endpoint.identity.as_ref()?)
     }
 
     /// Whether the circuit breaker may eject one more endpoint without
@@ -227,7 +243,10 @@ impl Compiler<'_> {
         let endpoints = svc
             .endpoints
             .iter()
-            .map(|e| self.endpoints.get(e.address, &e.labels))
+            .map(|e| {
+                self.endpoints
+                    .get(e.address, &e.labels, identity(mesh, e).as_ref())
+            })
             .collect();
         Service {
             name: name.into(),
@@ -252,13 +271,26 @@ impl Compiler<'_> {
             .filter(|e| {
                 labels.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             })
-            .map(|e| self.endpoints.get(e.address, &e.labels))
+            .map(|e| {
+                self.endpoints
+                    .get(e.address, &e.labels, identity(mesh, e).as_ref())
+            })
             .collect();
         let settings = |http2| ClientSettings {
             connect_timeout: svc.connect_timeout.into(),
             idle_timeout: svc.idle_timeout.into(),
             http2,
         };
+        let mut meshed = HashMap::new();
+        for id in endpoints.iter().filter_map(|e| e.identity.as_ref()) {
+            if meshed.contains_key(id) {
+                continue;
+            }
+            if let Some(client) = self.clients.mesh(settings(true), id) {
+                let peer = Arc::from(id.as_str());
+                meshed.insert(id.clone(), Meshed { client, peer });
+            }
+        }
         Backend {
             service: service.into(),
             balancer: Balancer::new(svc.load_balancer, &endpoints),
@@ -269,10 +301,18 @@ impl Compiler<'_> {
                 .and_then(|h| HeaderName::from_bytes(h.header.as_str().as_bytes()).ok()),
             http1: self.clients.get(settings(false)),
             http2: self.clients.get(settings(true)),
+            mesh: meshed,
             always_http2: svc.protocol == Protocol::Grpc,
             circuit_breaker: svc.circuit_breaker,
         }
     }
+}
+
+/// The identity an endpoint must prove, resolved in the mesh's trust
+/// domain (the config was validated, so it resolves).
+fn identity(mesh: &Mesh, endpoint: &remora_api::Endpoint) -> Option<SpiffeId> {
+    let name = endpoint.identity.as_deref()?;
+    SpiffeId::resolve(name, &mesh.trust_domain).ok()
 }
 
 /// The service an authority names: `orders`, `orders:80`,
