@@ -18,20 +18,22 @@ const EXIT_LIMIT: Duration = Duration::from_secs(90);
 /// Lines from this second on are past the start of traffic.
 const LATER_FROM_SECOND: u64 = 3;
 
-/// One per-second line: `  5s  orders   40.0   97.5%   2.1ms   9.8ms`.
+/// One per-second line: `  5s  orders   40.0   97.5%   2.1ms   9.8ms   100%`.
 #[derive(Debug)]
 struct Report {
     second: u64,
     rps: f64,
     /// `None` when the service answered nothing that second.
     success: Option<f64>,
+    /// The share of requests that came over mutual TLS.
+    mutual_tls: Option<f64>,
 }
 
 fn reports(stdout: &str) -> BTreeMap<&str, Vec<Report>> {
     let mut by_service: BTreeMap<&str, Vec<Report>> = BTreeMap::new();
     for line in stdout.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let [time, service, rps, success, _p50, _p99] = fields[..] else {
+        let [time, service, rps, success, _p50, _p99, mutual_tls] = fields[..] else {
             continue;
         };
         let (Some(second), true) = (
@@ -43,12 +45,16 @@ fn reports(stdout: &str) -> BTreeMap<&str, Vec<Report>> {
         by_service.entry(service).or_default().push(Report {
             second,
             rps: rps.parse().unwrap_or_else(|_| panic!("rps in {line:?}")),
-            success: success
-                .strip_suffix('%')
-                .map(|s| s.parse::<f64>().expect("a percentage") / 100.0),
+            success: percentage(success),
+            mutual_tls: percentage(mutual_tls),
         });
     }
     by_service
+}
+
+fn percentage(text: &str) -> Option<f64> {
+    text.strip_suffix('%')
+        .map(|s| s.parse::<f64>().expect("a percentage") / 100.0)
 }
 
 /// Every `127.0.0.1:PORT` the demo printed.
@@ -108,9 +114,17 @@ async fn the_demo_reports_every_service_then_stops_everything_it_started() {
             later.len() >= 3,
             "{service}: fewer than 3 reports from second {LATER_FROM_SECOND}\n{context}"
         );
+        // The shoppers call the gateway in plaintext; every other call is
+        // between sidecars, over mutual TLS.
+        let mutual_tls = if service == "gateway" { 0.0 } else { 1.0 };
         for r in &later {
             assert!(
                 r.rps > 0.0 && r.success.is_some(),
+                "{service}: {r:?}\n{context}"
+            );
+            assert_eq!(
+                r.mutual_tls,
+                Some(mutual_tls),
                 "{service}: {r:?}\n{context}"
             );
         }

@@ -369,7 +369,10 @@ async fn proxies_keep_serving_through_a_control_plane_restart() {
         "{metrics}"
     );
 
-    let control = ControlPlane::start_on(MESH, api, &["--restart-grace", "3s"]).await;
+    // The grace must outlast the proxies' reconnection backoff (at most
+    // 5s between tries), as the default of 15s does: a proxy that comes
+    // back later than the grace registers too late for the first view.
+    let control = ControlPlane::start_on(MESH, api, &["--restart-grace", "6s"]).await;
     // Soft state comes back from re-registration.
     let expected = vec![server.inbound.to_string()];
     eventually(Duration::from_secs(15), "the server to re-register", || {

@@ -259,6 +259,7 @@ async fn start_and_report(
 ) -> anyhow::Result<String> {
     let mesh = dir.join("mesh.yaml");
     std::fs::write(&mesh, MESH_YAML).with_context(|| format!("writing {}", mesh.display()))?;
+    let tokens = write_tokens(dir)?;
     println!("starting the control plane and the shop's five services, each behind its own remora-proxy ...");
 
     let mut command = Command::new(&binaries.control);
@@ -268,7 +269,9 @@ async fn start_and_report(
         .arg(&mesh)
         .args(["--api", LOOPBACK_ANY_PORT, "--admin", LOOPBACK_ANY_PORT])
         .arg("--data-dir")
-        .arg(dir.join("ca"))
+        .arg(dir.join(CA_DIR))
+        .arg("--tokens")
+        .arg(&tokens)
         .args(["--log-format", "json"]);
     let control = Process::start("control plane", command, &dir.join("control-plane.log")).await?;
     let (api, control_admin) = (control.address("api")?, control.address("admin")?);
@@ -295,6 +298,10 @@ async fn start_and_report(
             ])
             .args(["--admin", LOOPBACK_ANY_PORT, "--label", INSTANCE_LABEL])
             .args(["--drain-timeout", PROXY_DRAIN_TIMEOUT])
+            .arg("--token-file")
+            .arg(token_file(dir, name))
+            .arg("--trust-anchors")
+            .arg(dir.join(CA_DIR).join("ca.crt"))
             .args(["--log-format", "json", "--log-level", log_level])
             // The sidecar advertises its own loopback inbound address.
             .env_remove("POD_IP");
@@ -394,6 +401,34 @@ fn died(running: &mut Running) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the control plane keeps the demo's development CA.
+const CA_DIR: &str = "ca";
+
+/// A bearer token for each service's sidecar, and `tokens.yaml` mapping
+/// each identity to its token's SHA-256, as the control plane reads it.
+fn write_tokens(dir: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    std::fs::create_dir_all(dir.join("tokens"))?;
+    let mut yaml = String::new();
+    for role in Role::ALL {
+        let token: String = (0..32).map(|_| fastrand::alphanumeric()).collect();
+        let path = token_file(dir, role.name());
+        std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+        let hash: String = Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        yaml.push_str(&format!("{}: {hash}\n", role.name()));
+    }
+    let path = dir.join("tokens.yaml");
+    std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn token_file(dir: &Path, service: &str) -> PathBuf {
+    dir.join("tokens").join(format!("{service}.token"))
+}
+
 fn print_table(
     api: SocketAddr,
     control_admin: SocketAddr,
@@ -427,7 +462,11 @@ fn print_table(
         println!("{lead:<9} {fault}");
     }
     println!(
-        "files     {}: mesh.yaml and a log per process",
+        "identity  every sidecar has a certificate from the control plane's development CA and"
+    );
+    println!("          calls the others over mutual TLS; the gateway takes plaintext from the shoppers too");
+    println!(
+        "files     {}: mesh.yaml, tokens, the CA ({CA_DIR}/) and a log per process",
         dir.display()
     );
     println!();
@@ -437,7 +476,10 @@ fn print_table(
     println!(
         "p50 and p99 of the time to response headers (interpolated within the latency histogram's"
     );
-    println!("buckets, as Prometheus's histogram_quantile does). Ctrl-C stops every process.");
+    println!(
+        "buckets, as Prometheus's histogram_quantile does), and the share that came over mutual"
+    );
+    println!("TLS. Ctrl-C stops every process.");
     println!();
 }
 

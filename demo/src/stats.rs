@@ -96,6 +96,8 @@ fn parse_value(text: &str) -> Option<f64> {
 pub struct Counters {
     pub requests: f64,
     pub successes: f64,
+    /// Requests that came or went over mutual TLS.
+    pub mutual_tls: f64,
     /// Cumulative request counts by upper bound (`le`), in rising order,
     /// `+Inf` last.
     pub buckets: Vec<(f64, f64)>,
@@ -114,6 +116,9 @@ impl Counters {
                     counters.requests += sample.value;
                     if sample.label("classification") == Some("success") {
                         counters.successes += sample.value;
+                    }
+                    if sample.label("tls") == Some("true") {
+                        counters.mutual_tls += sample.value;
                     }
                 }
                 DURATION_BUCKETS => {
@@ -148,6 +153,7 @@ impl Counters {
         Counters {
             requests: self.requests - earlier.requests,
             successes: self.successes - earlier.successes,
+            mutual_tls: self.mutual_tls - earlier.mutual_tls,
             buckets: self
                 .buckets
                 .iter()
@@ -163,6 +169,8 @@ pub struct Window {
     pub rps: f64,
     /// `None` when no request was answered.
     pub success_rate: Option<f64>,
+    /// The share that came over mutual TLS; `None` when none was answered.
+    pub mutual_tls: Option<f64>,
     /// Seconds; `None` when no request was answered.
     pub p50: Option<f64>,
     pub p99: Option<f64>,
@@ -179,6 +187,7 @@ impl Window {
                 0.0
             },
             success_rate: (delta.requests > 0.0).then(|| delta.successes / delta.requests),
+            mutual_tls: (delta.requests > 0.0).then(|| delta.mutual_tls / delta.requests),
             p50: quantile(0.5, &delta.buckets),
             p99: quantile(0.99, &delta.buckets),
         }
@@ -215,24 +224,28 @@ pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
 /// The header of the per-second lines.
 pub fn header() -> String {
     format!(
-        "{:>6}  {:<10} {:>7} {:>8} {:>9} {:>9}",
-        "time", "service", "rps", "success", "p50", "p99"
+        "{:>6}  {:<10} {:>7} {:>8} {:>9} {:>9} {:>6}",
+        "time", "service", "rps", "success", "p50", "p99", "mtls"
     )
 }
 
-/// One service's line: `  12s  orders        40.0    97.5%     2.1ms    48.0ms`.
+/// One service's line: `  12s  orders        40.0    97.5%     2.1ms    48.0ms   100%`.
 pub fn line(elapsed: Duration, service: &str, window: &Window) -> String {
     let success = window
         .success_rate
         .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    let mutual_tls = window
+        .mutual_tls
+        .map_or("-".to_string(), |r| format!("{:.0}%", r * 100.0));
     format!(
-        "{:>6}  {:<10} {:>7.1} {:>8} {:>9} {:>9}",
+        "{:>6}  {:<10} {:>7.1} {:>8} {:>9} {:>9} {:>6}",
         format!("{}s", elapsed.as_secs()),
         service,
         window.rps,
         success,
         latency(window.p50),
         latency(window.p99),
+        mutual_tls,
     )
 }
 
@@ -348,16 +361,19 @@ process_open_fds 12
         let earlier = Counters {
             requests: 100.0,
             successes: 90.0,
+            mutual_tls: 100.0,
             buckets: vec![(0.01, 80.0), (0.1, 100.0), (f64::INFINITY, 100.0)],
         };
         let later = Counters {
             requests: 300.0,
             successes: 289.0,
+            mutual_tls: 250.0,
             buckets: vec![(0.01, 180.0), (0.1, 298.0), (f64::INFINITY, 300.0)],
         };
         let w = Window::between(&earlier, &later, Duration::from_secs(2));
         assert_eq!(w.rps, 100.0);
         assert_eq!(w.success_rate, Some(199.0 / 200.0));
+        assert_eq!(w.mutual_tls, Some(150.0 / 200.0));
         // 100 of 200 in the first bucket: the median is its upper bound.
         assert_eq!(w.p50, Some(0.01));
         // The 198th of 200 is the 98th of the 98 in (0.01, 0.1].
@@ -369,6 +385,7 @@ process_open_fds 12
         let c = Counters {
             requests: 5.0,
             successes: 5.0,
+            mutual_tls: 0.0,
             buckets: vec![(0.01, 5.0), (f64::INFINITY, 5.0)],
         };
         let idle = Window::between(&c, &c, Duration::from_secs(1));
@@ -376,6 +393,7 @@ process_open_fds 12
         let restarted = Counters {
             requests: 2.0,
             successes: 1.0,
+            mutual_tls: 2.0,
             buckets: vec![(0.01, 2.0), (f64::INFINITY, 2.0)],
         };
         let w = Window::between(&c, &restarted, Duration::from_secs(1));
@@ -387,18 +405,20 @@ process_open_fds 12
         let w = Window {
             rps: 40.0,
             success_rate: Some(0.975),
+            mutual_tls: Some(1.0),
             p50: Some(0.0021),
             p99: Some(1.5),
         };
         let l = line(Duration::from_millis(12_400), "orders", &w);
         assert_eq!(
             l.split_whitespace().collect::<Vec<_>>(),
-            ["12s", "orders", "40.0", "97.5%", "2.1ms", "1.50s"]
+            ["12s", "orders", "40.0", "97.5%", "2.1ms", "1.50s", "100%"]
         );
         assert_eq!(l.len(), header().len());
         let idle = Window {
             rps: 0.0,
             success_rate: None,
+            mutual_tls: None,
             p50: None,
             p99: None,
         };
@@ -406,7 +426,7 @@ process_open_fds 12
             line(Duration::ZERO, "users", &idle)
                 .split_whitespace()
                 .collect::<Vec<_>>(),
-            ["0s", "users", "0.0", "-", "-", "-"]
+            ["0s", "users", "0.0", "-", "-", "-", "-"]
         );
     }
 }

@@ -208,9 +208,6 @@ impl ControlPlane {
     }
 
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        tokio::time::timeout(limit, self.process.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("the control plane did not exit within {limit:?}"))
-            .expect("waiting for the control plane")
+        self.process.wait_exit(limit, "the control plane").await
     }
 }

@@ -58,6 +58,8 @@ pub struct Running {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// The parsed `listening` log line.
     pub listening: serde_json::Value,
+    /// Reads the log until the process closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -75,7 +77,7 @@ impl Running {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = logs.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("\"listening\"") {
@@ -94,7 +96,22 @@ impl Running {
             child,
             logs,
             listening,
+            reader: Some(reader),
         }
+    }
+
+    /// Waits up to `limit` for the process to exit, and for its last log
+    /// lines to be read, so that `logs` has all of them.
+    pub async fn wait_exit(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not exit within {limit:?}"))
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        if let Some(reader) = self.reader.take() {
+            // Closed with the process: the rest is already in the pipe.
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        status
     }
 
     /// An address the process announced, by its log field name.

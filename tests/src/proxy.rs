@@ -148,10 +148,7 @@ impl Proxy {
     }
 
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        tokio::time::timeout(limit, self.process.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("the proxy did not exit within {limit:?}"))
-            .expect("waiting for the proxy")
+        self.process.wait_exit(limit, "the proxy").await
     }
 }
 
