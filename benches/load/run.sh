@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The side-by-side load benchmark: wrk against nginx directly, through
-# remora-proxy's outbound listener, and (when it can be had) through
-# HAProxy, all on 127.0.0.1, with the same wrk settings for each.
+# remora-proxy's outbound listener, (when it can be had) through HAProxy,
+# and (MESH) through two sidecars, the caller's and nginx's, in plaintext
+# and in mutual TLS, all on 127.0.0.1, with the same wrk settings for each.
 # How to run it and read it: benches/README.md.
 #
 # Settings (environment):
@@ -11,6 +12,7 @@
 #   ROUNDS=3         rounds of (direct, remora, haproxy); the table shows medians
 #   WARMUP=2s        one unmeasured wrk run per target before the first round
 #   HAPROXY=auto     auto: use it if installed or installable; on: required; off: skip
+#   MESH=on          on: also the two-sidecar path, plaintext and mTLS; off: skip
 #   NO_BUILD=1       skip `cargo build --release -p remora-proxy`
 set -euo pipefail
 
@@ -20,6 +22,7 @@ THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 HAPROXY=${HAPROXY:-auto}
+MESH=${MESH:-on}
 NO_BUILD=${NO_BUILD:-}
 
 # The service remora routes to nginx, named in the Host header.
@@ -120,16 +123,25 @@ check_body() {
 	[[ $got == "$BODY" ]] || die "$name: answered '$got', not nginx's body"
 }
 
+# CPU ticks of the processes in $1 (pids joined by commas), all threads.
 cpu_ticks() {
-	local stat fields
-	stat=$(<"/proc/$1/stat")
-	# Past the command name, which may hold spaces: field 3 (state) is first.
-	read -r -a fields <<<"${stat##*) }"
-	echo $((fields[11] + fields[12])) # utime + stime, all threads
+	local stat fields pid total=0
+	for pid in ${1//,/ }; do
+		stat=$(<"/proc/$pid/stat")
+		# Past the command name, which may hold spaces: field 3 (state) is first.
+		read -r -a fields <<<"${stat##*) }"
+		total=$((total + fields[11] + fields[12])) # utime + stime
+	done
+	echo "$total"
 }
 
+# Resident KiB of the processes in $1 (pids joined by commas), summed.
 rss_kib() {
-	awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+	local pid total=0
+	for pid in ${1//,/ }; do
+		total=$((total + $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")))
+	done
+	echo "$total"
 }
 
 threads() {
@@ -174,12 +186,15 @@ auto) if ensure haproxy haproxy; then with_haproxy=1; else echo "HAProxy not ava
 *) die "HAPROXY=$HAPROXY: want auto, on or off" ;;
 esac
 
+case $MESH in on | off) ;; *) die "MESH=$MESH: want on or off" ;; esac
 if [[ -z $NO_BUILD ]]; then
-	echo "building remora-proxy (release)..." >&2
-	(cd "$root" && cargo build --release -p remora-proxy) >&2
+	echo "building remora-proxy and remora-control (release)..." >&2
+	(cd "$root" && cargo build --release -p remora-proxy -p remora-control) >&2
 fi
 proxy_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-proxy"
+control_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-control"
 [[ -x $proxy_bin ]] || die "$proxy_bin is missing: build it or unset NO_BUILD"
+[[ $MESH == off || -x $control_bin ]] || die "$control_bin is missing: build it, unset NO_BUILD or set MESH=off"
 
 # --- the upstream: nginx, one worker, one small fixed 200 ---
 pick_port
@@ -269,9 +284,72 @@ EOF
 	check_body haproxy "http://127.0.0.1:$haproxy_port/"
 fi
 
-# Targets: name, port, Host header, pid of the proxy (none for direct).
+# --- two sidecars on one control plane: the caller's, then nginx's ---
+# `plain` has no identity, so its sidecars talk plaintext; `mtls` has one,
+# and both of its sidecars have certificates: they talk mutual TLS.
+if [[ $MESH == on ]]; then
+	pick_port
+	control_api=$REPLY
+	pick_port
+	control_admin=$REPLY
+	mkdir -p "$work/mesh"
+	printf 'services:\n  plain: {}\n  mtls: { identity: mtls }\n' >"$work/mesh/mesh.yaml"
+	: >"$work/mesh/tokens.yaml"
+	for who in mtls client; do
+		head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/mesh/$who.token"
+		echo "$who: $(sha256sum <"$work/mesh/$who.token" | cut -c1-64)" >>"$work/mesh/tokens.yaml"
+	done
+	"$control_bin" serve --config "$work/mesh/mesh.yaml" --api "127.0.0.1:$control_api" \
+		--admin "127.0.0.1:$control_admin" --data-dir "$work/mesh/ca" \
+		--tokens "$work/mesh/tokens.yaml" --log-level warn >"$work/mesh/control.log" 2>&1 &
+	pids+=($!)
+	wait_ok "${pids[-1]}" "http://127.0.0.1:$control_admin/ready" ||
+		die "remora-control did not become ready: $(cat "$work/mesh/control.log")"
+
+	# sidecar NAME SERVICE APP [TOKEN]: starts one, with its identity from
+	# TOKEN if given; its outbound port in REPLY, its pid in sidecar_pid.
+	# It is ready once APP answers, so the callers' apps are nginx too.
+	sidecar() {
+		local name=$1 service=$2 app=$3 token=${4:-} outbound inbound admin identity=()
+		pick_port
+		outbound=$REPLY
+		pick_port
+		inbound=$REPLY
+		pick_port
+		admin=$REPLY
+		[[ -n $token ]] && identity=(--token-file "$work/mesh/$token.token" --trust-anchors "$work/mesh/ca/ca.crt")
+		"$proxy_bin" --control-url "http://127.0.0.1:$control_api" --service "$service" \
+			--app "$app" --outbound "127.0.0.1:$outbound" --inbound "127.0.0.1:$inbound" \
+			--advertise "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" "${identity[@]}" \
+			--log-level warn --drain-timeout 1s >"$work/mesh/$name.log" 2>&1 &
+		sidecar_pid=$!
+		pids+=("$sidecar_pid")
+		wait_ok "$sidecar_pid" "http://127.0.0.1:$admin/ready" ||
+			die "the $name sidecar did not become ready: $(cat "$work/mesh/$name.log")"
+		sidecar_admin=$admin
+		REPLY=$outbound
+	}
+	sidecar plain-server plain "127.0.0.1:$nginx_port"
+	plain_server=$sidecar_pid
+	sidecar plain-client client "127.0.0.1:$nginx_port"
+	plain_port=$REPLY plain_pids="$sidecar_pid,$plain_server"
+	sidecar mtls-server mtls "127.0.0.1:$nginx_port" mtls
+	mtls_server=$sidecar_pid
+	sidecar mtls-client client "127.0.0.1:$nginx_port" client
+	mtls_port=$REPLY mtls_pids="$sidecar_pid,$mtls_server"
+	check_body mesh -H "Host: plain" "http://127.0.0.1:$plain_port/"
+	check_body mesh-mtls -H "Host: mtls" "http://127.0.0.1:$mtls_port/"
+	# The mtls path really is mutual TLS: its caller counts it so.
+	curl -fsS "http://127.0.0.1:$sidecar_admin/metrics" | grep -q 'direction="outbound".*tls="true"' ||
+		die "mesh-mtls: the caller's sidecar did not use mutual TLS"
+fi
+
+# Targets: name, port, Host header, pids of the proxies (none for direct).
 targets=("direct $nginx_port - -" "remora $remora_port $SERVICE $remora_pid")
 [[ -n $with_haproxy ]] && targets+=("haproxy $haproxy_port - $haproxy_pid")
+if [[ $MESH == on ]]; then
+	targets+=("mesh $plain_port plain $plain_pids" "mesh-mtls $mtls_port mtls $mtls_pids")
+fi
 
 declare -A rss_idle rss_load
 for t in "${targets[@]}"; do
@@ -331,12 +409,13 @@ echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s), medians;" \
 	"$(nproc) cores; $(nginx -v 2>&1 | sed 's/.*version: //'), 1 worker"
 proxies="OS threads: remora-proxy $(threads "$remora_pid")"
+[[ $MESH == on ]] && proxies+="; mesh, mesh-mtls: two sidecars each, CPU and memory summed"
 if [[ -n $with_haproxy ]]; then
 	proxies+=", $(haproxy -v | head -n1 | awk '{ print "HAProxy " $3 }') $(threads "$haproxy_pid") (nbthread 1)"
 fi
 echo "$proxies"
 echo
-printf '%-8s %12s %10s %10s %8s %12s %10s %10s %7s\n' \
+printf '%-9s %12s %10s %10s %8s %12s %10s %10s %7s\n' \
 	target 'requests/s' 'p50 (ms)' 'p99 (ms)' ratio 'cpu/req (us)' 'rss idle' 'rss load' errors
 for t in "${targets[@]}"; do
 	read -r name _ _ pid <<<"$t"
@@ -351,6 +430,6 @@ for t in "${targets[@]}"; do
 		idle=$(awk -v k="${rss_idle[$name]}" 'BEGIN { printf "%.1f MiB", k / 1024 }')
 		load=$(awk -v k="${rss_load[$name]}" 'BEGIN { printf "%.1f MiB", k / 1024 }')
 	fi
-	printf '%-8s %12.0f %10.3f %10.3f %8.2f %12s %10s %10s %7s\n' \
+	printf '%-9s %12.0f %10.3f %10.3f %8.2f %12s %10s %10s %7s\n' \
 		"$name" "$rps" "$p50_ms" "$p99_ms" "$ratio" "$cpu" "$idle" "$load" "$errors"
 done
