@@ -349,3 +349,138 @@ async fn the_callee_allow_list_refuses_a_meshed_caller_it_does_not_name() {
         r.text()
     );
 }
+
+#[tokio::test]
+async fn the_trust_anchor_rotates_under_load_without_a_failed_request() {
+    // Two anchors, old and new, each with its issuer; every process trusts
+    // both from the start (step 1 of docs/identity.md's rotation).
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86400);
+    let (old, new) = (
+        authority::generate("cluster.local", day, day).unwrap(),
+        authority::generate("cluster.local", day, day).unwrap(),
+    );
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let bundle = write("bundle.crt", &(old.anchor_cert.clone() + &new.anchor_cert));
+    let (old_cert, old_key) = (
+        write("old.crt", &old.issuer_cert),
+        write("old.key", &old.issuer_key),
+    );
+    let (new_cert, new_key) = (
+        write("new.crt", &new.issuer_cert),
+        write("new.key", &new.issuer_key),
+    );
+    let tokens = write(
+        "tokens.yaml",
+        &format!(
+            "orders: {}\nfrontend: {}\n",
+            sha256_hex(ORDERS_TOKEN),
+            sha256_hex("frontend-token")
+        ),
+    );
+    let (orders_token, frontend_token) = (
+        write("orders.token", ORDERS_TOKEN),
+        write("frontend.token", "frontend-token"),
+    );
+    let issuer_flags = |cert: &str, key: &str| {
+        vec![
+            "--tokens".to_string(),
+            tokens.clone(),
+            "--cert-ttl".to_string(),
+            "4s".to_string(),
+            "--issuer-cert".to_string(),
+            cert.to_string(),
+            "--issuer-key".to_string(),
+            key.to_string(),
+            "--trust-anchors".to_string(),
+            bundle.clone(),
+            "--restart-grace".to_string(),
+            "6s".to_string(),
+        ]
+    };
+    let args = issuer_flags(&old_cert, &old_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cp = ControlPlane::start_with(ORDERS_MESHED, &args).await;
+    let api = cp.api;
+    let app = Upstream::named("orders").await;
+    let web = Upstream::named("frontend").await;
+    let orders = Proxy::controlled(
+        &cp.url(),
+        "orders",
+        app.addr,
+        &["--token-file", &orders_token, "--trust-anchors", &bundle],
+    )
+    .await;
+    let frontend = Proxy::controlled(
+        &cp.url(),
+        "frontend",
+        web.addr,
+        &["--token-file", &frontend_token, "--trust-anchors", &bundle],
+    )
+    .await;
+
+    // Steady traffic from frontend's app to orders through both sidecars.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (client, stop) = (Client::via(frontend.outbound, false), stop.clone());
+        async move {
+            let (mut sent, mut failed) = (0u32, 0u32);
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                sent += 1;
+                match client.get("http://orders/").await {
+                    Ok(r) if r.status == StatusCode::OK => {}
+                    other => {
+                        failed += 1;
+                        eprintln!("failed: {other:?}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (sent, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Step 2: the control plane signs with the new issuer from now on; the
+    // sidecars' next renewals bring certificates of the new anchor, one
+    // sidecar before the other.
+    drop(cp);
+    let args = issuer_flags(&new_cert, &new_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _cp = ControlPlane::start_on(ORDERS_MESHED, api, &args).await;
+    let new_issuer = pem_issuer(&new.issuer_cert);
+    for proxy in [&orders, &frontend] {
+        remora_e2e::eventually(
+            Duration::from_secs(20),
+            "a certificate of the new issuer",
+            || async {
+                let r = Client::http1()
+                    .get(&proxy.admin_url("/config"))
+                    .await
+                    .unwrap();
+                let config: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                config["identity"]["issuer_serial"].as_str() == Some(new_issuer.as_str())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    eprintln!("{sent} requests through the rotation, {failed} failed");
+    assert!(sent > 100, "only {sent} requests");
+    assert_eq!(failed, 0);
+}
+
+/// The serial of an issuer certificate.
+fn pem_issuer(cert: &str) -> String {
+    let der = &remora_certs::pem::certificates(cert, "issuer").unwrap()[0];
+    remora_certs::inspect::inspect(der).unwrap().serial
+}

@@ -99,6 +99,14 @@ impl Identity {
                 "state": "ready",
                 "id": c.identity.as_str(),
                 "serial": c.leaf.serial,
+                "issuer": c.leaf.issuer,
+                // Issuers of two anchors may share a name; serials differ.
+                "issuer_serial": c
+                    .certified
+                    .cert
+                    .get(1)
+                    .and_then(|der| remora_certs::inspect::inspect(der).ok())
+                    .map(|issuer| issuer.serial),
                 "not_before": humantime::format_rfc3339_seconds(c.leaf.not_before).to_string(),
                 "not_after": humantime::format_rfc3339_seconds(c.leaf.not_after).to_string(),
                 "renew_at": humantime::format_rfc3339_seconds(c.renew_at()).to_string(),
