@@ -6,11 +6,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use remora_certs::authority::{self, Generated};
 use remora_certs::verify::TrustAnchors;
 use remora_certs::{inspect, leaf, pem};
-use remora_e2e::client::body;
+use remora_e2e::control::ApiCaller;
 use remora_e2e::mesh_client;
 use remora_e2e::process::binary;
 use remora_e2e::{eventually, metric_value, Client, ControlPlane, Proxy, Reply, Upstream};
@@ -44,10 +45,13 @@ async fn ask(cp: &ControlPlane, token: Option<&str>, csr: &str) -> Reply {
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
-    Client::http1()
-        .send(req.body(body(csr.to_string())).unwrap())
-        .await
-        .expect("POST /v1/certificate")
+    // No client certificate: this is how a proxy asks for its first one.
+    cp.call(
+        req.body(Bytes::from(csr.to_string())).unwrap(),
+        ApiCaller::Anonymous,
+    )
+    .await
+    .expect("POST /v1/certificate")
 }
 
 #[tokio::test]
@@ -245,7 +249,7 @@ async fn bad_identity_flags_stop_the_start_with_the_reason() {
     )
     .await;
     assert!(
-        out.contains("cannot read") && out.contains("ca.crt"),
+        out.contains("cannot read") && out.contains("nowhere/issuer.crt"),
         "{out}"
     );
 }
@@ -431,4 +435,100 @@ async fn certificates_are_renewed_at_seventy_percent_of_their_life_under_load() 
         "two renewals within 15s of 4s certificates"
     );
     assert_eq!(failed, 0);
+}
+
+#[tokio::test]
+async fn the_api_speaks_only_tls_and_needs_a_mesh_certificate_for_all_but_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path());
+    let mesh = "services:\n  orders: { identity: orders }\n  open: {}\n";
+    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens]).await;
+    assert!(cp.url().starts_with("https://"));
+    // Plaintext is refused at the door.
+    let plain = Client::http1()
+        .get(&format!("http://{}/v1/services", cp.api))
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+
+    let get = |path: &str| {
+        Request::get(format!("{}{path}", cp.url()))
+            .body(Bytes::new())
+            .unwrap()
+    };
+    let r = cp
+        .call(get("/v1/outbound/orders?wait=0s"), ApiCaller::Anonymous)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.text()
+            .contains("a client certificate of the mesh is required"),
+        "{}",
+        r.text()
+    );
+    let r = cp
+        .call(get("/v1/services"), ApiCaller::Operator)
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+
+    // A certificate of another CA does not get past the handshake.
+    let foreign = authority::generate(
+        "cluster.local",
+        Duration::from_secs(86400),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    let foreign = authority::Issuer::from_pem(&foreign.issuer_cert, &foreign.issuer_key).unwrap();
+    let outsider = remora_e2e::mesh_client::credentials(&foreign, "orders");
+    assert!(cp
+        .call(get("/v1/services"), ApiCaller::As(outsider))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn only_a_service_identity_registers_its_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(dir.path());
+    let mesh = "services:\n  orders: { identity: orders }\n  open: {}\n";
+    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens]).await;
+    let issuer = cp.development_issuer();
+    let put = |service: &str| {
+        Request::put(format!("{}/v1/registrations/{service}/pod-1", cp.url()))
+            .header("content-type", "application/json")
+            .body(Bytes::from(r#"{"address": "127.0.0.1:4143"}"#))
+            .unwrap()
+    };
+    let as_ = |name: &str| ApiCaller::As(remora_e2e::mesh_client::credentials(&issuer, name));
+    let r = cp.call(put("orders"), as_("intruder")).await.unwrap();
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["error"],
+        "spiffe://cluster.local/ns/default/sa/intruder may not register endpoints of orders: only spiffe://cluster.local/ns/default/sa/orders may"
+    );
+    let delete = Request::delete(format!("{}/v1/registrations/orders/pod-1", cp.url()))
+        .body(Bytes::new())
+        .unwrap();
+    assert_eq!(
+        cp.call(delete, as_("intruder")).await.unwrap().status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        cp.call(put("orders"), as_("orders")).await.unwrap().status,
+        StatusCode::OK
+    );
+    // A service without an identity takes registrations from any identity
+    // of the mesh.
+    assert_eq!(
+        cp.call(put("open"), as_("anyone")).await.unwrap().status,
+        StatusCode::OK
+    );
+    let listed = cp.services().await;
+    assert_eq!(
+        listed["services"]["orders"]["endpoints"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
 }

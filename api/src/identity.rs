@@ -8,6 +8,10 @@ use std::str::FromStr;
 
 /// The namespace of a short identity that names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The control plane's own identity, which proxies require of its API's
+/// certificate: the `remora-control` service account of the `remora`
+/// namespace, where the chart installs it.
+pub const CONTROL_PLANE_IDENTITY: &str = "remora-control.remora";
 /// The SPIFFE spec's limit on a whole id.
 const MAX_ID_LEN: usize = 2048;
 /// The SPIFFE spec's limit on a trust domain.

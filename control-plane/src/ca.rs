@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use remora_api::identity::CONTROL_PLANE_IDENTITY;
 use remora_api::locate::{locate, Segment};
 use remora_api::{ConfigError, Problem, SpiffeId};
 use remora_certs::authority::{self, Issuer, Validity};
+use remora_certs::leaf::Credentials;
 use remora_certs::pem;
+use remora_certs::verify::TrustAnchors;
 use sha2::{Digest, Sha256};
 
 /// The files of a development CA in `--data-dir`, as `remora-certs init`
@@ -181,6 +184,8 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 /// The control plane's CA.
 pub struct Authority {
     issuer: Issuer,
+    /// What the mesh trusts: the API checks its clients against them.
+    pub anchors: TrustAnchors,
     tokens: Tokens,
     ttl: Duration,
 }
@@ -203,14 +208,15 @@ impl Authority {
         ttl: Duration,
         trust_domain: &str,
     ) -> anyhow::Result<Authority> {
-        let issuer = match source {
-            IssuerSource::Files { cert, key, anchors } => {
-                // The anchors are checked here so that a bad file stops the
-                // start, not the first handshake.
-                remora_certs::verify::TrustAnchors::from_pem(&pem::read(anchors)?)?;
-                Issuer::from_pem(&pem::read(cert)?, &pem::read(key)?)?
-            }
-            IssuerSource::Development(dir) => development_issuer(dir, trust_domain)?,
+        let (issuer, anchors) = match source {
+            IssuerSource::Files { cert, key, anchors } => (
+                Issuer::from_pem(&pem::read(cert)?, &pem::read(key)?)?,
+                TrustAnchors::from_pem(&pem::read(anchors)?)?,
+            ),
+            IssuerSource::Development(dir) => (
+                development_issuer(dir, trust_domain)?,
+                TrustAnchors::from_pem(&pem::read(&development_anchors(dir))?)?,
+            ),
         };
         if issuer.info().not_after < SystemTime::now() + ttl {
             tracing::warn!(
@@ -220,9 +226,19 @@ impl Authority {
         }
         Ok(Authority {
             issuer,
+            anchors,
             tokens,
             ttl,
         })
+    }
+
+    /// A certificate of the control plane's own identity, for its API.
+    pub fn own_credentials(&self, trust_domain: &str) -> anyhow::Result<Credentials> {
+        let identity = SpiffeId::resolve(CONTROL_PLANE_IDENTITY, trust_domain)?;
+        let (chain, key) = self
+            .issuer
+            .issue(&identity, Validity::starting(SystemTime::now(), self.ttl))?;
+        Ok(Credentials::from_pem(&chain, &key)?)
     }
 
     /// Signs `csr_pem` for the identity `bearer` grants, valid for

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use remora_certs::leaf::CredentialStore;
+use remora_certs::verify::ClientAuth;
+use remora_proxy::http::tls::{InboundTls, TlsOnly};
+
 use anyhow::Context as _;
 use hyper::service::service_fn;
 use remora_proxy::http::server::{
@@ -63,6 +67,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         |view| view.borrow().mesh.trust_domain.clone(),
     );
     let authority = authority(&args, &trust_domain)?;
+    let api_tls = match &authority {
+        Some(authority) => Some(api_tls(authority.clone(), &trust_domain)?),
+        None => None,
+    };
 
     let mut signals = Signals::install()?;
     let api_listener = bind(args.api, "the API").await?;
@@ -93,14 +101,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let views = ThreadViews::start(api.state.clone());
             server::serve(
                 listener,
-                settings(),
+                ServerSettings {
+                    tls: api_tls.clone(),
+                    ..settings()
+                },
                 unrecorded_transport(),
                 draining.clone(),
-                move |_peer| {
+                move |peer| {
                     let (api, views) = (api.clone(), views.clone());
+                    let caller = Arc::new(peer.identity);
                     service_fn(move |req| {
-                        let (api, views) = (api.clone(), views.clone());
-                        async move { Ok::<_, Infallible>(api.handle(req, &views).await) }
+                        let (api, views, caller) = (api.clone(), views.clone(), caller.clone());
+                        async move {
+                            Ok::<_, Infallible>(
+                                api.handle(req, &views, caller.as_ref().as_ref()).await,
+                            )
+                        }
                     })
                 },
             )
@@ -173,6 +189,37 @@ fn authority(args: &ServeArgs, trust_domain: &str) -> anyhow::Result<Option<Arc<
         args.cert_ttl.get(),
         trust_domain,
     )?)))
+}
+
+/// The API's TLS: the control plane's own certificate (renewed at 70% of
+/// its life), and the mesh's anchors to check clients. A client may come
+/// without a certificate, to ask for its first one; nothing else is
+/// answered without one (see `api`). Plaintext is refused.
+fn api_tls(authority: Arc<Authority>, trust_domain: &str) -> anyhow::Result<InboundTls> {
+    let store = Arc::new(CredentialStore::default());
+    store.set(authority.own_credentials(trust_domain)?);
+    let tls = InboundTls::with(
+        &authority.anchors,
+        store.clone(),
+        ClientAuth::Optional,
+        &[b"h2".as_slice(), b"http/1.1".as_slice()],
+        Arc::new(TlsOnly),
+    )?;
+    let trust_domain = trust_domain.to_string();
+    tokio::spawn(async move {
+        loop {
+            let renew_at = store.get().map_or_else(SystemTime::now, |c| c.renew_at());
+            let wait = renew_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
+            match authority.own_credentials(&trust_domain) {
+                Ok(credentials) => store.set(credentials),
+                Err(e) => tracing::error!(error = %e, "cannot renew the API's own certificate"),
+            }
+        }
+    });
+    Ok(tls)
 }
 
 fn settings() -> ServerSettings {

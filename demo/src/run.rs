@@ -288,7 +288,7 @@ async fn start_and_report(
         let app = free_loopback_port()?;
         let mut command = Command::new(&binaries.proxy);
         command
-            .args(["--control-url", &format!("http://{api}")])
+            .args(["--control-url", &format!("https://{api}")])
             .args(["--service", name, "--app", &app.to_string()])
             .args([
                 "--outbound",
@@ -437,7 +437,7 @@ fn print_table(
     dir: &Path,
 ) {
     println!();
-    println!("control plane   api http://{api}/v1/services   admin http://{control_admin}/metrics");
+    println!("control plane   api https://{api}/v1/services (mutual TLS)   admin http://{control_admin}/metrics");
     println!();
     println!(
         "{:<10}  {:<21}  {:<21}  sidecar admin (/metrics /config /ready)",

@@ -29,6 +29,7 @@ use crate::outbound::{Discovery, Outbound};
 use crate::signals::Signals;
 use crate::telemetry::LogLevel;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
+use remora_api::SpiffeId;
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     if config.control_url.is_none() && config.token_file.is_some() {
@@ -48,6 +49,12 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     });
     tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
 
+    // The identity comes first: with an https:// control plane, the
+    // connection to it needs this proxy's certificate.
+    let identity = match (&config.token_file, &config.trust_anchors) {
+        (Some(_), Some(anchors)) => Some(Arc::new(Identity::load(anchors)?)),
+        _ => None,
+    };
     let (view, control) = match (&config.config, &config.control_url) {
         (Some(path), _) => {
             let view = crate::discovery::watch_file(path, &metrics.config_reloads)
@@ -56,29 +63,40 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
             (view, None)
         }
         (None, Some(url)) => {
-            let (client, view) =
-                ControlClient::start(url, &config.service, metrics.control.clone())?;
+            let control_identity = match &identity {
+                Some(identity) => Some((
+                    &identity.anchors,
+                    identity.store.clone(),
+                    SpiffeId::resolve(&config.control_identity, remora_api::DEFAULT_TRUST_DOMAIN)
+                        .map_err(|e| anyhow::anyhow!("--control-identity: {e}"))?,
+                )),
+                None => None,
+            };
+            let (client, view) = ControlClient::start(
+                url,
+                &config.service,
+                metrics.control.clone(),
+                control_identity,
+            )?;
             (view, Some(client))
         }
         (None, None) => anyhow::bail!("give --config FILE or --control-url URL"),
     };
-    let identity = match (&control, &config.token_file, &config.trust_anchors) {
-        (Some(client), Some(token_file), Some(anchors)) => {
-            let identity = Arc::new(Identity::load(anchors)?);
+    match (&control, &config.token_file, &identity) {
+        (Some(client), Some(token_file), Some(identity)) => {
             tokio::spawn(identity.clone().keep_current(
                 client.clone(),
                 token_file.clone(),
                 metrics.identity_expiry.clone(),
             ));
-            Some(identity)
         }
-        _ => {
-            if control.is_some() {
-                tracing::warn!("no --token-file: this proxy has no identity; it is reached and calls in plaintext");
-            }
-            None
+        (Some(_), _, _) => {
+            tracing::warn!(
+                "no --token-file: this proxy has no identity; it is reached and calls in plaintext"
+            );
         }
-    };
+        _ => {}
+    }
     let registration = match &control {
         Some(_) => Some(registration(&config, inbound_addr)?),
         None => None,

@@ -20,6 +20,7 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_THREADS: &str = "1";
 pub const DEFAULT_DISCOVERY_TIMEOUT: &str = "5s";
 pub const DEFAULT_REGISTRATION_TTL: &str = "30s";
+pub const DEFAULT_CONTROL_IDENTITY: &str = remora_api::identity::CONTROL_PLANE_IDENTITY;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -50,6 +51,12 @@ pub struct Config {
     /// anchor rotates).
     #[arg(long, env = "REMORA_TRUST_ANCHORS", requires = "token_file")]
     pub trust_anchors: Option<PathBuf>,
+
+    /// The identity the control plane's certificate must name, with an
+    /// `https://` --control-url: `NAME.NAMESPACE` in the default trust
+    /// domain, or a whole `spiffe://` URI for another.
+    #[arg(long, env = "REMORA_CONTROL_IDENTITY", default_value = DEFAULT_CONTROL_IDENTITY)]
+    pub control_identity: String,
 
     /// The address other sidecars dial for this instance, registered with
     /// the control plane. Default: `$POD_IP` with the inbound port, else the

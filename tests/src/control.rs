@@ -21,6 +21,19 @@ pub struct ControlPlane {
     /// The mesh config it serves (absent for `start_without_config`).
     pub config_path: PathBuf,
     dir: tempfile::TempDir,
+    /// Whether identity is on: the API then speaks only TLS.
+    secure: bool,
+    /// The trust anchors it was given, or its development CA's.
+    anchors: PathBuf,
+}
+
+/// Who calls the API of a control plane with identity on.
+pub enum ApiCaller {
+    /// An operator, with a certificate of the development CA.
+    Operator,
+    /// No client certificate, as a proxy asking for its first one.
+    Anonymous,
+    As(std::sync::Arc<remora_certs::leaf::CredentialStore>),
 }
 
 impl ControlPlane {
@@ -73,8 +86,20 @@ impl ControlPlane {
         Self::spawn(dir, config_path, &["--api", "127.0.0.1:0"]).await
     }
 
+    /// Identity is on when the test gives `--tokens`; otherwise the
+    /// control plane runs `--insecure`, its API plaintext, as the tests
+    /// of discovery want it.
     async fn spawn(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> ControlPlane {
+        let secure = args.contains(&"--tokens");
         let mut command = Command::new(binary("remora-control"));
+        if !secure && !args.contains(&"--insecure") {
+            command.arg("--insecure");
+        }
+        let anchors = args
+            .iter()
+            .position(|a| *a == "--trust-anchors")
+            .and_then(|i| args.get(i + 1))
+            .map_or_else(|| dir.path().join("data").join("ca.crt"), PathBuf::from);
         command
             .args(["--admin", "127.0.0.1:0"])
             // The development CA, when no issuer is given, lives here.
@@ -89,6 +114,8 @@ impl ControlPlane {
             config_path,
             process,
             dir,
+            secure,
+            anchors,
         };
         control.wait_ready().await;
         control
@@ -124,19 +151,49 @@ impl ControlPlane {
         .await;
     }
 
-    /// `http://API`, what proxies take as `--control-url`.
+    /// `http://API`, or `https://API` with identity on: what proxies take
+    /// as `--control-url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.api)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}", self.api)
+    }
+
+    /// One request to the API: plaintext, or with identity on over TLS as
+    /// `caller`.
+    pub async fn call(
+        &self,
+        req: http::Request<bytes::Bytes>,
+        caller: ApiCaller,
+    ) -> Result<Reply, String> {
+        if !self.secure {
+            return Client::http1().send(req.map(body)).await;
+        }
+        let own = match caller {
+            ApiCaller::Operator => {
+                crate::mesh_client::credentials(&self.development_issuer(), "operator")
+            }
+            ApiCaller::Anonymous => std::sync::Arc::default(),
+            ApiCaller::As(own) => own,
+        };
+        let anchors = remora_certs::verify::TrustAnchors::from_pem(
+            &std::fs::read_to_string(&self.anchors).expect("the trust anchors"),
+        )
+        .expect("trust anchors");
+        let mut sender =
+            crate::mesh_client::connect(self.api, &anchors, own, remora_api_identity()).await?;
+        crate::mesh_client::request(&mut sender, req).await
     }
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
 
-    /// A GET of `path` (with its query) on the API, over HTTP/1.1.
+    /// A GET of `path` (with its query) on the API, as an operator.
     pub async fn get(&self, path: &str) -> Reply {
-        Client::http1()
-            .get(&format!("{}{path}", self.url()))
+        let req = Request::get(format!("{}{path}", self.url()))
+            .body(bytes::Bytes::new())
+            .expect("a request");
+        self.call(req, ApiCaller::Operator)
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
@@ -149,10 +206,9 @@ impl ControlPlane {
             self.url()
         ))
         .header("content-type", "application/json")
-        .body(body(registration.to_string()))
+        .body(bytes::Bytes::from(registration.to_string()))
         .expect("a request");
-        Client::http1()
-            .send(req)
+        self.call(req, ApiCaller::Operator)
             .await
             .unwrap_or_else(|e| panic!("registering {service}/{instance}: {e}"))
     }
@@ -163,10 +219,9 @@ impl ControlPlane {
             "{}/v1/registrations/{service}/{instance}",
             self.url()
         ))
-        .body(body(""))
+        .body(bytes::Bytes::new())
         .expect("a request");
-        Client::http1()
-            .send(req)
+        self.call(req, ApiCaller::Operator)
             .await
             .unwrap_or_else(|e| panic!("deregistering {service}/{instance}: {e}"))
     }
@@ -210,4 +265,9 @@ impl ControlPlane {
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         self.process.wait_exit(limit, "the control plane").await
     }
+}
+
+/// The identity the control plane's API proves.
+fn remora_api_identity() -> &'static str {
+    "remora-control.remora"
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use remora_certs::authority::{Issuer, Validity};
@@ -40,7 +40,7 @@ pub async fn connect(
     anchors: &TrustAnchors,
     own: Arc<CredentialStore>,
     server: &str,
-) -> Result<SendRequest<Empty<Bytes>>, String> {
+) -> Result<SendRequest<Full<Bytes>>, String> {
     let expected = SpiffeId::resolve(server, "cluster.local").map_err(|e| e.to_string())?;
     let config = verify::client_config(anchors, expected, own);
     let tcp = tokio::net::TcpStream::connect(addr)
@@ -63,7 +63,7 @@ pub async fn connect(
 
 /// One GET of `path` on `sender`'s connection.
 pub async fn send(
-    sender: &mut SendRequest<Empty<Bytes>>,
+    sender: &mut SendRequest<Full<Bytes>>,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
@@ -71,9 +71,17 @@ pub async fn send(
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
+    request(sender, req.body(Bytes::new()).unwrap()).await
+}
+
+/// Any request on `sender`'s connection.
+pub async fn request(
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Bytes>,
+) -> Result<Reply, String> {
     let response = tokio::time::timeout(
         Duration::from_secs(10),
-        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+        sender.send_request(req.map(Full::new)),
     )
     .await
     .map_err(|_| "no response within 10s".to_string())?

@@ -24,6 +24,7 @@ use crate::ca::Authority;
 use crate::metrics::{Metrics, RequestLabels, ViewMetrics};
 use crate::state::{Kind, State};
 use fanout::ThreadViews;
+use remora_api::SpiffeId;
 
 /// What the API serves from, shared by every connection.
 pub struct Api {
@@ -92,13 +93,77 @@ impl Api {
         }
     }
 
-    /// Answers `req`, holding long-polls on `views`, this thread's.
-    pub async fn handle(&self, req: Request<Incoming>, views: &ThreadViews) -> Response<Body> {
+    /// Answers `req` from `caller` (the identity of its client
+    /// certificate, if it sent one), holding long-polls on `views`, this
+    /// thread's.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        views: &ThreadViews,
+        caller: Option<&SpiffeId>,
+    ) -> Response<Body> {
         // The URI outlives the request, which is let go of while a poll is
         // held; cloning it shares its bytes.
         let uri = req.uri().clone();
         let (resource, target) = route(req.method(), uri.path());
-        let response = match target {
+        let response = match self.authorize(&target, caller) {
+            Err((status, reason)) => error(status, reason),
+            Ok(()) => self.answer(target, req, &uri, views).await,
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                resource,
+                status_code: response.status().as_u16(),
+            })
+            .inc();
+        response
+    }
+
+    /// With identity on, everything but a certificate request needs a
+    /// client certificate of the mesh, and only a service's own identity
+    /// registers endpoints for it: no one else can pose as its endpoints.
+    fn authorize(
+        &self,
+        target: &Target<'_>,
+        caller: Option<&SpiffeId>,
+    ) -> Result<(), (StatusCode, String)> {
+        if self.authority.is_none() {
+            return Ok(());
+        }
+        let Some(caller) = caller else {
+            return match target {
+                Target::Certificate | Target::MethodNotAllowed(_) | Target::NotFound => Ok(()),
+                _ => Err((
+                    StatusCode::UNAUTHORIZED,
+                    "a client certificate of the mesh is required (POST /v1/certificate issues one)"
+                        .to_string(),
+                )),
+            };
+        };
+        match target {
+            Target::Register(service, _) | Target::Deregister(service, _) => {
+                match self.state.identity_of(service) {
+                    Some(owner) if &owner != caller => Err((
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "{caller} may not register endpoints of {service}: only {owner} may"
+                        ),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn answer(
+        &self,
+        target: Target<'_>,
+        req: Request<Incoming>,
+        uri: &http::Uri,
+        views: &ThreadViews,
+    ) -> Response<Body> {
+        match target {
             Target::View(kind, service) => {
                 drop(req);
                 views::poll(self, views, kind, service, uri.query()).await
@@ -123,14 +188,7 @@ impl Api {
                 StatusCode::NOT_FOUND,
                 "not found: the API serves /v1/outbound/{service}, /v1/inbound/{service}, /v1/registrations/{service}/{instance}, /v1/certificate and /v1/services",
             ),
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                resource,
-                status_code: response.status().as_u16(),
-            })
-            .inc();
-        response
+        }
     }
 
     fn view_metrics(&self, kind: Kind) -> &ViewMetrics {

@@ -250,6 +250,14 @@ impl State {
             .subscribe()
     }
 
+    /// The identity `mesh.yaml` gives `service`, which alone may register
+    /// its endpoints; `None` when it gives none.
+    pub fn identity_of(&self, service: &str) -> Option<remora_api::SpiffeId> {
+        let inner = self.lock();
+        let name = inner.mesh.services.get(service)?.identity.as_deref()?;
+        remora_api::SpiffeId::resolve(name, &inner.mesh.trust_domain).ok()
+    }
+
     /// What `kind/service` holds now.
     pub fn current(&self, kind: Kind, service: &str) -> Published {
         let inner = self.lock();

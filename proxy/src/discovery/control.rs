@@ -4,6 +4,9 @@
 //! registration. Services are watched lazily, on the app's first call to
 //! them. While the control plane is away the last views keep serving
 //! (fail-static) and the connection is retried with backoff and jitter.
+//! With `https://`, that connection is mutual TLS with this proxy's
+//! certificate, made once it has one; asking for a certificate takes a
+//! connection of its own, without one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,9 +21,13 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use remora_api::load::is_valid_service_name;
 use remora_api::protocol::{InboundView, OutboundView, Registration};
-use remora_api::{Mesh, DEFAULT_TRUST_DOMAIN};
+use remora_api::{Mesh, SpiffeId, DEFAULT_TRUST_DOMAIN};
+use remora_certs::leaf::CredentialStore;
+use remora_certs::verify::{self, TrustAnchors};
+use rustls::pki_types::ServerName;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 
 use super::{MeshView, ViewStatus};
 use crate::metrics::{ControlMetrics, ResourceLabels};
@@ -43,6 +50,9 @@ const MAX_VIEW_BYTES: usize = 16 << 20;
 const MAX_WATCHED_SERVICES: usize = 1024;
 const APP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the connection, under TLS, looks for this proxy's first
+/// certificate.
+const CREDENTIALS_POLL: Duration = Duration::from_millis(50);
 
 /// What the control plane has said of a watched service so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,8 +67,11 @@ pub enum Presence {
 pub struct ControlClient(Arc<Shared>);
 
 struct Shared {
-    /// `http://host:port`, prefixed to every request's path.
+    /// `http://host:port` or `https://host:port`, prefixed to every
+    /// request's path.
     base: String,
+    /// How to reach the control plane over TLS, for an `https://` URL.
+    tls: Option<ControlTls>,
     connection: watch::Receiver<Option<SendRequest<Full<Bytes>>>>,
     state: Mutex<State>,
     published: watch::Sender<Arc<MeshView>>,
@@ -118,21 +131,34 @@ enum Answer {
 impl ControlClient {
     /// Connects to the control plane at `url` and watches `service`'s own
     /// inbound view. The returned channel carries the assembled mesh.
+    /// With `identity` (anchors and this proxy's credentials), an
+    /// `https://` URL is reached over mutual TLS, the control plane's
+    /// certificate checked for its identity.
     pub fn start(
         url: &Uri,
         service: &str,
         metrics: ControlMetrics,
+        identity: Option<(&TrustAnchors, Arc<CredentialStore>, SpiffeId)>,
     ) -> anyhow::Result<(ControlClient, watch::Receiver<Arc<MeshView>>)> {
-        let authority = match (url.scheme_str(), url.authority()) {
-            (Some("http"), Some(authority)) => authority.clone(),
+        let (scheme, authority) = match (url.scheme_str(), url.authority()) {
+            (Some(scheme @ ("http" | "https")), Some(authority)) => (scheme, authority.clone()),
             _ => anyhow::bail!(
-                "--control-url {url}: give an http:// URL with a host, like http://remora-control:8086"
+                "--control-url {url}: give an http:// or https:// URL with a host, like https://remora-control:8086"
             ),
         };
         if authority.port_u16().is_none() {
-            anyhow::bail!("--control-url {url}: name the port, like http://remora-control:8086");
+            anyhow::bail!("--control-url {url}: name the port, like https://remora-control:8086");
         }
-        let base = format!("http://{authority}");
+        let tls = match (scheme, identity) {
+            ("https", Some((anchors, store, expected))) => {
+                Some(ControlTls::new(anchors, store, expected))
+            }
+            ("https", None) => anyhow::bail!(
+                "--control-url {url}: https needs --token-file and --trust-anchors, for this proxy's certificate and to check the control plane's"
+            ),
+            _ => None,
+        };
+        let base = format!("{scheme}://{authority}");
         let (connection_tx, connection) = watch::channel(None);
         let (published, view) = watch::channel(Arc::new(MeshView {
             source: base.clone(),
@@ -141,6 +167,7 @@ impl ControlClient {
         let inbound = Resource::Inbound(service.to_string());
         let shared = Arc::new(Shared {
             base,
+            tls,
             connection,
             state: Mutex::new(State {
                 outbound: BTreeMap::new(),
@@ -197,16 +224,48 @@ impl ControlClient {
         csr_pem: &str,
     ) -> Result<(StatusCode, Bytes), String> {
         let uri = format!("{}/v1/certificate", self.0.base);
-        self.0
-            .exchange_with(
-                Method::POST,
-                &uri,
-                Some("application/pkcs10"),
-                Some(token),
-                Bytes::from(csr_pem.to_string()),
-                REQUEST_TIMEOUT,
-            )
+        let body = Bytes::from(csr_pem.to_string());
+        let Some(tls) = &self.0.tls else {
+            return self
+                .0
+                .exchange_with(
+                    Method::POST,
+                    &uri,
+                    Some("application/pkcs10"),
+                    Some(token),
+                    body,
+                    REQUEST_TIMEOUT,
+                )
+                .await;
+        };
+        // A connection of its own, without a client certificate: this is
+        // how a proxy gets its first one.
+        let authority = self.0.base.trim_start_matches("https://");
+        let (mut sender, connection) = connect(authority, Some(&tls.bootstrap))
             .await
+            .map_err(|e| format!("{uri}: {e:#}"))?;
+        tokio::spawn(connection);
+        let request = Request::post(&uri)
+            .header(http::header::CONTENT_TYPE, "application/pkcs10")
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(body))
+            .map_err(|e| format!("{uri}: {e}"))?;
+        let exchange = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_VIEW_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(format!("{uri}: {e}")),
+            Err(_) => Err(format!("{uri}: no answer within {REQUEST_TIMEOUT:?}")),
+        }
     }
 
     /// Resolves once the proxy has its inbound view and is registered:
@@ -659,7 +718,14 @@ async fn maintain_connection(
 ) {
     let mut backoff = Backoff::default();
     loop {
-        match connect(&authority).await {
+        if let Some(tls) = &shared.tls {
+            // Every request on this connection needs this proxy's
+            // certificate: connect once there is one.
+            while tls.store.get().is_none() {
+                tokio::time::sleep(CREDENTIALS_POLL).await;
+            }
+        }
+        match connect(&authority, shared.tls.as_ref().map(|t| &t.mesh)).await {
             Ok((sender, connection)) => {
                 tracing::info!(control_plane = %shared.base, "connected to the control plane");
                 backoff.reset();
@@ -690,20 +756,32 @@ async fn maintain_connection(
     }
 }
 
+/// A connection to the control plane: TCP, or TLS with `tls` over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+type Connection =
+    hyper::client::conn::http2::Connection<TokioIo<Box<dyn Io>>, Full<Bytes>, TokioExecutor>;
+
 async fn connect(
     authority: &str,
-) -> anyhow::Result<(
-    SendRequest<Full<Bytes>>,
-    hyper::client::conn::http2::Connection<
-        TokioIo<tokio::net::TcpStream>,
-        Full<Bytes>,
-        TokioExecutor,
-    >,
-)> {
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<(SendRequest<Full<Bytes>>, Connection)> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
         .await
         .map_err(|_| anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}"))??;
     stream.set_nodelay(true)?;
+    let stream: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(tls) => {
+            let name = ServerName::try_from("remora-control.remora").expect("a DNS name");
+            Box::new(
+                tls.connect(name, stream)
+                    .await
+                    .context("the TLS handshake with the control plane failed")?,
+            )
+        }
+    };
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -713,6 +791,33 @@ async fn connect(
         .await
         .context("the HTTP/2 handshake failed")?;
     Ok((sender, connection))
+}
+
+/// TLS to the control plane, which must prove its identity
+/// (`--control-identity`).
+struct ControlTls {
+    /// With this proxy's certificate: the shared connection.
+    mesh: TlsConnector,
+    /// Without one: asking for a certificate.
+    bootstrap: TlsConnector,
+    store: Arc<CredentialStore>,
+}
+
+impl ControlTls {
+    fn new(anchors: &TrustAnchors, store: Arc<CredentialStore>, expected: SpiffeId) -> ControlTls {
+        let config = |store| {
+            TlsConnector::from(Arc::new(verify::client_config(
+                anchors,
+                expected.clone(),
+                store,
+            )))
+        };
+        ControlTls {
+            mesh: config(store.clone()),
+            bootstrap: config(Arc::new(CredentialStore::default())),
+            store,
+        }
+    }
 }
 
 /// Exponential backoff with full jitter: each wait is uniform in

@@ -151,6 +151,15 @@ pub trait PlaintextPolicy: Send + Sync {
     fn allows_plaintext(&self) -> bool;
 }
 
+/// A listener that serves only TLS.
+pub struct TlsOnly;
+
+impl PlaintextPolicy for TlsOnly {
+    fn allows_plaintext(&self) -> bool {
+        false
+    }
+}
+
 /// The inbound side's TLS: this proxy's credentials, every client's chain
 /// verified against the anchors.
 #[derive(Clone)]
@@ -166,13 +175,30 @@ impl std::fmt::Debug for InboundTls {
 }
 
 impl InboundTls {
+    /// A sidecar's inbound: every client must present a certificate of
+    /// the mesh, and speaks HTTP/2.
     pub fn new(
         anchors: &TrustAnchors,
         store: Arc<CredentialStore>,
         plaintext: Arc<dyn PlaintextPolicy>,
     ) -> Result<InboundTls, remora_certs::Error> {
-        let config =
-            verify::server_config(anchors, store, ClientAuth::Required, &[verify::ALPN_H2])?;
+        Self::with(
+            anchors,
+            store,
+            ClientAuth::Required,
+            &[verify::ALPN_H2],
+            plaintext,
+        )
+    }
+
+    pub fn with(
+        anchors: &TrustAnchors,
+        store: Arc<CredentialStore>,
+        client_auth: ClientAuth,
+        alpn: &[&[u8]],
+        plaintext: Arc<dyn PlaintextPolicy>,
+    ) -> Result<InboundTls, remora_certs::Error> {
+        let config = verify::server_config(anchors, store, client_auth, alpn)?;
         Ok(InboundTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             plaintext,
