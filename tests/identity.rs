@@ -282,19 +282,26 @@ async fn mesh_with_tokens(dir: &Path, extra: &[&str]) -> (ControlPlane, String) 
     (cp, token_file.display().to_string())
 }
 
-#[tokio::test]
-async fn a_proxy_holds_its_certificate_before_it_is_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, token_file) = mesh_with_tokens(dir.path(), &["--cert-ttl", "1h"]).await;
+/// A ready sidecar of `frontend` with an identity from `token_file`, and
+/// its app.
+async fn frontend_proxy(cp: &ControlPlane, token_file: &str) -> (Proxy, Upstream) {
     let anchors = cp.development_anchors().display().to_string();
     let app = Upstream::named("frontend").await;
     let proxy = Proxy::controlled(
         &cp.url(),
         "frontend",
         app.addr,
-        &["--token-file", &token_file, "--trust-anchors", &anchors],
+        &["--token-file", token_file, "--trust-anchors", &anchors],
     )
     .await;
+    (proxy, app)
+}
+
+#[tokio::test]
+async fn a_proxy_holds_its_certificate_before_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, token_file) = mesh_with_tokens(dir.path(), &["--cert-ttl", "1h"]).await;
+    let (proxy, _app) = frontend_proxy(&cp, &token_file).await;
     let config = config_of(&proxy).await;
     let identity = &config["identity"];
     assert_eq!(identity["state"], "ready", "{config:#}");
@@ -369,15 +376,7 @@ async fn a_refused_token_keeps_the_proxy_unready_and_unregistered() {
 async fn certificates_are_renewed_at_seventy_percent_of_their_life_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let (cp, token_file) = mesh_with_tokens(dir.path(), &["--cert-ttl", "4s"]).await;
-    let anchors = cp.development_anchors().display().to_string();
-    let app = Upstream::named("frontend").await;
-    let proxy = Proxy::controlled(
-        &cp.url(),
-        "frontend",
-        app.addr,
-        &["--token-file", &token_file, "--trust-anchors", &anchors],
-    )
-    .await;
+    let (proxy, _app) = frontend_proxy(&cp, &token_file).await;
     let first = config_of(&proxy).await["identity"].clone();
     let parse = |v: &serde_json::Value| humantime::parse_rfc3339(v.as_str().unwrap()).unwrap();
     let (after, renew) = (parse(&first["not_after"]), parse(&first["renew_at"]));

@@ -223,7 +223,7 @@ async fn a_certificate_of_another_ca_does_not_get_through_the_handshake() {
 /// plane; `orders`' app answers with who called it, in which HTTP version,
 /// under which Host.
 struct TwoSidecars {
-    cp: ControlPlane,
+    _cp: ControlPlane,
     frontend: Proxy,
     orders: Proxy,
     _apps: (Upstream, Upstream),
@@ -283,7 +283,7 @@ async fn two_sidecars(mesh: &str) -> TwoSidecars {
     )
     .await;
     TwoSidecars {
-        cp,
+        _cp: cp,
         frontend,
         orders,
         _apps: (orders_app, frontend_app),
@@ -328,7 +328,6 @@ async fn sidecars_call_each_other_over_mutual_tls_in_the_apps_own_http_version()
         1.0,
         "both requests shared one multiplexed connection"
     );
-    let _ = &m.cp;
 }
 
 #[tokio::test]
@@ -483,4 +482,38 @@ async fn the_trust_anchor_rotates_under_load_without_a_failed_request() {
 fn pem_issuer(cert: &str) -> String {
     let der = &remora_certs::pem::certificates(cert, "issuer").unwrap()[0];
     remora_certs::inspect::inspect(der).unwrap().serial
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_caller_certificates_are_refused() {
+    let m = meshed(STRICT).await;
+    let issuer = m.cp.development_issuer();
+    let now = std::time::SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    for (not_before, not_after) in [(now - 2 * hour, now - hour), (now + hour, now + 2 * hour)] {
+        let id = remora_certs::SpiffeId::resolve("frontend", "cluster.local").unwrap();
+        let (chain, key) = issuer
+            .issue(
+                &id,
+                authority::Validity {
+                    not_before,
+                    not_after,
+                },
+            )
+            .unwrap();
+        let own = std::sync::Arc::new(remora_certs::leaf::CredentialStore::default());
+        own.set(remora_certs::leaf::Credentials::from_pem(&chain, &key).unwrap());
+        let r = mesh_client::get(m.proxy.inbound, &m.anchors, own, "orders", "/", &[]).await;
+        assert!(r.is_err(), "{r:?}");
+    }
+    remora_e2e::eventually(
+        Duration::from_secs(5),
+        "both handshakes to be counted as failed",
+        || async {
+            m.metric("remora_tls_handshakes_total{direction=\"inbound\",result=\"failed\"}")
+                .await
+                == 2.0
+        },
+    )
+    .await;
 }

@@ -250,22 +250,7 @@ impl ControlClient {
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Full::new(body))
             .map_err(|e| format!("{uri}: {e}"))?;
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_VIEW_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(format!("{uri}: {e}")),
-            Err(_) => Err(format!("{uri}: no answer within {REQUEST_TIMEOUT:?}")),
-        }
+        send_on(&mut sender, request, REQUEST_TIMEOUT).await
     }
 
     /// Resolves once the proxy has its inbound view and is registered:
@@ -372,22 +357,7 @@ impl Shared {
         let request = request
             .body(Full::new(body))
             .map_err(|e| format!("{uri}: {e}"))?;
-        let exchange = async {
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_VIEW_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-        };
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(format!("{uri}: {e}")),
-            Err(_) => Err(format!("{uri}: no answer within {limit:?}")),
-        }
+        send_on(&mut sender, request, limit).await
     }
 
     /// The live connection, once there is one.
@@ -753,6 +723,32 @@ async fn maintain_connection(
             ),
         }
         tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// One request on `sender`'s connection, the whole exchange, body
+/// included, within `limit`.
+async fn send_on(
+    sender: &mut SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+    limit: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let uri = request.uri().to_string();
+    let exchange = async {
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_VIEW_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("{uri}: {e}")),
+        Err(_) => Err(format!("{uri}: no answer within {limit:?}")),
     }
 }
 
