@@ -12,32 +12,17 @@ use remora_certs::authority::{self, Generated};
 use remora_certs::verify::TrustAnchors;
 use remora_certs::{inspect, leaf, pem};
 use remora_e2e::control::ApiCaller;
+use remora_e2e::identity::{grant_tokens, token_file};
 use remora_e2e::mesh_client;
 use remora_e2e::process::binary;
 use remora_e2e::{eventually, metric_value, Client, ControlPlane, Proxy, Reply, Upstream};
 
-/// A bearer token; tokens.yaml holds its SHA-256 (as `sha256sum` prints it).
+/// A bearer token; tokens.yaml holds its SHA-256.
 const FRONTEND_TOKEN: &str = "frontend-token";
 const MESH: &str = "services:\n  orders: {}\n";
 
-fn sha256_hex(text: &str) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes())?;
-            child.wait_with_output()
-        })
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
-}
-
 fn tokens_file(dir: &Path) -> String {
-    let path = dir.join("tokens.yaml");
-    std::fs::write(&path, format!("frontend: {}\n", sha256_hex(FRONTEND_TOKEN))).unwrap();
-    path.display().to_string()
+    grant_tokens(dir, &[("frontend", FRONTEND_TOKEN)])
 }
 
 async fn ask(cp: &ControlPlane, token: Option<&str>, csr: &str) -> Reply {
@@ -277,23 +262,15 @@ async fn mesh_with_tokens(dir: &Path, extra: &[&str]) -> (ControlPlane, String) 
     let mut args = vec!["--tokens", tokens.as_str()];
     args.extend_from_slice(extra);
     let cp = ControlPlane::start_with(MESH, &args).await;
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{FRONTEND_TOKEN}\n")).unwrap();
-    (cp, token_file.display().to_string())
+    (cp, token_file(dir, "frontend"))
 }
 
 /// A ready sidecar of `frontend` with an identity from `token_file`, and
 /// its app.
 async fn frontend_proxy(cp: &ControlPlane, token_file: &str) -> (Proxy, Upstream) {
-    let anchors = cp.development_anchors().display().to_string();
     let app = Upstream::named("frontend").await;
-    let proxy = Proxy::controlled(
-        &cp.url(),
-        "frontend",
-        app.addr,
-        &["--token-file", token_file, "--trust-anchors", &anchors],
-    )
-    .await;
+    let anchors = cp.development_anchors();
+    let proxy = Proxy::identified(cp, "frontend", app.addr, token_file, &anchors).await;
     (proxy, app)
 }
 

@@ -4,27 +4,19 @@
 //! where it is permissive; a caller outside the allow list gets `403`; a
 //! certificate of another CA does not get through the handshake.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::StatusCode;
 use remora_certs::authority;
 use remora_certs::verify::TrustAnchors;
+use remora_e2e::identity::{grant_tokens, token_file};
 use remora_e2e::mesh_client::{self, credentials};
 use remora_e2e::upstream::text;
 use remora_e2e::{metric_value, Client, ControlPlane, Proxy, Upstream};
 
 const ORDERS_TOKEN: &str = "orders-token";
 
-fn sha256_hex(text: &str) -> String {
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout)[..64].to_string()
-}
+const FRONTEND_TOKEN: &str = "frontend-token";
 
 /// A control plane serving `mesh`, and a sidecar of `orders` with an
 /// identity, in front of an app that answers with the caller's identity
@@ -39,11 +31,8 @@ struct Meshed {
 
 async fn meshed(mesh: &str) -> Meshed {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.yaml");
-    std::fs::write(&tokens, format!("orders: {}\n", sha256_hex(ORDERS_TOKEN))).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, ORDERS_TOKEN).unwrap();
-    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens.display().to_string()]).await;
+    let tokens = grant_tokens(dir.path(), &[("orders", ORDERS_TOKEN)]);
+    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens]).await;
     let app = Upstream::start(|req| async move {
         let who = req
             .headers()
@@ -53,18 +42,8 @@ async fn meshed(mesh: &str) -> Meshed {
     })
     .await;
     let anchors_path = cp.development_anchors();
-    let proxy = Proxy::controlled(
-        &cp.url(),
-        "orders",
-        app.addr,
-        &[
-            "--token-file",
-            &token.display().to_string(),
-            "--trust-anchors",
-            &anchors_path.display().to_string(),
-        ],
-    )
-    .await;
+    let orders_token = token_file(dir.path(), "orders");
+    let proxy = Proxy::identified(&cp, "orders", app.addr, &orders_token, &anchors_path).await;
     let anchors = TrustAnchors::from_pem(&std::fs::read_to_string(&anchors_path).unwrap()).unwrap();
     Meshed {
         cp,
@@ -232,27 +211,10 @@ struct TwoSidecars {
 
 async fn two_sidecars(mesh: &str) -> TwoSidecars {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.yaml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "orders: {}\nfrontend: {}\n",
-            sha256_hex(ORDERS_TOKEN),
-            sha256_hex("frontend-token")
-        ),
-    )
-    .unwrap();
-    let token = |name: &str, value: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, value).unwrap();
-        p.display().to_string()
-    };
-    let (orders_token, frontend_token) = (
-        token("orders.token", ORDERS_TOKEN),
-        token("frontend.token", "frontend-token"),
-    );
-    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens.display().to_string()]).await;
-    let anchors = cp.development_anchors().display().to_string();
+    let grants = [("orders", ORDERS_TOKEN), ("frontend", FRONTEND_TOKEN)];
+    let tokens = grant_tokens(dir.path(), &grants);
+    let cp = ControlPlane::start_with(mesh, &["--tokens", &tokens]).await;
+    let anchors = cp.development_anchors();
     let orders_app = Upstream::start(|req| async move {
         let who = req
             .headers()
@@ -268,18 +230,17 @@ async fn two_sidecars(mesh: &str) -> TwoSidecars {
     })
     .await;
     let frontend_app = Upstream::named("frontend").await;
-    let orders = Proxy::controlled(
-        &cp.url(),
-        "orders",
-        orders_app.addr,
-        &["--token-file", &orders_token, "--trust-anchors", &anchors],
-    )
-    .await;
-    let frontend = Proxy::controlled(
-        &cp.url(),
+    let (orders_token, frontend_token) = (
+        token_file(dir.path(), "orders"),
+        token_file(dir.path(), "frontend"),
+    );
+    let orders = Proxy::identified(&cp, "orders", orders_app.addr, &orders_token, &anchors).await;
+    let frontend = Proxy::identified(
+        &cp,
         "frontend",
         frontend_app.addr,
-        &["--token-file", &frontend_token, "--trust-anchors", &anchors],
+        &frontend_token,
+        &anchors,
     )
     .await;
     TwoSidecars {
@@ -373,17 +334,13 @@ async fn the_trust_anchor_rotates_under_load_without_a_failed_request() {
         write("new.crt", &new.issuer_cert),
         write("new.key", &new.issuer_key),
     );
-    let tokens = write(
-        "tokens.yaml",
-        &format!(
-            "orders: {}\nfrontend: {}\n",
-            sha256_hex(ORDERS_TOKEN),
-            sha256_hex("frontend-token")
-        ),
+    let tokens = grant_tokens(
+        dir.path(),
+        &[("orders", ORDERS_TOKEN), ("frontend", FRONTEND_TOKEN)],
     );
     let (orders_token, frontend_token) = (
-        write("orders.token", ORDERS_TOKEN),
-        write("frontend.token", "frontend-token"),
+        token_file(dir.path(), "orders"),
+        token_file(dir.path(), "frontend"),
     );
     let issuer_flags = |cert: &str, key: &str| {
         vec![
@@ -407,20 +364,10 @@ async fn the_trust_anchor_rotates_under_load_without_a_failed_request() {
     let api = cp.api;
     let app = Upstream::named("orders").await;
     let web = Upstream::named("frontend").await;
-    let orders = Proxy::controlled(
-        &cp.url(),
-        "orders",
-        app.addr,
-        &["--token-file", &orders_token, "--trust-anchors", &bundle],
-    )
-    .await;
-    let frontend = Proxy::controlled(
-        &cp.url(),
-        "frontend",
-        web.addr,
-        &["--token-file", &frontend_token, "--trust-anchors", &bundle],
-    )
-    .await;
+    let bundle_path = std::path::PathBuf::from(&bundle);
+    let orders = Proxy::identified(&cp, "orders", app.addr, &orders_token, &bundle_path).await;
+    let frontend =
+        Proxy::identified(&cp, "frontend", web.addr, &frontend_token, &bundle_path).await;
 
     // Steady traffic from frontend's app to orders through both sidecars.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

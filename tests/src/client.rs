@@ -31,6 +31,22 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// `response`, its body read whole.
+    pub async fn read<B>(response: http::Response<B>) -> Result<Reply, String>
+    where
+        B: hyper::body::Body,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -121,13 +137,6 @@ impl Client {
             .await
             .map_err(|_| "no response within 30s".to_string())?
             .map_err(|e| format!("{e:?}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        })
+        Reply::read(response).await
     }
 }

@@ -179,8 +179,13 @@ impl ControlPlane {
             &std::fs::read_to_string(&self.anchors).expect("the trust anchors"),
         )
         .expect("trust anchors");
-        let mut sender =
-            crate::mesh_client::connect(self.api, &anchors, own, remora_api_identity()).await?;
+        let mut sender = crate::mesh_client::connect(
+            self.api,
+            &anchors,
+            own,
+            remora_api::identity::CONTROL_PLANE_IDENTITY,
+        )
+        .await?;
         crate::mesh_client::request(&mut sender, req).await
     }
 
@@ -265,9 +270,4 @@ impl ControlPlane {
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         self.process.wait_exit(limit, "the control plane").await
     }
-}
-
-/// The identity the control plane's API proves.
-fn remora_api_identity() -> &'static str {
-    "remora-control.remora"
 }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod control;
+pub mod identity;
 pub mod mesh_client;
 pub mod process;
 pub mod promtool;

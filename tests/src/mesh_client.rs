@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use remora_certs::authority::{Issuer, Validity};
@@ -86,14 +86,7 @@ pub async fn request(
     .await
     .map_err(|_| "no response within 10s".to_string())?
     .map_err(|e| format!("request: {e}"))?;
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Reply {
-        status: parts.status,
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    })
+    Reply::read(response).await
 }
 
 /// One GET of `path` to `addr` on a new mutual-TLS connection.

@@ -65,6 +65,25 @@ impl Proxy {
         proxy
     }
 
+    /// As [`Proxy::controlled`], with an identity: the token in
+    /// `token_file` and the trust anchors at `anchors`.
+    pub async fn identified(
+        control: &crate::ControlPlane,
+        service: &str,
+        app: SocketAddr,
+        token_file: &str,
+        anchors: &std::path::Path,
+    ) -> Proxy {
+        let anchors = anchors.display().to_string();
+        let extra = [
+            "--token-file",
+            token_file,
+            "--trust-anchors",
+            anchors.as_str(),
+        ];
+        Self::controlled(&control.url(), service, app, &extra).await
+    }
+
     /// As [`Proxy::controlled`], without waiting for `/ready`.
     pub async fn controlled_unready(
         control_url: &str,
