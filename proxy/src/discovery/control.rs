@@ -241,7 +241,7 @@ impl ControlClient {
         // A connection of its own, without a client certificate: this is
         // how a proxy gets its first one.
         let authority = self.0.base.trim_start_matches("https://");
-        let (mut sender, connection) = connect(authority, Some(&tls.bootstrap))
+        let (mut sender, connection) = connect(authority, Some((&tls.bootstrap, &tls.server_name)))
             .await
             .map_err(|e| format!("{uri}: {e:#}"))?;
         tokio::spawn(connection);
@@ -695,7 +695,8 @@ async fn maintain_connection(
                 tokio::time::sleep(CREDENTIALS_POLL).await;
             }
         }
-        match connect(&authority, shared.tls.as_ref().map(|t| &t.mesh)).await {
+        let tls = shared.tls.as_ref().map(|t| (&t.mesh, &t.server_name));
+        match connect(&authority, tls).await {
             Ok((sender, connection)) => {
                 tracing::info!(control_plane = %shared.base, "connected to the control plane");
                 backoff.reset();
@@ -761,7 +762,7 @@ type Connection =
 
 async fn connect(
     authority: &str,
-    tls: Option<&TlsConnector>,
+    tls: Option<(&TlsConnector, &ServerName<'static>)>,
 ) -> anyhow::Result<(SendRequest<Full<Bytes>>, Connection)> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority))
         .await
@@ -769,14 +770,11 @@ async fn connect(
     stream.set_nodelay(true)?;
     let stream: Box<dyn Io> = match tls {
         None => Box::new(stream),
-        Some(tls) => {
-            let name = ServerName::try_from("remora-control.remora").expect("a DNS name");
-            Box::new(
-                tls.connect(name, stream)
-                    .await
-                    .context("the TLS handshake with the control plane failed")?,
-            )
-        }
+        Some((tls, name)) => Box::new(
+            tls.connect(name.clone(), stream)
+                .await
+                .context("the TLS handshake with the control plane failed")?,
+        ),
     };
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -796,11 +794,14 @@ struct ControlTls {
     mesh: TlsConnector,
     /// Without one: asking for a certificate.
     bootstrap: TlsConnector,
+    /// Sent as SNI, made from the identity expected, as to other sidecars.
+    server_name: ServerName<'static>,
     store: Arc<CredentialStore>,
 }
 
 impl ControlTls {
     fn new(anchors: &TrustAnchors, store: Arc<CredentialStore>, expected: SpiffeId) -> ControlTls {
+        let server_name = crate::http::tls::sni(&expected);
         let config = |store| {
             TlsConnector::from(Arc::new(verify::client_config(
                 anchors,
@@ -811,6 +812,7 @@ impl ControlTls {
         ControlTls {
             mesh: config(store.clone()),
             bootstrap: config(Arc::new(CredentialStore::default())),
+            server_name,
             store,
         }
     }

@@ -56,7 +56,7 @@ impl MeshConnector {
 /// A DNS-shaped name for an identity (`orders.default.sa.cluster.local`
 /// for `spiffe://cluster.local/ns/default/sa/orders`), or a fixed one
 /// when the path does not make one.
-fn sni(identity: &SpiffeId) -> ServerName<'static> {
+pub(crate) fn sni(identity: &SpiffeId) -> ServerName<'static> {
     let labels: Vec<&str> = identity.path().trim_start_matches('/').split('/').collect();
     let name = match labels.as_slice() {
         ["ns", ns, "sa", sa] => format!("{sa}.{ns}.sa.{}", identity.trust_domain()),

@@ -32,6 +32,8 @@ pub struct Endpoint {
     /// Whom the endpoint must prove to be: a sidecar's inbound, reached
     /// over mutual TLS when this proxy has an identity too.
     pub identity: Option<SpiffeId>,
+    /// The identity as the `peer` label of requests to it, made once.
+    pub peer: Option<Arc<str>>,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
     /// Failures in a row, reset by a success without taking a lock.
@@ -71,6 +73,7 @@ impl Endpoint {
             authority: crate::http::authority_of(address),
             labels,
             identity: None,
+            peer: None,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
                 estimate: DEFAULT_RTT.as_nanos() as f64,
@@ -269,6 +272,7 @@ impl EndpointRegistry {
             .or_insert_with(|| {
                 Arc::new(Endpoint {
                     identity: identity.cloned(),
+                    peer: identity.map(|id| Arc::from(id.as_str())),
                     ..Endpoint::new(address, labels.clone())
                 })
             })

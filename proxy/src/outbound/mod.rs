@@ -281,8 +281,8 @@ impl Outbound {
         outcome.peer = outcome
             .endpoint
             .as_ref()
-            .and_then(|e| backend.meshed(e))
-            .map(|m| m.peer.clone());
+            .filter(|e| backend.is_meshed(e))
+            .and_then(|e| e.peer.clone());
         outcome
     }
 
@@ -348,7 +348,7 @@ impl Outbound {
             *attempt.uri_mut() = crate::http::upstream_uri(&endpoint.authority, &parts.uri);
 
             let mut in_flight = endpoint.start();
-            let client = meshed.map_or_else(|| backend.client(http2), |m| &m.client);
+            let client = meshed.unwrap_or_else(|| backend.client(http2));
             let sent = client.request(attempt);
             let result = match retry.and_then(|r| r.per_try_timeout) {
                 Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
