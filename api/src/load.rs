@@ -91,15 +91,23 @@ pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
 /// Reads a mesh config from disk.
 pub fn read_mesh(path: &Path) -> Result<Mesh, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        problems: vec![Problem {
-            file: file.clone(),
-            position: None,
-            key: String::new(),
-            message: e.to_string(),
-        }],
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&file, e.to_string()))?;
     parse_mesh(&file, &text)
+}
+
+impl ConfigError {
+    /// A file that could not be read at all: one problem, of no key.
+    pub fn unreadable(file: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            problems: vec![Problem {
+                file: file.to_string(),
+                position: None,
+                key: String::new(),
+                message: message.into(),
+            }],
+        }
+    }
 }
 
 /// A serde_yaml error as a problem of `file`, its key and position split out.

@@ -85,14 +85,8 @@ impl Tokens {
     /// each at its line and column.
     pub fn read(path: &Path, trust_domain: &str) -> Result<Tokens, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            problems: vec![Problem {
-                file: file.clone(),
-                position: None,
-                key: String::new(),
-                message: format!("cannot read the tokens: {e}"),
-            }],
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::unreadable(&file, format!("cannot read the tokens: {e}")))?;
         Tokens::parse(&file, &text, trust_domain)
     }
 
