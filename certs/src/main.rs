@@ -76,7 +76,7 @@ struct IssueArgs {
     #[arg(long, default_value = "24h")]
     valid_for: HumanDuration,
     /// When the certificate becomes valid (RFC 3339, e.g.
-    /// 2030-01-01T00:00:00Z); a minute ago when not given.
+    /// 2030-01-01T00:00:00Z); ten seconds ago when not given.
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     not_before: Option<SystemTime>,
     /// Where to write the chain (the certificate, then the issuer's).
