@@ -111,6 +111,28 @@ pub struct Service {
     pub inbound: Option<InboundPolicy>,
 }
 
+/// Every setting at its default, as the file's `NAME: {}` says: what a
+/// service that only registrations name gets.
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::default(),
+            identity: None,
+            endpoints: Vec::new(),
+            load_balancer: LoadBalancer::default(),
+            hash_on: None,
+            timeout: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            retry: None,
+            circuit_breaker: None,
+            health_check: None,
+            routes: Vec::new(),
+            inbound: None,
+        }
+    }
+}
+
 fn default_connect_timeout() -> HumanDuration {
     DEFAULT_CONNECT_TIMEOUT
 }

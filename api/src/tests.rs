@@ -310,3 +310,11 @@ fn identities_must_be_spiffe_ids_or_their_short_forms() {
     let good = "trust_domain: example.org\nservices:\n  a:\n    identity: a.shop\n    inbound: { allow: [frontend, \"spiffe://other/x\"] }\n";
     assert!(parse_mesh("mesh.yaml", good).is_ok());
 }
+
+#[test]
+fn a_default_service_is_what_an_empty_entry_reads_as() {
+    let from_serde: Service = serde_json::from_str("{}").unwrap();
+    assert_eq!(Service::default(), from_serde);
+    let from_yaml = parse_mesh("t", "services:\n  a: {}\n").unwrap();
+    assert_eq!(from_yaml.services["a"], Service::default());
+}

@@ -14,8 +14,9 @@ use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use crate::crypto::provider;
 use crate::inspect::{self, CertInfo};
-use crate::{pem, verify, Error, SpiffeId};
+use crate::{pem, Error, SpiffeId};
 
 /// Credentials are renewed once this share of their life has passed.
 pub const RENEW_AT: f64 = 0.7;
@@ -87,7 +88,7 @@ impl Credentials {
                 ));
             }
         }
-        let signing = verify::provider()
+        let signing = provider()
             .key_provider
             .load_private_key(key)
             .map_err(|e| Error::invalid("the key", e))?;

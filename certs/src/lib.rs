@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod crypto;
 pub mod error;
 pub mod inspect;
 pub mod leaf;

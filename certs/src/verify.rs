@@ -6,7 +6,7 @@
 //! client's identity from its certificate; what that identity may do is
 //! the authorization policy's business, not this module's.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -17,19 +17,12 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::crypto::provider;
 use crate::leaf::CredentialStore;
 use crate::{inspect, pem, Error, SpiffeId};
 
 /// The ALPN protocol of mesh connections.
 pub const ALPN_H2: &[u8] = b"h2";
-
-/// The one crypto provider: ring, as rustls ships it.
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
-}
 
 /// The certificates a mesh trusts: one, or two while the anchor rotates.
 #[derive(Clone, Debug)]

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use remora_proxy::admin::{metrics_response, text};
-use remora_proxy::discovery::MeshView;
-use remora_proxy::http::Body;
+use remora_server::admin::{metrics, text};
+use remora_server::mesh_file::LoadedMesh;
+use remora_server::Body;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The mesh file's view, when `--config` names one.
-    pub config: Option<watch::Receiver<Arc<MeshView>>>,
+    pub config: Option<watch::Receiver<Arc<LoadedMesh>>>,
     /// Serving; false while shutting down.
     pub ready: Arc<AtomicBool>,
 }
@@ -26,7 +26,7 @@ pub struct Admin {
 impl Admin {
     pub fn handle(&self, req: &Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => metrics_response(&self.metrics.registry, req),
+            (&Method::GET, "/metrics") => metrics(&self.metrics.registry, req),
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => self.ready(),
             (_, "/metrics" | "/live" | "/ready") => {

@@ -7,7 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use remora_proxy::telemetry::LogFormat;
+use remora_server::logs::LogFormat;
 
 pub const DEFAULT_API: &str = "0.0.0.0:8086";
 pub const DEFAULT_ADMIN: &str = "0.0.0.0:9990";

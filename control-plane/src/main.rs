@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    if let Err(e) = remora_proxy::telemetry::init(args.log_format, &args.log_level) {
+    if let Err(e) = remora_server::logs::init(args.log_format, &args.log_level) {
         eprintln!("remora-control: {e}");
         return ExitCode::from(2);
     }

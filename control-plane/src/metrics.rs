@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use remora_proxy::metrics::{ProcessCollector, ResultLabels};
+use remora_server::metrics::{ProcessCollector, ResultLabels};
 
 use crate::state::Kind;
 
@@ -124,7 +124,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use remora_proxy::metrics::{encode_openmetrics, to_prometheus_text};
+    use remora_server::metrics::{encode_openmetrics, to_prometheus_text};
 
     #[test]
     fn encodes_the_contract_names() {

@@ -8,21 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use remora_certs::leaf::CredentialStore;
-use remora_certs::verify::ClientAuth;
-use remora_proxy::http::tls::{InboundTls, TlsOnly};
-
 use anyhow::Context as _;
 use hyper::service::service_fn;
-use remora_proxy::http::server::{
-    self, drain_channel, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT,
+use remora_certs::leaf::CredentialStore;
+use remora_certs::verify::ClientAuth;
+use remora_server::serve::{
+    self as server, drain_channel, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT,
 };
-use remora_proxy::metrics::{Direction, TransportMetrics};
+use remora_server::signals::Signals;
+use remora_server::tls::{ServerTls, TlsOnly};
 use tokio::net::TcpListener;
 
 use crate::admin::Admin;
-use remora_proxy::signals::Signals;
-
 use crate::api::fanout::ThreadViews;
 use crate::api::{Api, RestartGrace};
 use crate::ca::{Authority, IssuerSource, Tokens};
@@ -47,7 +44,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = Arc::new(State::new(first_version, metrics.registrations.clone()));
     let config = match &args.config {
         Some(path) => {
-            let view = remora_proxy::discovery::watch_file(path, &metrics.config_reloads)
+            let view = remora_server::mesh_file::watch_file(path, &metrics.config_reloads)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .with_context(|| format!("the mesh config {} has problems", path.display()))?;
             let mesh = view.borrow().mesh.clone();
@@ -105,7 +102,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     tls: api_tls.clone(),
                     ..settings()
                 },
-                unrecorded_transport(),
                 draining.clone(),
                 move |peer| {
                     let (api, views) = (api.clone(), views.clone());
@@ -131,7 +127,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
         settings(),
-        unrecorded_transport(),
         admin_draining,
         move |_peer| {
             let admin = admin.clone();
@@ -195,10 +190,10 @@ fn authority(args: &ServeArgs, trust_domain: &str) -> anyhow::Result<Option<Arc<
 /// its life), and the mesh's anchors to check clients. A client may come
 /// without a certificate, to ask for its first one; nothing else is
 /// answered without one (see `api`). Plaintext is refused.
-fn api_tls(authority: Arc<Authority>, trust_domain: &str) -> anyhow::Result<InboundTls> {
+fn api_tls(authority: Arc<Authority>, trust_domain: &str) -> anyhow::Result<ServerTls> {
     let store = Arc::new(CredentialStore::default());
     store.set(authority.own_credentials(trust_domain)?);
-    let tls = InboundTls::with(
+    let tls = ServerTls::new(
         &authority.anchors,
         store.clone(),
         ClientAuth::Optional,
@@ -224,20 +219,14 @@ fn api_tls(authority: Arc<Authority>, trust_domain: &str) -> anyhow::Result<Inbo
 
 fn settings() -> ServerSettings {
     ServerSettings {
-        // Labels connection metrics, which the control plane does not record.
-        direction: Direction::Inbound,
         header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         // Pushes answer many streams of a connection at once; unvectored,
         // their answers coalesce into one write (see `api::chunks`).
         vectored_writes: false,
         tls: None,
+        // Connections and bytes are the proxy's traffic metrics.
+        metrics: None,
     }
-}
-
-/// The shared server counts connections and bytes for the proxy's traffic
-/// metrics; the control plane registers none of them.
-fn unrecorded_transport() -> TransportMetrics {
-    TransportMetrics::default()
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

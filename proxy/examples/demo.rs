@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         "--log-level",
         "info,remora::access=off,notify=warn",
     ]);
-    let log_level = remora_proxy::telemetry::init(config.log_format, &config.log_level)
+    let log_level = remora_server::logs::init(config.log_format, &config.log_level)
         .map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

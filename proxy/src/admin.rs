@@ -6,21 +6,18 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use remora_server::admin::{metrics, text};
+use remora_server::logs::LogLevel;
 use tokio::sync::{watch, Notify};
 
 use crate::discovery::MeshView;
 use crate::http::{full, Body};
 use crate::identity::Identity;
-use crate::metrics::{encode_openmetrics, to_prometheus_text, Metrics};
-use crate::telemetry::LogLevel;
-use prometheus_client::registry::Registry;
+use crate::metrics::Metrics;
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A log-level body is a filter string; anything longer is a mistake.
 const MAX_LOG_LEVEL_BYTES: usize = 4096;
 
@@ -42,7 +39,7 @@ impl Admin {
         peer: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         let response = match (req.method(), req.uri().path()) {
-            (&Method::GET, "/metrics") => metrics_response(&self.metrics.registry, &req),
+            (&Method::GET, "/metrics") => metrics(&self.metrics.registry, &req),
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/ready") => {
                 if self.ready.load(Ordering::Acquire) {
@@ -135,36 +132,4 @@ impl Admin {
             Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
         }
     }
-}
-
-/// `GET /metrics` of an admin port (the proxy's and the control plane's):
-/// OpenMetrics when the scraper's `Accept` asks for it, else the classic
-/// Prometheus text.
-pub fn metrics_response<B>(registry: &Registry, req: &Request<B>) -> Response<Body> {
-    let wants_openmetrics = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let openmetrics = encode_openmetrics(registry);
-    let (body, content_type) = if wants_openmetrics {
-        (openmetrics, OPENMETRICS)
-    } else {
-        (to_prometheus_text(&openmetrics), PROMETHEUS_TEXT)
-    };
-    let mut r = Response::new(full(body));
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-/// A plain-text answer of an admin port.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(full(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }

@@ -17,8 +17,6 @@ use crate::config::Config;
 use crate::discovery::control::ControlClient;
 use crate::discovery::MeshView;
 use crate::http::client::Clients;
-use crate::http::server::{self, drain_channel, ServerSettings};
-use crate::http::tls::InboundTls;
 use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::{Direction, Metrics};
@@ -26,10 +24,13 @@ use crate::outbound::balance::EndpointRegistry;
 use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
 use crate::outbound::{Discovery, Outbound};
-use crate::signals::Signals;
-use crate::telemetry::LogLevel;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
 use remora_api::SpiffeId;
+use remora_certs::verify::{ClientAuth, ALPN_H2};
+use remora_server::logs::LogLevel;
+use remora_server::serve::{self as server, drain_channel, ServerSettings};
+use remora_server::signals::Signals;
+use remora_server::tls::ServerTls;
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     if config.control_url.is_none() && config.token_file.is_some() {
@@ -106,7 +107,7 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let mut outbound = Outbound::new(metrics.http.clone());
     if let Some(client) = &control {
         outbound = outbound.with_discovery(Discovery {
-            client: client.clone(),
+            client: Arc::new(client.clone()),
             timeout: config.discovery_timeout.get(),
         });
     }
@@ -146,26 +147,27 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
 
     let (drain, draining) = drain_channel();
     let (admin_drain, admin_draining) = drain_channel();
-    let settings = |direction| ServerSettings {
-        direction,
+    let settings = |metrics| ServerSettings {
         header_read_timeout: config.header_read_timeout.get(),
         vectored_writes: true,
         tls: None,
+        metrics,
     };
     // With an identity, callers that start TLS are served over mutual
     // TLS, and the service's `mtls` mode says whether others are.
     let inbound_tls = match &identity {
-        Some(identity) => Some(InboundTls::new(
+        Some(identity) => Some(ServerTls::new(
             &identity.anchors,
             identity.store.clone(),
+            ClientAuth::Required,
+            &[ALPN_H2],
             inbound.clone(),
         )?),
         None => None,
     };
     let outbound_server = tokio::spawn(server::serve(
         outbound_listener,
-        settings(Direction::Outbound),
-        metrics.transport.clone(),
+        settings(Some(metrics.transport.listener(Direction::Outbound, false))),
         draining.clone(),
         move |_peer| {
             let outbound = outbound.clone();
@@ -178,10 +180,14 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     let inbound_server = tokio::spawn(server::serve(
         inbound_listener,
         ServerSettings {
+            metrics: Some(
+                metrics
+                    .transport
+                    .listener(Direction::Inbound, inbound_tls.is_some()),
+            ),
             tls: inbound_tls,
-            ..settings(Direction::Inbound)
+            ..settings(None)
         },
-        metrics.transport.clone(),
         draining,
         move |peer| {
             let inbound = inbound.clone();
@@ -195,8 +201,7 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
     // The admin server is not counted as proxied traffic.
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
-        settings(Direction::Inbound),
-        crate::metrics::TransportMetrics::default(),
+        settings(None),
         admin_draining,
         move |peer| {
             let admin = admin.clone();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use remora_api::HumanDuration;
 
-use crate::telemetry::LogFormat;
+use remora_server::logs::LogFormat;
 
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:4140";
 pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
@@ -59,10 +59,16 @@ pub struct Config {
     pub control_identity: String,
 
     /// The address other sidecars dial for this instance, registered with
-    /// the control plane. Default: `$POD_IP` with the inbound port, else the
+    /// the control plane. Default: --pod-ip with the inbound port, else the
     /// inbound listener's own address.
     #[arg(long, env = "REMORA_ADVERTISE")]
     pub advertise: Option<SocketAddr>,
+
+    /// The pod's IP address, which Kubernetes' downward API gives as
+    /// `POD_IP` (hence that variable, not `REMORA_POD_IP`): advertised with
+    /// the inbound port when --advertise is not given.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
 
     /// A label of this instance's registration (`version=v2`); repeatable.
     /// Routes split traffic by labels.

@@ -3,6 +3,7 @@
 //! can drive the pieces directly.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod config;
@@ -12,5 +13,3 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
-pub mod signals;
-pub mod telemetry;

@@ -6,7 +6,7 @@ use remora_proxy::config::Config;
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    let log_level = match remora_proxy::telemetry::init(config.log_format, &config.log_level) {
+    let log_level = match remora_server::logs::init(config.log_format, &config.log_level) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("remora-proxy: {e}");

@@ -4,15 +4,16 @@
 
 use std::sync::Arc;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
-};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use remora_server::metrics::{
+    encode_openmetrics, to_prometheus_text, ProcessCollector, ResultLabels,
+};
+use remora_server::serve::ConnectionMetrics;
 
 /// Latency buckets in seconds: sub-millisecond proxy hops to slow upstreams.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -143,11 +144,6 @@ pub struct BytesLabels {
     pub rw: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: &'static str,
-}
-
 /// A kind of control-plane resource: `outbound`, `inbound`, `registration`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabels {
@@ -214,15 +210,47 @@ impl HttpMetrics {
     }
 }
 
-/// Transport metrics: connections, bytes and TLS handshakes. The
-/// default records nothing anyone reads (for listeners that are not
-/// proxied traffic).
+/// Transport metrics: connections, bytes and TLS handshakes of the two
+/// traffic listeners (the admin port is not proxied traffic).
 #[derive(Clone, Debug, Default)]
 pub struct TransportMetrics {
     pub open: Family<ConnectionLabels, Gauge>,
     pub total: Family<ConnectionLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub handshakes: Family<HandshakeLabels, Counter>,
+}
+
+impl TransportMetrics {
+    /// The series of `direction`'s listener, resolved once for the server.
+    /// Handshakes are series only where the listener takes TLS.
+    pub fn listener(&self, direction: Direction, takes_tls: bool) -> ConnectionMetrics {
+        let pair = |tls| {
+            let labels = ConnectionLabels { direction, tls };
+            (
+                self.open.get_or_create_owned(&labels),
+                self.total.get_or_create_owned(&labels),
+            )
+        };
+        let bytes = |rw| {
+            self.bytes
+                .get_or_create_owned(&BytesLabels { direction, rw })
+        };
+        let handshakes = |result| match takes_tls {
+            true => self
+                .handshakes
+                .get_or_create_owned(&HandshakeLabels { direction, result }),
+            false => Counter::default(),
+        };
+        ConnectionMetrics {
+            plain: pair(false),
+            tls: pair(true),
+            read_bytes: bytes("read"),
+            written_bytes: bytes("write"),
+            handshakes_ok: handshakes("ok"),
+            handshakes_failed: handshakes("failed"),
+            plaintext_refused: handshakes("plaintext_refused"),
+        }
+    }
 }
 
 /// Everything the proxy records, created once and passed down.
@@ -354,83 +382,9 @@ impl Metrics {
     }
 }
 
-/// `registry` in the OpenMetrics text format.
-pub fn encode_openmetrics(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)
-        .expect("writing to a String cannot fail");
-    out
-}
-
-/// OpenMetrics names a counter family without its `_total` suffix and ends
-/// with `# EOF`; the classic format names the family as its sample is named
-/// and has no end marker. Everything else the encoder writes is the same.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let counter_meta = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
-            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {rest}"))
-        });
-        out.push_str(counter_meta.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// `process_*` metrics read from `/proc/self` at scrape time.
-#[derive(Debug)]
-pub struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let Ok(me) = procfs::process::Process::myself() else {
-            return Ok(());
-        };
-        if let Ok(stat) = me.stat() {
-            let ticks = procfs::ticks_per_second() as f64;
-            let cpu = (stat.utime + stat.stime) as f64 / ticks;
-            let e = encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "User and system CPU time spent in seconds",
-                None,
-                ConstCounter::new(cpu).metric_type(),
-            )?;
-            ConstCounter::new(cpu).encode(e)?;
-            let rss = stat.rss * procfs::page_size();
-            let e = encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                None,
-                ConstGauge::new(rss as i64).metric_type(),
-            )?;
-            ConstGauge::new(rss as i64).encode(e)?;
-        }
-        if let Ok(fds) = me.fd_count() {
-            let e = encoder.encode_descriptor(
-                "process_open_fds",
-                "Open file descriptors",
-                None,
-                ConstGauge::new(fds as i64).metric_type(),
-            )?;
-            ConstGauge::new(fds as i64).encode(e)?;
-        }
-        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use remora_proxy::http::{full, Body};
+use remora_server::{full, Body};
 
 use super::{error, read_body, Api};
 use crate::ca::Refusal;

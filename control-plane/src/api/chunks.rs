@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use remora_proxy::http::{boxed, Body};
+use remora_server::{boxed, Body};
 
 /// h2's copy limit for connections that do not write vectored.
 const COPY_LIMIT: usize = 1024;

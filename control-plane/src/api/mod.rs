@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use remora_api::protocol::ApiError;
-use remora_proxy::http::server::Drain;
-use remora_proxy::http::{full, Body};
+use remora_server::serve::Drain;
+use remora_server::{full, Body};
 
 use crate::ca::Authority;
 use crate::metrics::{Metrics, RequestLabels, ViewMetrics};

@@ -7,11 +7,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use remora_api::load::is_valid_service_name;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
-use remora_proxy::http::Body;
+use remora_server::Body;
 use serde::Serialize;
 
 use super::{error, json, read_body, Api};
-use crate::sources::registrations::Put;
+use crate::state::Put;
 
 /// A registration is a few hundred bytes; anything near this is a mistake.
 const MAX_BODY_BYTES: usize = 64 * 1024;

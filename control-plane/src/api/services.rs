@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use http::{Response, StatusCode};
-use remora_proxy::http::Body;
+use remora_server::Body;
 
 use super::{json, Api};
 

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use remora_api::load::is_valid_service_name;
 use remora_api::protocol::{DEFAULT_WAIT, MAX_WAIT, VERSION_HEADER};
 use remora_api::HumanDuration;
-use remora_proxy::http::{empty, Body};
+use remora_server::{empty, Body};
 
 use super::{chunks, error, json_body, Api, ThreadViews};
 use crate::state::{Kind, Published};

@@ -18,8 +18,10 @@ use remora_api::protocol::{
 use remora_api::{Endpoint, Mesh, Service};
 use tokio::sync::watch;
 
-use crate::sources::registrations::{Put, Table};
+pub use self::registrations::Put;
+use self::registrations::Table;
 
+mod registrations;
 #[cfg(test)]
 mod tests;
 
@@ -364,7 +366,7 @@ impl Inner {
     fn settings(&self, name: &str) -> Option<Service> {
         match self.mesh.services.get(name) {
             Some(s) => Some(s.clone()),
-            None => self.registrations.of(name).map(|_| default_service()),
+            None => self.registrations.of(name).map(|_| Service::default()),
         }
     }
 
@@ -487,24 +489,4 @@ fn dependents(mesh: &Mesh) -> HashMap<String, BTreeSet<String>> {
         }
     }
     out
-}
-
-/// A service that only registrations name: every setting at its default,
-/// as if the file said `NAME: {}`.
-pub fn default_service() -> Service {
-    Service {
-        protocol: Default::default(),
-        identity: None,
-        endpoints: Vec::new(),
-        load_balancer: Default::default(),
-        hash_on: None,
-        timeout: None,
-        connect_timeout: remora_api::DEFAULT_CONNECT_TIMEOUT,
-        idle_timeout: remora_api::DEFAULT_IDLE_TIMEOUT,
-        retry: None,
-        circuit_breaker: None,
-        health_check: None,
-        routes: Vec::new(),
-        inbound: None,
-    }
 }

@@ -45,12 +45,6 @@ services:
 ";
 
 #[test]
-fn a_registration_only_service_has_every_default() {
-    let from_serde: Service = serde_json::from_str("{}").unwrap();
-    assert_eq!(default_service(), from_serde);
-}
-
-#[test]
 fn versions_start_at_the_first_and_grow_with_each_change() {
     let s = state(MESH);
     let versions: BTreeSet<u64> = ["orders", "orders-next", "users"]

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
-use super::{MeshView, ViewStatus};
+use super::{MeshView, OnDemand, Presence, ViewStatus};
 use crate::metrics::{ControlMetrics, ResourceLabels};
 
 /// How long the control plane may hold a poll when nothing changes.
@@ -53,14 +53,6 @@ const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the connection, under TLS, looks for this proxy's first
 /// certificate.
 const CREDENTIALS_POLL: Duration = Duration::from_millis(50);
-
-/// What the control plane has said of a watched service so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Presence {
-    Pending,
-    Known,
-    Unknown,
-}
 
 /// The proxy's side of the control-plane protocol. Cheap to clone.
 #[derive(Clone)]
@@ -190,32 +182,6 @@ impl ControlClient {
         Ok((ControlClient(shared), view))
     }
 
-    /// Starts watching `service`'s outbound view unless it is watched
-    /// already. `None` when the name cannot be a service or too many are
-    /// watched.
-    pub fn watch(&self, service: &str) -> Option<watch::Receiver<Presence>> {
-        let mut state = self.0.lock();
-        if let Some(watched) = state.outbound.get(service) {
-            return Some(watched.presence.subscribe());
-        }
-        if !is_valid_service_name(service) || state.outbound.len() >= MAX_WATCHED_SERVICES {
-            return None;
-        }
-        let resource = Resource::Outbound(service.to_string());
-        let (presence, rx) = watch::channel(Presence::Pending);
-        state.outbound.insert(
-            service.to_string(),
-            Watched {
-                view: None,
-                status: ViewStatus::new(&resource),
-                presence,
-            },
-        );
-        tracing::debug!(service, "watching a service's outbound view");
-        tokio::spawn(poll(self.0.clone(), resource));
-        Some(rx)
-    }
-
     /// Asks the control plane to sign `csr_pem` for the identity `token`
     /// grants: its status and body (the chain, or why not).
     pub async fn request_certificate(
@@ -282,6 +248,32 @@ impl ControlClient {
             path,
             task,
         }
+    }
+}
+
+/// Watches a service's outbound view, from the app's first call to it.
+impl OnDemand for ControlClient {
+    fn watch(&self, service: &str) -> Option<watch::Receiver<Presence>> {
+        let mut state = self.0.lock();
+        if let Some(watched) = state.outbound.get(service) {
+            return Some(watched.presence.subscribe());
+        }
+        if !is_valid_service_name(service) || state.outbound.len() >= MAX_WATCHED_SERVICES {
+            return None;
+        }
+        let resource = Resource::Outbound(service.to_string());
+        let (presence, rx) = watch::channel(Presence::Pending);
+        state.outbound.insert(
+            service.to_string(),
+            Watched {
+                view: None,
+                status: ViewStatus::new(&resource),
+                presence,
+            },
+        );
+        tracing::debug!(service, "watching a service's outbound view");
+        tokio::spawn(poll(self.0.clone(), resource));
+        Some(rx)
     }
 }
 

@@ -12,8 +12,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use remora_api::{InboundPolicy, Mesh};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
+use tokio::sync::watch;
 
 pub use file::watch_file;
+
+/// What a source has said of a service watched on demand so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Pending,
+    Known,
+    Unknown,
+}
+
+/// A source that learns of services when the app first calls them (the
+/// control plane's), as the outbound sees it.
+pub trait OnDemand: Send + Sync {
+    /// Starts watching `service` unless it is watched already. `None` when
+    /// the name cannot be a service or no more can be watched.
+    fn watch(&self, service: &str) -> Option<watch::Receiver<Presence>>;
+}
 
 /// One good version of the mesh, and what became of the latest attempt to
 /// replace it.

@@ -178,10 +178,10 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
 /// `Content-Length` beside `Transfer-Encoding` is how requests are smuggled
 /// past proxies (RFC 9112 §6.1); such a request is refused, not repaired.
 /// hyper keeps only one of the two headers, so the server marks the request
-/// (see [`super::smuggling`]).
+/// (see [`remora_server::smuggling`]).
 pub fn is_smuggling_attempt(headers: &HeaderMap, extensions: &http::Extensions) -> bool {
     extensions
-        .get::<super::smuggling::AmbiguousFraming>()
+        .get::<remora_server::smuggling::AmbiguousFraming>()
         .is_some()
         || headers.contains_key(header::TRANSFER_ENCODING)
             && headers.contains_key(header::CONTENT_LENGTH)

@@ -1,35 +1,19 @@
-//! HTTP building blocks shared by both directions: the body type, errors as
-//! responses, header hygiene, replayable bodies, retries, the server and the
-//! upstream clients. One concern per file.
+//! HTTP building blocks shared by both directions: errors as responses,
+//! header hygiene, replayable bodies, retries, upgrades and the upstream
+//! clients. One concern per file. The server and the body type are
+//! `remora_server`'s, which the control plane runs too.
 
 pub mod client;
 pub mod errors;
 pub mod headers;
 pub mod replay;
 pub mod retry;
-pub mod server;
-pub mod smuggling;
 pub mod tls;
 pub mod upgrade;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The one body type that flows through the proxy in both directions.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
+use http_body_util::BodyExt;
+pub use remora_server::body::{boxed, empty, full, Body, BoxError};
 
 /// The caller's request body, its errors marked as the caller's so that a
 /// failed send is not blamed on the endpoint.
@@ -56,13 +40,4 @@ pub fn upstream_uri(authority: &http::uri::Authority, original: &http::Uri) -> h
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     );
     http::Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
-}
-
-/// Boxes any body whose errors can be boxed.
-pub fn boxed<B>(body: B) -> Body
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
 }

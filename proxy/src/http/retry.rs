@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, StatusCode};
 use remora_api::{RetryOn, RetryPolicy};
+use remora_server::Backoff;
 use tower::retry::budget::{Budget, TpsBudget};
 
 /// How long a deposit counts toward the budget.
@@ -19,8 +20,7 @@ pub struct Retry {
     pub attempts: u32,
     on: Vec<RetryOn>,
     pub per_try_timeout: Option<Duration>,
-    backoff_base: Duration,
-    backoff_max: Duration,
+    backoff: Backoff,
     non_idempotent: bool,
     budget: Arc<TpsBudget>,
     policy: RetryPolicy,
@@ -76,8 +76,7 @@ impl Retry {
             attempts: policy.attempts,
             on: policy.on.clone(),
             per_try_timeout: policy.per_try_timeout.map(Into::into),
-            backoff_base: policy.backoff.base.into(),
-            backoff_max: policy.backoff.max.into(),
+            backoff: Backoff::new(policy.backoff.base.into(), policy.backoff.max.into()),
             non_idempotent: policy.non_idempotent,
             budget,
             policy: policy.clone(),
@@ -123,14 +122,9 @@ impl Retry {
         self.budget.withdraw()
     }
 
-    /// Full jitter: uniform in zero..min(max, base·2^retry).
+    /// The wait before retry number `retry` (from 0).
     pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
-            .min(self.backoff_max);
-        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
-        Duration::from_nanos(fastrand::u64(0..=nanos))
+        self.backoff.delay(retry)
     }
 }
 

@@ -1,29 +1,25 @@
-//! Mutual TLS between sidecars: the connector that dials a meshed endpoint
-//! (TLS 1.3, ALPN `h2`, the endpoint's identity checked) and the inbound
-//! side's detection of TLS or plaintext from a connection's first byte.
-//! Both read this proxy's credentials from its [`CredentialStore`], so a
-//! renewal applies to the next handshake; a connection keeps its own.
+//! Mutual TLS to a meshed endpoint: the connector that dials it (TLS 1.3,
+//! ALPN `h2`, the endpoint's identity checked), reading this proxy's
+//! credentials from its [`CredentialStore`], so that a renewal applies to
+//! the next handshake; a connection keeps its own. The accepting side is
+//! `remora_server::tls`.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use remora_certs::leaf::CredentialStore;
-use remora_certs::verify::{self, ClientAuth, TrustAnchors};
+use remora_certs::verify::{self, TrustAnchors};
 use remora_certs::SpiffeId;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 use tower::Service;
-
-/// The first byte of a TLS record carrying a handshake (a ClientHello).
-const TLS_HANDSHAKE: u8 = 0x16;
 
 /// Dials a meshed endpoint: TCP, then TLS with this proxy's credentials,
 /// requiring the server to be `expected`.
@@ -141,79 +137,6 @@ impl AsyncWrite for MeshStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-/// How the inbound side treats a connection that does not start TLS.
-pub trait PlaintextPolicy: Send + Sync {
-    /// Whether a plaintext connection is served (the service is
-    /// `permissive`) or refused (`strict`).
-    fn allows_plaintext(&self) -> bool;
-}
-
-/// A listener that serves only TLS.
-pub struct TlsOnly;
-
-impl PlaintextPolicy for TlsOnly {
-    fn allows_plaintext(&self) -> bool {
-        false
-    }
-}
-
-/// The inbound side's TLS: this proxy's credentials, every client's chain
-/// verified against the anchors.
-#[derive(Clone)]
-pub struct InboundTls {
-    pub acceptor: TlsAcceptor,
-    pub plaintext: Arc<dyn PlaintextPolicy>,
-}
-
-impl std::fmt::Debug for InboundTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboundTls").finish_non_exhaustive()
-    }
-}
-
-impl InboundTls {
-    /// A sidecar's inbound: every client must present a certificate of
-    /// the mesh, and speaks HTTP/2.
-    pub fn new(
-        anchors: &TrustAnchors,
-        store: Arc<CredentialStore>,
-        plaintext: Arc<dyn PlaintextPolicy>,
-    ) -> Result<InboundTls, remora_certs::Error> {
-        Self::with(
-            anchors,
-            store,
-            ClientAuth::Required,
-            &[verify::ALPN_H2],
-            plaintext,
-        )
-    }
-
-    pub fn with(
-        anchors: &TrustAnchors,
-        store: Arc<CredentialStore>,
-        client_auth: ClientAuth,
-        alpn: &[&[u8]],
-        plaintext: Arc<dyn PlaintextPolicy>,
-    ) -> Result<InboundTls, remora_certs::Error> {
-        let config = verify::server_config(anchors, store, client_auth, alpn)?;
-        Ok(InboundTls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            plaintext,
-        })
-    }
-}
-
-/// Whether a connection starts with a TLS handshake, from its first byte,
-/// read without consuming it; `None` when nothing arrives within `limit`
-/// or the connection closes first.
-pub async fn starts_tls(stream: &TcpStream, limit: Duration) -> Option<bool> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE),
-        _ => None,
     }
 }
 

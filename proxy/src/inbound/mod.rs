@@ -15,15 +15,15 @@ use http::{HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use remora_api::{InboundPolicy, SpiffeId};
+use remora_server::serve::Peer;
+use remora_server::tls::PlaintextPolicy;
 
+use crate::access_log::AccessRecord;
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
-use crate::http::server::Peer;
-use crate::http::tls::PlaintextPolicy;
 use crate::http::{boxed, headers, Body};
 use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels};
 use crate::outbound::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
-use crate::telemetry::AccessRecord;
 
 use self::policy::Policy;
 

@@ -18,14 +18,14 @@ use hyper::body::Incoming;
 
 use self::balance::Endpoint;
 use self::snapshot::{Backend, Route, Snapshot};
-use crate::discovery::control::{ControlClient, Presence};
+use crate::access_log::AccessRecord;
+use crate::discovery::{OnDemand, Presence};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
 use crate::metrics::{EjectionLabels, HttpMetrics, RetryLabels, RouteLabels};
-use crate::telemetry::AccessRecord;
 
 /// `remora_endpoints{direction, service, state}`, counted from the live
 /// view at scrape time so it can never disagree with it.
@@ -101,7 +101,7 @@ pub struct Outbound {
 /// Where services missing from the snapshot are looked up, and how long a
 /// request waits for them.
 pub struct Discovery {
-    pub client: ControlClient,
+    pub client: Arc<dyn OnDemand>,
     pub timeout: Duration,
 }
 

@@ -1,14 +1,9 @@
-//! Logs: JSON or text lines through `tracing`, a level that can change at
-//! run time (`PUT /log-level`), and the access log: one line per request
-//! under the `remora::access` target.
-
-use std::time::Duration;
+//! Logs: JSON or text lines on stderr through `tracing`, with a level
+//! that can change at run time (the proxy's `PUT /log-level`).
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
-
-pub const ACCESS_LOG_TARGET: &str = "remora::access";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -47,41 +42,4 @@ pub fn init(format: LogFormat, directives: &str) -> Result<LogLevel, String> {
     }
     .map_err(|e| e.to_string())?;
     Ok(LogLevel(handle))
-}
-
-/// What the access log says of one request.
-pub struct AccessRecord<'a> {
-    pub direction: &'static str,
-    pub service: &'a str,
-    pub route: &'a str,
-    pub method: &'a str,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub duration: Duration,
-    pub endpoint: &'a str,
-    pub retries: u32,
-    pub request_id: &'a str,
-    pub error: &'a str,
-}
-
-impl AccessRecord<'_> {
-    pub fn log(&self) {
-        tracing::info!(
-            target: ACCESS_LOG_TARGET,
-            direction = self.direction,
-            service = self.service,
-            route = self.route,
-            method = self.method,
-            authority = self.authority,
-            path = self.path,
-            status = self.status,
-            duration_ms = self.duration.as_secs_f64() * 1000.0,
-            endpoint = self.endpoint,
-            retries = self.retries,
-            request_id = self.request_id,
-            error = self.error,
-            "request"
-        );
-    }
 }

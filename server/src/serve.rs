@@ -1,7 +1,8 @@
-//! The HTTP server of both directions: accept, detect TLS or plaintext
-//! (where the listener takes mutual TLS), detect HTTP/1.1 or HTTP/2 (prior
-//! knowledge) per connection, enforce header limits and the header read
-//! timeout, count connections, handshakes and bytes, and drain gracefully.
+//! The HTTP server of every listener of both binaries: accept, detect TLS
+//! or plaintext (where the listener takes TLS), detect HTTP/1.1 or HTTP/2
+//! (prior knowledge) per connection, enforce header limits and the header
+//! read timeout, count connections, handshakes and bytes where the
+//! listener's owner asks, and drain gracefully.
 
 use std::convert::Infallible;
 use std::io;
@@ -18,27 +19,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use remora_certs::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::smuggling::{AmbiguousFraming, Framing};
-use super::tls::InboundTls;
-use super::Body;
-use crate::metrics::{BytesLabels, ConnectionLabels, Direction, HandshakeLabels, TransportMetrics};
+use crate::smuggling::{AmbiguousFraming, Framing};
+use crate::tls::ServerTls;
+use crate::{Body, MAX_HEADER_BYTES};
 
-/// Headers of one request may take this much in all (→ 431 past it).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one HTTP/2 client may have open at once.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
-    pub direction: Direction,
     pub header_read_timeout: Duration,
     /// Whether connections may write with `writev`. The proxy's do: a large
     /// body goes out beside its frame header without a copy. A server of
@@ -47,9 +43,28 @@ pub struct ServerSettings {
     /// sends each in a write of its own when writes are vectored), so that
     /// the responses that are ready together leave in one write.
     pub vectored_writes: bool,
-    /// Mutual TLS for connections that start a handshake (the inbound
-    /// listener of a proxy with an identity); `None` serves plaintext only.
-    pub tls: Option<InboundTls>,
+    /// TLS for connections that start a handshake (the inbound listener
+    /// of a proxy with an identity, the control plane's API); `None`
+    /// serves plaintext only.
+    pub tls: Option<ServerTls>,
+    /// The listener's connection metrics, for a listener of proxied
+    /// traffic; `None` counts nothing.
+    pub metrics: Option<ConnectionMetrics>,
+}
+
+/// A listener's connection metrics, resolved once by its owner.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open and accepted, in plaintext and over TLS.
+    pub plain: (Gauge, Counter),
+    pub tls: (Gauge, Counter),
+    pub read_bytes: Counter,
+    pub written_bytes: Counter,
+    /// TLS handshakes that succeeded, that failed, and plaintext
+    /// connections refused by a TLS-only policy.
+    pub handshakes_ok: Counter,
+    pub handshakes_failed: Counter,
+    pub plaintext_refused: Counter,
 }
 
 /// Tells servers to stop accepting and finish what they have.
@@ -95,7 +110,6 @@ pub struct Peer {
 pub async fn serve<S, F>(
     listener: TcpListener,
     settings: ServerSettings,
-    transport: TransportMetrics,
     mut drain: Drain,
     make_service: F,
 ) where
@@ -118,7 +132,6 @@ pub async fn serve<S, F>(
         .keep_alive_interval(Some(Duration::from_secs(20)));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Connections {
-        metrics: ConnectionMetrics::new(&transport, settings.direction),
         builder,
         make_service,
         settings,
@@ -151,51 +164,6 @@ struct Connections<F> {
     builder: auto::Builder<TokioExecutor>,
     make_service: F,
     settings: ServerSettings,
-    metrics: ConnectionMetrics,
-}
-
-/// A listener's connection metrics, resolved once.
-struct ConnectionMetrics {
-    handshakes: Family<HandshakeLabels, Counter>,
-    direction: Direction,
-    plain: (Gauge, Counter),
-    tls: (Gauge, Counter),
-    read: Counter,
-    written: Counter,
-}
-
-impl ConnectionMetrics {
-    fn new(transport: &TransportMetrics, direction: Direction) -> ConnectionMetrics {
-        let pair = |tls| {
-            let labels = ConnectionLabels { direction, tls };
-            (
-                transport.open.get_or_create_owned(&labels),
-                transport.total.get_or_create_owned(&labels),
-            )
-        };
-        let bytes = |rw| {
-            transport
-                .bytes
-                .get_or_create_owned(&BytesLabels { direction, rw })
-        };
-        ConnectionMetrics {
-            handshakes: transport.handshakes.clone(),
-            direction,
-            plain: pair(false),
-            tls: pair(true),
-            read: bytes("read"),
-            written: bytes("write"),
-        }
-    }
-
-    fn handshake(&self, result: &'static str) {
-        self.handshakes
-            .get_or_create(&HandshakeLabels {
-                direction: self.direction,
-                result,
-            })
-            .inc();
-    }
 }
 
 impl<S, F> Connections<F>
@@ -214,17 +182,22 @@ where
             };
             return self.http(stream, peer, watcher).await;
         };
-        match super::tls::starts_tls(&stream, self.settings.header_read_timeout).await {
+        let metrics = self.settings.metrics.as_ref();
+        match crate::tls::starts_tls(&stream, self.settings.header_read_timeout).await {
             Some(true) => match tls.acceptor.accept(stream).await {
                 Ok(stream) => {
-                    self.metrics.handshake("ok");
+                    if let Some(m) = metrics {
+                        m.handshakes_ok.inc();
+                    }
                     let identity =
                         remora_certs::verify::peer_identity(stream.get_ref().1.peer_certificates());
                     let peer = Peer { addr, identity };
                     self.http(stream, peer, watcher).await;
                 }
                 Err(e) => {
-                    self.metrics.handshake("failed");
+                    if let Some(m) = metrics {
+                        m.handshakes_failed.inc();
+                    }
                     tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
                 }
             },
@@ -236,7 +209,9 @@ where
                 self.http(stream, peer, watcher).await;
             }
             Some(false) => {
-                self.metrics.handshake("plaintext_refused");
+                if let Some(m) = metrics {
+                    m.plaintext_refused.inc();
+                }
                 tracing::info!(peer = %addr, "plaintext refused: this service's inbound is mtls: strict");
             }
             // Closed, or silent past the header read timeout.
@@ -248,18 +223,21 @@ where
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (open, total) = if peer.identity.is_some() {
-            &self.metrics.tls
-        } else {
-            &self.metrics.plain
-        };
-        total.inc();
-        open.inc();
+        let metrics = self.settings.metrics.as_ref();
+        let open = metrics.map(|m| {
+            let (open, total) = if peer.identity.is_some() {
+                &m.tls
+            } else {
+                &m.plain
+            };
+            total.inc();
+            open.inc();
+            open
+        });
         let (framing, verdicts) = Framing::new();
         let io = TokioIo::new(Counted {
             inner: io,
-            read: self.metrics.read.clone(),
-            written: self.metrics.written.clone(),
+            bytes: metrics.map(|m| (m.read_bytes.clone(), m.written_bytes.clone())),
             framing,
             vectored: self.settings.vectored_writes,
         });
@@ -275,18 +253,20 @@ where
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
         }
-        open.dec();
+        if let Some(open) = open {
+            open.dec();
+        }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A stream that counts the bytes it moves and follows the framing of
-    /// the requests it reads.
+    /// A stream that counts the bytes it moves (read, written) where its
+    /// listener counts them, and follows the framing of the requests it
+    /// reads.
     struct Counted<IO> {
         #[pin]
         inner: IO,
-        read: Counter,
-        written: Counter,
+        bytes: Option<(Counter, Counter)>,
         framing: Framing,
         vectored: bool,
     }
@@ -303,7 +283,9 @@ impl<IO: AsyncRead> AsyncRead for Counted<IO> {
         let result = this.inner.poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.read.inc_by(n as u64);
+            if let Some((read, _)) = this.bytes {
+                read.inc_by(n as u64);
+            }
             this.framing.feed(&buf.filled()[before..]);
         }
         result
@@ -318,8 +300,8 @@ impl<IO: AsyncWrite> AsyncWrite for Counted<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = result {
-            this.written.inc_by(n as u64);
+        if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, this.bytes) {
+            written.inc_by(*n as u64);
         }
         result
     }
@@ -331,8 +313,8 @@ impl<IO: AsyncWrite> AsyncWrite for Counted<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = result {
-            this.written.inc_by(n as u64);
+        if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, this.bytes) {
+            written.inc_by(*n as u64);
         }
         result
     }

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::server::MAX_HEADER_BYTES;
+use crate::MAX_HEADER_BYTES;
 
 /// hyper's default limit on the number of headers of one request.
 const MAX_HEADERS: usize = 100;

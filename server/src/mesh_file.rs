@@ -1,0 +1,291 @@
+//! A `mesh.yaml` on disk, watched for changes (also through the symlink
+//! swap a mounted Kubernetes ConfigMap makes) and published parsed, with
+//! what became of the latest edit. The control plane serves it; a
+//! standalone proxy runs on it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use remora_api::{ConfigError, Mesh};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::ResultLabels;
+
+/// The last good version of the file, and what became of the latest
+/// attempt to replace it.
+#[derive(Clone, Debug)]
+pub struct LoadedMesh {
+    /// The file's path, as given.
+    pub source: String,
+    /// 1 for the first good version, one more for each good edit.
+    pub version: u64,
+    pub loaded_at: SystemTime,
+    /// The last rejected edit's problems, until a good edit replaces them.
+    pub last_error: Option<String>,
+    pub mesh: Arc<Mesh>,
+}
+
+/// After an event that leaves the file whole (a writer closed it, or a
+/// new one was renamed into place, as a ConfigMap update does), this much
+/// quiet before reading it: long enough to take the rest of a burst of
+/// events as one change.
+const SETTLED_QUIET: Duration = Duration::from_millis(5);
+/// After an event that may come from a write still in progress, this much
+/// quiet before reading, so that a half-written file is not read.
+const WRITING_QUIET: Duration = Duration::from_millis(50);
+/// A file that keeps changing is read at least this often.
+const MAX_SETTLE: Duration = Duration::from_secs(1);
+/// Re-read even without a file event, in case one was missed.
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// Reads `path` (which must be good now) and keeps what it publishes
+/// current, counting each reload's result in `reloads`.
+pub fn watch_file(
+    path: &Path,
+    reloads: &Family<ResultLabels, Counter>,
+) -> Result<watch::Receiver<Arc<LoadedMesh>>, ConfigError> {
+    // Watch before the first read, so no edit made after it is missed.
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let watcher = watch_dir(path, events_tx);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mesh = remora_api::read_mesh(path)?;
+    let view = LoadedMesh {
+        source: path.display().to_string(),
+        version: 1,
+        loaded_at: SystemTime::now(),
+        last_error: None,
+        mesh: Arc::new(mesh),
+    };
+    let (tx, rx) = watch::channel(Arc::new(view));
+    let reloads = Reloads {
+        ok: reloads.get_or_create_owned(&ResultLabels { result: "ok" }),
+        error: reloads.get_or_create_owned(&ResultLabels { result: "error" }),
+    };
+    tokio::spawn(follow(
+        path.to_path_buf(),
+        text,
+        tx,
+        reloads,
+        events,
+        watcher,
+    ));
+    Ok(rx)
+}
+
+struct Reloads {
+    ok: Counter,
+    error: Counter,
+}
+
+/// What an event in the config's directory says of the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    /// Whatever changed is whole now: read it once the burst is over.
+    Settled,
+    /// Something is being written: wait for it to finish.
+    Writing,
+}
+
+impl Change {
+    /// Whether `kind` may have changed the file, and how. Opening and
+    /// reading it do not, and must not count: reading the file after each
+    /// event would otherwise trigger the next read, forever.
+    fn of(kind: &EventKind) -> Option<Change> {
+        match kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_) => Some(Change::Settled),
+            EventKind::Access(_) => None,
+            _ => Some(Change::Writing),
+        }
+    }
+
+    /// How long no further event must come before the file is read.
+    fn quiet(self) -> Duration {
+        match self {
+            Change::Settled => SETTLED_QUIET,
+            Change::Writing => WRITING_QUIET,
+        }
+    }
+}
+
+/// Sends an event whenever something in `path`'s directory changes. The
+/// directory, not the file: editors and ConfigMaps replace the file (or a
+/// symlink above it) rather than write into it.
+fn watch_dir(
+    path: &Path,
+    events: mpsc::UnboundedSender<Change>,
+) -> Option<notify::RecommendedWatcher> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Some(change) = event.ok().and_then(|e| Change::of(&e.kind)) {
+            let _ = events.send(change);
+        }
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|_| w));
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config's directory; re-reading it every {RESCAN:?}");
+            None
+        }
+    }
+}
+
+/// Waits until the burst of events that `first` began is over: no event
+/// for as long as the latest one asks (see [`Change::quiet`]), or
+/// [`MAX_SETTLE`] in all.
+async fn settle(first: Change, events: &mut mpsc::UnboundedReceiver<Change>) {
+    let began = tokio::time::Instant::now();
+    let mut latest = first;
+    while began.elapsed() < MAX_SETTLE {
+        match tokio::time::timeout(latest.quiet(), events.recv()).await {
+            Ok(Some(next)) => latest = next,
+            // Quiet for long enough, or the watcher is gone.
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
+async fn follow(
+    path: PathBuf,
+    mut last_text: String,
+    tx: watch::Sender<Arc<LoadedMesh>>,
+    reloads: Reloads,
+    mut events: mpsc::UnboundedReceiver<Change>,
+    _watcher: Option<notify::RecommendedWatcher>,
+) {
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(change) => settle(change, &mut events).await,
+                // The watcher is gone; fall back to rescans only.
+                None => tokio::time::sleep(RESCAN).await,
+            },
+            _ = tokio::time::sleep(RESCAN) => {}
+            _ = tx.closed() => return,
+        }
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Mid-swap, or deleted: keep serving what we have.
+                tracing::debug!(path = %path.display(), error = %e, "config unreadable; keeping the last good one");
+                continue;
+            }
+        };
+        if text == last_text {
+            continue;
+        }
+        last_text = text;
+        match remora_api::parse_mesh(&path.display().to_string(), &last_text) {
+            Ok(mesh) => {
+                reloads.ok.inc();
+                let version = tx.borrow().version + 1;
+                tracing::info!(path = %path.display(), version, "config reloaded");
+                tx.send_replace(Arc::new(LoadedMesh {
+                    source: path.display().to_string(),
+                    version,
+                    loaded_at: SystemTime::now(),
+                    last_error: None,
+                    mesh: Arc::new(mesh),
+                }));
+            }
+            Err(e) => {
+                reloads.error.inc();
+                tracing::error!(path = %path.display(), problems = %e, "config rejected; the last good config keeps serving");
+                tx.send_modify(|view| {
+                    let mut v = (**view).clone();
+                    v.last_error = Some(e.to_string());
+                    *view = Arc::new(v);
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_the_file_is_not_a_change_but_writing_it_is() {
+        let of = |kind| Change::of(&kind);
+        assert_eq!(
+            of(EventKind::Access(AccessKind::Open(AccessMode::Any))),
+            None
+        );
+        assert_eq!(
+            of(EventKind::Access(AccessKind::Close(AccessMode::Read))),
+            None
+        );
+        assert_eq!(
+            of(EventKind::Create(CreateKind::File)),
+            Some(Change::Writing)
+        );
+        assert_eq!(
+            of(EventKind::Modify(ModifyKind::Data(DataChange::Any))),
+            Some(Change::Writing)
+        );
+    }
+
+    #[test]
+    fn a_closed_or_renamed_file_is_whole() {
+        let of = |kind| Change::of(&kind);
+        assert_eq!(
+            of(EventKind::Access(AccessKind::Close(AccessMode::Write))),
+            Some(Change::Settled)
+        );
+        assert_eq!(
+            of(EventKind::Modify(ModifyKind::Name(RenameMode::To))),
+            Some(Change::Settled)
+        );
+        assert_eq!(
+            of(EventKind::Remove(RemoveKind::File)),
+            Some(Change::Settled)
+        );
+        assert!(Change::Settled.quiet() < Change::Writing.quiet());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_settles_on_its_last_event() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // A write in progress, then its close: the close's short quiet
+        // ends the burst, not the write's long one.
+        tx.send(Change::Settled).unwrap();
+        let began = tokio::time::Instant::now();
+        let settling = tokio::spawn(async move {
+            settle(Change::Writing, &mut rx).await;
+            began.elapsed()
+        });
+        let waited = settling.await.unwrap();
+        assert_eq!(waited, SETTLED_QUIET);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_never_stops_changing_is_still_read() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let feeding = tokio::spawn(async move {
+            while tx.send(Change::Writing).is_ok() {
+                tokio::time::sleep(WRITING_QUIET / 2).await;
+            }
+        });
+        let began = tokio::time::Instant::now();
+        settle(Change::Writing, &mut rx).await;
+        let waited = began.elapsed();
+        assert!(
+            (MAX_SETTLE..MAX_SETTLE + WRITING_QUIET).contains(&waited),
+            "{waited:?}"
+        );
+        feeding.abort();
+    }
+}
