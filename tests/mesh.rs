@@ -188,6 +188,21 @@ async fn a_route_change_in_mesh_yaml_reaches_a_running_proxy_without_a_failed_re
 }
 
 #[tokio::test]
+async fn the_pod_ip_is_advertised_with_the_inbound_port() {
+    let control = ControlPlane::start("services: {}\n").await;
+    let app = Upstream::named("a").await;
+    let proxy = Proxy::controlled(
+        &control.url(),
+        "catalog",
+        app.addr,
+        &["--pod-ip", "127.0.0.3"],
+    )
+    .await;
+    let expected = format!("127.0.0.3:{}", proxy.inbound.port());
+    assert_eq!(registered(&control, "catalog").await, [expected]);
+}
+
+#[tokio::test]
 async fn registered_endpoints_are_called_and_leave_when_they_expire_or_drain() {
     // Round-robin, so every instance is reached in a few calls.
     let control =

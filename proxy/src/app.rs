@@ -1,70 +1,343 @@
-//! Wires the proxy together: the mesh view, the two traffic directions and
-//! the admin server, each on its own listener; then runs until SIGTERM,
-//! SIGINT or `POST /shutdown`, and drains.
+//! Wires the proxy: build (listeners, identity, the mesh view, the two
+//! directions, the admin server), serve, wait for SIGTERM, SIGINT or
+//! `POST /shutdown`, drain. Each direction's path is built in its own
+//! module ([`crate::outbound::serve`], [`crate::inbound::serve`]).
 
-use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper::service::service_fn;
+use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
+use remora_api::SpiffeId;
+use remora_server::logs::LogLevel;
+use remora_server::serve::{self as server, drain_channel, DrainTrigger, ServerSettings};
+use remora_server::signals::Signals;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::discovery::control::ControlClient;
+use crate::discovery::control::{ControlClient, Registrar};
 use crate::discovery::MeshView;
 use crate::http::client::Clients;
 use crate::identity::Identity;
-use crate::inbound::Inbound;
-use crate::metrics::{Direction, Metrics};
+use crate::inbound::{self, Inbound};
+use crate::metrics::Metrics;
 use crate::outbound::balance::EndpointRegistry;
 use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
-use crate::outbound::{Discovery, Outbound};
-use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
-use remora_api::SpiffeId;
-use remora_certs::verify::{ClientAuth, ALPN_H2};
-use remora_server::logs::LogLevel;
-use remora_server::serve::{self as server, drain_channel, ServerSettings};
-use remora_server::signals::Signals;
-use remora_server::tls::ServerTls;
+use crate::outbound::{self, Discovery, Outbound};
+
+/// How long the admin server may take to close once traffic has drained.
+const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
-    if config.control_url.is_none() && config.token_file.is_some() {
-        anyhow::bail!("--token-file needs --control-url: the control plane signs the certificate");
-    }
-    let mut metrics = Metrics::new();
-    let outbound_listener = bind(config.outbound, "outbound").await?;
-    let inbound_listener = bind(config.inbound, "inbound").await?;
-    let admin_listener = bind(config.admin, "admin").await?;
-    let (outbound_addr, inbound_addr, admin_addr) = (
-        outbound_listener.local_addr()?,
-        inbound_listener.local_addr()?,
-        admin_listener.local_addr()?,
-    );
-    let listeners = serde_json::json!({
-        "outbound": outbound_addr, "inbound": inbound_addr, "admin": admin_addr, "app": config.app,
-    });
-    tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
-
-    // The identity comes first: with an https:// control plane, the
-    // connection to it needs this proxy's certificate.
-    let identity = match (&config.token_file, &config.trust_anchors) {
-        (Some(_), Some(anchors)) => Some(Arc::new(Identity::load(anchors)?)),
-        _ => None,
+    let proxy = Proxy::build(&config, log_level).await?;
+    // Caught from before the proxy says it is ready, so that no signal in
+    // between kills it without a drain.
+    let mut signals = Signals::install()?;
+    let serving = proxy.serve(&config)?;
+    let reason = tokio::select! {
+        signal = signals.wait() => signal,
+        _ = serving.shutdown.notified() => "POST /shutdown",
     };
-    let (view, control) = match (&config.config, &config.control_url) {
+    tracing::info!(reason, drain_timeout = %config.drain_timeout, "draining");
+    serving.drain(config.drain_timeout.get()).await;
+    Ok(())
+}
+
+/// Everything built and bound, nothing served yet.
+struct Proxy {
+    listeners: Listeners,
+    metrics: Arc<Metrics>,
+    identity: Option<Arc<Identity>>,
+    /// With a control plane: the client, and this instance's registration.
+    control: Option<(ControlClient, (String, Registration))>,
+    outbound: Arc<Outbound>,
+    inbound: Arc<Inbound>,
+    admin: Arc<Admin>,
+    ready: Arc<AtomicBool>,
+    shutdown: Arc<Notify>,
+}
+
+impl Proxy {
+    async fn build(config: &Config, log_level: LogLevel) -> anyhow::Result<Proxy> {
+        if config.control_url.is_none() && config.token_file.is_some() {
+            anyhow::bail!(
+                "--token-file needs --control-url: the control plane signs the certificate"
+            );
+        }
+        let listeners = Listeners::bind(config).await?;
+        let inbound_addr = listeners.inbound.local_addr()?;
+        let mut metrics = Metrics::new();
+        // The identity comes first: with an https:// control plane, the
+        // connection to it needs this proxy's certificate.
+        let identity = match (&config.token_file, &config.trust_anchors) {
+            (Some(_), Some(anchors)) => Some(Arc::new(Identity::load(anchors)?)),
+            _ => None,
+        };
+        let (view, control) = mesh_source(config, identity.as_deref(), &metrics)?;
+        if let (Some(client), Some(identity), Some(token_file)) =
+            (&control, &identity, &config.token_file)
+        {
+            tokio::spawn(identity.clone().keep_current(
+                client.clone(),
+                token_file.clone(),
+                metrics.identity_expiry.clone(),
+            ));
+        } else if control.is_some() {
+            tracing::warn!(
+                "no --token-file: this proxy has no identity; it is reached and calls in plaintext"
+            );
+        }
+
+        let clients = Clients::new(identity.clone());
+        let discovery = control.as_ref().map(|client| Discovery {
+            client: Arc::new(client.clone()),
+            timeout: config.discovery_timeout.get(),
+        });
+        let outbound = Outbound::build(&mut metrics, discovery);
+        let inbound = Arc::new(Inbound::new(
+            config.app,
+            &config.service,
+            &clients,
+            metrics.http.clone(),
+        ));
+        let control = match control {
+            Some(client) => Some((client, registration(config, inbound_addr)?)),
+            None => None,
+        };
+        let follower = Follower {
+            outbound: outbound.clone(),
+            inbound: inbound.clone(),
+            endpoints: EndpointRegistry::default(),
+            clients,
+            health: HealthChecks::default(),
+            service: config.service.clone(),
+        };
+        follower.apply(&view.borrow().clone());
+        tokio::spawn(follower.follow(view.clone()));
+
+        let metrics = Arc::new(metrics);
+        let ready = Arc::new(AtomicBool::new(false));
+        let shutdown = Arc::new(Notify::new());
+        let admin = Arc::new(Admin {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            view: view.clone(),
+            log_level,
+            shutdown: shutdown.clone(),
+            listeners: listeners.addresses.clone(),
+            identity: identity.clone(),
+        });
+        Ok(Proxy {
+            listeners,
+            metrics,
+            identity,
+            control,
+            outbound,
+            inbound,
+            admin,
+            ready,
+            shutdown,
+        })
+    }
+
+    /// Serves every listener, and turns ready: at once standalone; with a
+    /// control plane, once the inbound view is in, the instance is
+    /// registered, and (with an identity) the certificate is in hand.
+    fn serve(self, config: &Config) -> anyhow::Result<Serving> {
+        let Proxy {
+            listeners,
+            metrics,
+            identity,
+            control,
+            outbound,
+            inbound,
+            admin,
+            ready,
+            shutdown,
+        } = self;
+        let settings = ServerSettings {
+            header_read_timeout: config.header_read_timeout.get(),
+            vectored_writes: true,
+            tls: None,
+            metrics: None,
+        };
+        let (traffic_drain, traffic_draining) = drain_channel();
+        let (admin_drain, admin_draining) = drain_channel();
+        let traffic = vec![
+            outbound::serve(
+                outbound,
+                listeners.outbound,
+                settings.clone(),
+                &metrics.transport,
+                traffic_draining.clone(),
+            ),
+            inbound::serve(
+                inbound,
+                listeners.inbound,
+                settings.clone(),
+                identity.as_deref(),
+                &metrics.transport,
+                traffic_draining,
+            )?,
+        ];
+        // The admin server is not counted as proxied traffic.
+        let admin_server = tokio::spawn(server::serve(
+            listeners.admin,
+            settings,
+            admin_draining,
+            move |peer| {
+                let admin = admin.clone();
+                service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { admin.handle(req, peer.addr).await }
+                })
+            },
+        ));
+        let (registering, becoming_ready) = match control {
+            Some((client, (instance, registration))) => {
+                let registering = {
+                    let (client, identity, app) = (client.clone(), identity.clone(), config.app);
+                    // Registered only with a certificate in hand, so that
+                    // no peer dials this instance before it can prove who
+                    // it is.
+                    tokio::spawn(async move {
+                        if let Some(identity) = identity {
+                            identity.obtained().await;
+                        }
+                        client.register(&instance, registration, app)
+                    })
+                };
+                let ready = ready.clone();
+                let becoming_ready = tokio::spawn(async move {
+                    client.ready().await;
+                    ready.store(true, Ordering::Release);
+                    tracing::info!("ready");
+                });
+                (Some(registering), Some(becoming_ready))
+            }
+            None => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("ready");
+                (None, None)
+            }
+        };
+        Ok(Serving {
+            shutdown,
+            ready,
+            registering,
+            becoming_ready,
+            traffic,
+            traffic_drain,
+            admin_server,
+            admin_drain,
+        })
+    }
+}
+
+/// The proxy at work, until told to stop.
+struct Serving {
+    shutdown: Arc<Notify>,
+    ready: Arc<AtomicBool>,
+    registering: Option<JoinHandle<Registrar>>,
+    becoming_ready: Option<JoinHandle<()>>,
+    traffic: Vec<JoinHandle<()>>,
+    traffic_drain: DrainTrigger,
+    admin_server: JoinHandle<()>,
+    admin_drain: DrainTrigger,
+}
+
+impl Serving {
+    /// Not ready, out of the registry, then the listeners close and what
+    /// is in flight may finish within `limit`; the admin port last.
+    async fn drain(self, limit: Duration) {
+        if let Some(task) = self.becoming_ready {
+            task.abort();
+        }
+        self.ready.store(false, Ordering::Release);
+        // Leave the registry first, so callers stop picking this instance
+        // while it still serves what they already sent.
+        if let Some(registering) = self.registering {
+            if registering.is_finished() {
+                if let Ok(registrar) = registering.await {
+                    registrar.deregister().await;
+                }
+            } else {
+                registering.abort();
+            }
+        }
+        self.traffic_drain.drain();
+        let drained =
+            tokio::time::timeout(limit, futures_util::future::join_all(self.traffic)).await;
+        match drained {
+            Ok(_) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!("drain timeout passed with requests in flight; exiting"),
+        }
+        self.admin_drain.drain();
+        let _ = tokio::time::timeout(ADMIN_DRAIN, self.admin_server).await;
+    }
+}
+
+/// The three listeners, bound before anything else so that a taken port
+/// fails the start at once.
+struct Listeners {
+    outbound: TcpListener,
+    inbound: TcpListener,
+    admin: TcpListener,
+    /// What `/config` says of the listeners, and of the app.
+    addresses: serde_json::Value,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let outbound = bind(config.outbound, "outbound").await?;
+        let inbound = bind(config.inbound, "inbound").await?;
+        let admin = bind(config.admin, "admin").await?;
+        let (outbound_addr, inbound_addr, admin_addr) = (
+            outbound.local_addr()?,
+            inbound.local_addr()?,
+            admin.local_addr()?,
+        );
+        tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
+        Ok(Listeners {
+            outbound,
+            inbound,
+            admin,
+            addresses: serde_json::json!({
+                "outbound": outbound_addr, "inbound": inbound_addr, "admin": admin_addr, "app": config.app,
+            }),
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} traffic on {addr}"))
+}
+
+/// Where the mesh view comes from: the file (standalone) or the control
+/// plane, reached over mutual TLS when this proxy has an identity.
+fn mesh_source(
+    config: &Config,
+    identity: Option<&Identity>,
+    metrics: &Metrics,
+) -> anyhow::Result<(watch::Receiver<Arc<MeshView>>, Option<ControlClient>)> {
+    match (&config.config, &config.control_url) {
         (Some(path), _) => {
             let view = crate::discovery::watch_file(path, &metrics.config_reloads)
                 .map_err(|e| anyhow::anyhow!("{e}"))
                 .context("the mesh config has problems")?;
-            (view, None)
+            Ok((view, None))
         }
         (None, Some(url)) => {
-            let control_identity = match &identity {
+            let control_identity = match identity {
                 Some(identity) => Some((
                     &identity.anchors,
                     identity.store.clone(),
@@ -79,225 +352,25 @@ pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
                 metrics.control.clone(),
                 control_identity,
             )?;
-            (view, Some(client))
+            Ok((view, Some(client)))
         }
         (None, None) => anyhow::bail!("give --config FILE or --control-url URL"),
-    };
-    match (&control, &config.token_file, &identity) {
-        (Some(client), Some(token_file), Some(identity)) => {
-            tokio::spawn(identity.clone().keep_current(
-                client.clone(),
-                token_file.clone(),
-                metrics.identity_expiry.clone(),
-            ));
-        }
-        (Some(_), _, _) => {
-            tracing::warn!(
-                "no --token-file: this proxy has no identity; it is reached and calls in plaintext"
-            );
-        }
-        _ => {}
     }
-    let registration = match &control {
-        Some(_) => Some(registration(&config, inbound_addr)?),
-        None => None,
-    };
-
-    let clients = Clients::new(identity.clone());
-    let mut outbound = Outbound::new(metrics.http.clone());
-    if let Some(client) = &control {
-        outbound = outbound.with_discovery(Discovery {
-            client: Arc::new(client.clone()),
-            timeout: config.discovery_timeout.get(),
-        });
-    }
-    let outbound = Arc::new(outbound);
-    metrics
-        .registry
-        .register_collector(Box::new(crate::outbound::EndpointGauges(outbound.clone())));
-    let inbound = Arc::new(Inbound::new(
-        config.app,
-        &config.service,
-        &clients,
-        metrics.http.clone(),
-    ));
-    let metrics = Arc::new(metrics);
-    let follower = Follower {
-        outbound: outbound.clone(),
-        inbound: inbound.clone(),
-        endpoints: EndpointRegistry::default(),
-        clients,
-        health: HealthChecks::default(),
-        service: config.service.clone(),
-    };
-    follower.apply(&view.borrow().clone());
-    tokio::spawn(follower.follow(view.clone()));
-
-    let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = Arc::new(Notify::new());
-    let admin = Arc::new(Admin {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        view,
-        log_level,
-        shutdown: shutdown.clone(),
-        listeners,
-        identity: identity.clone(),
-    });
-
-    let (drain, draining) = drain_channel();
-    let (admin_drain, admin_draining) = drain_channel();
-    let settings = |metrics| ServerSettings {
-        header_read_timeout: config.header_read_timeout.get(),
-        vectored_writes: true,
-        tls: None,
-        metrics,
-    };
-    // With an identity, callers that start TLS are served over mutual
-    // TLS, and the service's `mtls` mode says whether others are.
-    let inbound_tls = match &identity {
-        Some(identity) => Some(ServerTls::new(
-            &identity.anchors,
-            identity.store.clone(),
-            ClientAuth::Required,
-            &[ALPN_H2],
-            inbound.clone(),
-        )?),
-        None => None,
-    };
-    let outbound_server = tokio::spawn(server::serve(
-        outbound_listener,
-        settings(Some(metrics.transport.listener(Direction::Outbound, false))),
-        draining.clone(),
-        move |_peer| {
-            let outbound = outbound.clone();
-            service_fn(move |req| {
-                let outbound = outbound.clone();
-                async move { Ok::<_, Infallible>(outbound.handle(req).await) }
-            })
-        },
-    ));
-    let inbound_server = tokio::spawn(server::serve(
-        inbound_listener,
-        ServerSettings {
-            metrics: Some(
-                metrics
-                    .transport
-                    .listener(Direction::Inbound, inbound_tls.is_some()),
-            ),
-            tls: inbound_tls,
-            ..settings(None)
-        },
-        draining,
-        move |peer| {
-            let inbound = inbound.clone();
-            let caller = Arc::new(inbound.caller(peer));
-            service_fn(move |req| {
-                let (inbound, caller) = (inbound.clone(), caller.clone());
-                async move { Ok::<_, Infallible>(inbound.handle(req, &caller).await) }
-            })
-        },
-    ));
-    // The admin server is not counted as proxied traffic.
-    let admin_server = tokio::spawn(server::serve(
-        admin_listener,
-        settings(None),
-        admin_draining,
-        move |peer| {
-            let admin = admin.clone();
-            service_fn(move |req| {
-                let admin = admin.clone();
-                async move { admin.handle(req, peer.addr).await }
-            })
-        },
-    ));
-
-    // Caught from before the proxy says it is ready, so that no signal in
-    // between kills it without a drain.
-    let mut signals = Signals::install()?;
-    // Standalone, the proxy is ready once it serves; with a control plane,
-    // once it has its inbound view, is registered, and (with an identity)
-    // holds its certificate.
-    let (registering, becoming_ready) = match (&control, registration) {
-        (Some(client), Some((instance, registration))) => {
-            // Registered only with a certificate in hand, so that no peer
-            // dials this instance before it can prove who it is.
-            let registering = {
-                let (client, identity, app) = (client.clone(), identity.clone(), config.app);
-                tokio::spawn(async move {
-                    if let Some(identity) = identity {
-                        identity.obtained().await;
-                    }
-                    client.register(&instance, registration, app)
-                })
-            };
-            let (client, ready) = (client.clone(), ready.clone());
-            let becoming_ready = tokio::spawn(async move {
-                client.ready().await;
-                ready.store(true, Ordering::Release);
-                tracing::info!("ready");
-            });
-            (Some(registering), Some(becoming_ready))
-        }
-        _ => {
-            ready.store(true, Ordering::Release);
-            tracing::info!("ready");
-            (None, None)
-        }
-    };
-
-    let reason = tokio::select! {
-        signal = signals.wait() => signal,
-        _ = shutdown.notified() => "POST /shutdown",
-    };
-    tracing::info!(reason, drain_timeout = %config.drain_timeout, "draining");
-    if let Some(task) = becoming_ready {
-        task.abort();
-    }
-    ready.store(false, Ordering::Release);
-    // Leave the registry first, so callers stop picking this instance
-    // while it still serves what they already sent.
-    if let Some(registering) = registering {
-        if registering.is_finished() {
-            if let Ok(registrar) = registering.await {
-                registrar.deregister().await;
-            }
-        } else {
-            registering.abort();
-        }
-    }
-    drain.drain();
-    let drained = tokio::time::timeout(config.drain_timeout.get(), async {
-        let _ = tokio::join!(outbound_server, inbound_server);
-    })
-    .await;
-    match drained {
-        Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!("drain timeout passed with requests in flight; exiting"),
-    }
-    admin_drain.drain();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), admin_server).await;
-    Ok(())
 }
 
 /// This instance's name and registration: the advertised address (the
-/// flag; else `$POD_IP` with the inbound port; else the inbound listener's
+/// flag; else --pod-ip with the inbound port; else the inbound listener's
 /// address, loopback when it listens on all of them) with its labels.
 fn registration(config: &Config, inbound: SocketAddr) -> anyhow::Result<(String, Registration)> {
-    let advertise = match (config.advertise, std::env::var("POD_IP")) {
+    let advertise = match (config.advertise, config.pod_ip) {
         (Some(address), _) => address,
-        (None, Ok(ip)) => {
-            let ip: IpAddr = ip
-                .parse()
-                .with_context(|| format!("POD_IP={ip:?} is not an IP address"))?;
-            SocketAddr::new(ip, inbound.port())
-        }
-        (None, Err(_)) if inbound.ip().is_unspecified() => {
+        (None, Some(ip)) => SocketAddr::new(ip, inbound.port()),
+        (None, None) if inbound.ip().is_unspecified() => {
             let loopback = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), inbound.port());
-            tracing::warn!(advertise = %loopback, "no --advertise and no POD_IP: advertising loopback, which only sidecars on this host can reach");
+            tracing::warn!(advertise = %loopback, "no --advertise and no --pod-ip (POD_IP): advertising loopback, which only sidecars on this host can reach");
             loopback
         }
-        (None, Err(_)) => inbound,
+        (None, None) => inbound,
     };
     let instance = config
         .instance
@@ -319,12 +392,6 @@ fn registration(config: &Config, inbound: SocketAddr) -> anyhow::Result<(String,
         ttl_seconds,
     };
     Ok((instance, registration))
-}
-
-async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for {what} traffic on {addr}"))
 }
 
 /// What follows the mesh view, with the state kept from one view to the

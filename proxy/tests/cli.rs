@@ -144,3 +144,19 @@ fn bad_control_plane_flags_are_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_pod_ip_is_read_from_pod_ip_and_checked() {
+    // Kubernetes' downward API names the variable; the flag reads it.
+    let out = proxy()
+        .env("POD_IP", "not-an-ip")
+        .args(["--control-url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--pod-ip") && stderr.contains("not-an-ip"),
+        "{stderr}"
+    );
+}

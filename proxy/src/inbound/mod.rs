@@ -6,6 +6,7 @@
 
 mod policy;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,15 +15,20 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::service::service_fn;
 use remora_api::{InboundPolicy, SpiffeId};
-use remora_server::serve::Peer;
-use remora_server::tls::PlaintextPolicy;
+use remora_certs::verify::{ClientAuth, ALPN_H2};
+use remora_server::serve::{self as server, Drain, Peer, ServerSettings};
+use remora_server::tls::{PlaintextPolicy, ServerTls};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::access_log::AccessRecord;
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
 use crate::http::{boxed, headers, Body};
-use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels};
+use crate::identity::Identity;
+use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels, TransportMetrics};
 use crate::outbound::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 
 use self::policy::Policy;
@@ -34,6 +40,51 @@ const INBOUND_ROUTE: &str = "inbound";
 pub const PEER_IDENTITY: &str = "remora-peer-identity";
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The inbound direction, top to bottom: accept on `listener` → TLS or
+/// plaintext, told by the first byte (mutual TLS with this proxy's
+/// identity when it has one, the caller's chain checked; plaintext only
+/// where the service's `mtls` is `permissive`) → HTTP/1.1 or HTTP/2 → per
+/// connection, who called ([`Inbound::caller`]) → per request,
+/// [`Inbound::handle`]: check the request, authorize (`allow`),
+/// rate-limit, say who called, forward to the app.
+pub fn serve(
+    inbound: Arc<Inbound>,
+    listener: TcpListener,
+    settings: ServerSettings,
+    identity: Option<&Identity>,
+    transport: &TransportMetrics,
+    drain: Drain,
+) -> Result<JoinHandle<()>, remora_certs::Error> {
+    let tls = match identity {
+        Some(identity) => Some(ServerTls::new(
+            &identity.anchors,
+            identity.store.clone(),
+            ClientAuth::Required,
+            &[ALPN_H2],
+            inbound.clone(),
+        )?),
+        None => None,
+    };
+    let settings = ServerSettings {
+        metrics: Some(transport.listener(Direction::Inbound, tls.is_some())),
+        tls,
+        ..settings
+    };
+    Ok(tokio::spawn(server::serve(
+        listener,
+        settings,
+        drain,
+        move |peer| {
+            let inbound = inbound.clone();
+            let caller = Arc::new(inbound.caller(peer));
+            service_fn(move |req| {
+                let (inbound, caller) = (inbound.clone(), caller.clone());
+                async move { Ok::<_, Infallible>(inbound.handle(req, &caller).await) }
+            })
+        },
+    )))
+}
 
 pub struct Inbound {
     policy: ArcSwap<Policy>,

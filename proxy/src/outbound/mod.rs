@@ -8,6 +8,7 @@ pub mod health;
 pub mod routes;
 pub mod snapshot;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,10 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::service::service_fn;
+use remora_server::serve::{self as server, Drain, ServerSettings};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use self::balance::Endpoint;
 use self::snapshot::{Backend, Route, Snapshot};
@@ -25,7 +30,34 @@ use crate::http::headers;
 use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
-use crate::metrics::{EjectionLabels, HttpMetrics, RetryLabels, RouteLabels};
+use crate::metrics::{
+    Direction, EjectionLabels, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics,
+};
+
+/// The outbound direction, top to bottom: accept on `listener` (the local
+/// app's calls, in plaintext) → HTTP/1.1 or HTTP/2 → per request,
+/// [`Outbound::handle`]: the target service (watched on the app's first
+/// call to it) → route → fault → admission → split → balance → one try
+/// after another, within the retry policy and budget.
+pub fn serve(
+    outbound: Arc<Outbound>,
+    listener: TcpListener,
+    settings: ServerSettings,
+    transport: &TransportMetrics,
+    drain: Drain,
+) -> JoinHandle<()> {
+    let settings = ServerSettings {
+        metrics: Some(transport.listener(Direction::Outbound, false)),
+        ..settings
+    };
+    tokio::spawn(server::serve(listener, settings, drain, move |_peer| {
+        let outbound = outbound.clone();
+        service_fn(move |req| {
+            let outbound = outbound.clone();
+            async move { Ok::<_, Infallible>(outbound.handle(req).await) }
+        })
+    }))
+}
 
 /// `remora_endpoints{direction, service, state}`, counted from the live
 /// view at scrape time so it can never disagree with it.
@@ -129,7 +161,19 @@ impl Outcome {
 }
 
 impl Outbound {
-    pub fn new(metrics: HttpMetrics) -> Self {
+    /// The outbound, its endpoint gauges registered in `metrics`; services
+    /// the mesh view lacks are looked up through `discovery`, if any.
+    pub fn build(metrics: &mut Metrics, discovery: Option<Discovery>) -> Arc<Outbound> {
+        let mut outbound = Outbound::new(metrics.http.clone());
+        outbound.discovery = discovery;
+        let outbound = Arc::new(outbound);
+        metrics
+            .registry
+            .register_collector(Box::new(EndpointGauges(outbound.clone())));
+        outbound
+    }
+
+    fn new(metrics: HttpMetrics) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: tokio::sync::watch::channel(0).0,
@@ -137,13 +181,6 @@ impl Outbound {
             metrics,
             unmeshed: UNMESHED.into(),
         }
-    }
-
-    /// Services the snapshot lacks are watched through `discovery` on
-    /// their first request (control-plane mode).
-    pub fn with_discovery(mut self, discovery: Discovery) -> Self {
-        self.discovery = Some(discovery);
-        self
     }
 
     /// Swaps in a new view; requests in flight finish on the old one.
