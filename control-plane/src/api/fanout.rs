@@ -47,11 +47,18 @@ impl ThreadViews {
 
     /// A receiver of `kind/service`, its current value marked seen. A
     /// service that does not exist gets a channel too, so that its watchers
-    /// wake when it appears.
+    /// wake when it appears. A change the relay has not passed on yet is
+    /// passed on now: a poll must never be answered from before a change
+    /// that was made before it arrived (a registration, then a poll).
     pub fn watch(&self, kind: Kind, service: &str) -> watch::Receiver<Published> {
         let mut views = self.lock();
         let views = &mut views[index(kind)];
-        if let Some(relayed) = views.get(service) {
+        if let Some(relayed) = views.get_mut(service) {
+            if relayed.from.has_changed().unwrap_or(false) {
+                relayed
+                    .to
+                    .send_replace(relayed.from.borrow_and_update().clone());
+            }
             return relayed.to.subscribe();
         }
         let mut from = self.state.watch(kind, service);
@@ -190,6 +197,20 @@ services:
         settle().await;
         assert!(billing.has_changed().unwrap());
         assert!(billing.borrow_and_update().exists());
+    }
+
+    #[tokio::test]
+    async fn a_poll_after_a_change_sees_it_before_the_relay_runs() {
+        let state = state();
+        let views = ThreadViews::start(state.clone());
+        let _held = views.watch(Kind::Outbound, "users");
+        register(&state, "users", 9300);
+        // No yield: the relay task has not run.
+        let fresh = views.watch(Kind::Outbound, "users");
+        assert_eq!(
+            fresh.borrow().version,
+            state.current(Kind::Outbound, "users").version
+        );
     }
 
     #[tokio::test]
