@@ -144,6 +144,20 @@ impl ServerCertVerifier for ServerIdentityVerifier {
     }
 }
 
+/// The SNI a client sends to a server it expects to be `identity`: a
+/// DNS-shaped name for it (`orders.default.sa.cluster.local`
+/// for `spiffe://cluster.local/ns/default/sa/orders`), or a fixed one
+/// when the path does not make one.
+pub fn server_name(identity: &SpiffeId) -> ServerName<'static> {
+    let labels: Vec<&str> = identity.path().trim_start_matches('/').split('/').collect();
+    let name = match labels.as_slice() {
+        ["ns", ns, "sa", sa] => format!("{sa}.{ns}.sa.{}", identity.trust_domain()),
+        _ => format!("mesh.{}", identity.trust_domain()),
+    };
+    ServerName::try_from(name)
+        .unwrap_or_else(|_| ServerName::try_from("mesh.remora").expect("a valid DNS name"))
+}
+
 /// What a sidecar dials another with: its own credentials, and the
 /// identity the endpoint must prove.
 pub fn client_config(

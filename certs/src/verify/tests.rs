@@ -240,3 +240,20 @@ fn renewed_credentials_serve_the_next_handshake() {
     );
     handshake(client, server(&m, own)).unwrap();
 }
+
+#[test]
+fn the_server_name_names_the_service_account() {
+    let id = SpiffeId::resolve("orders.shop", "cluster.local").unwrap();
+    assert_eq!(
+        format!("{:?}", server_name(&id)),
+        format!(
+            "{:?}",
+            ServerName::try_from("orders.shop.sa.cluster.local").unwrap()
+        )
+    );
+    let other: SpiffeId = "spiffe://example.org/job/x".parse().unwrap();
+    assert_eq!(
+        format!("{:?}", server_name(&other)),
+        format!("{:?}", ServerName::try_from("mesh.example.org").unwrap())
+    );
+}

@@ -793,7 +793,7 @@ struct ControlTls {
 
 impl ControlTls {
     fn new(anchors: &TrustAnchors, store: Arc<CredentialStore>, expected: SpiffeId) -> ControlTls {
-        let server_name = crate::http::tls::sni(&expected);
+        let server_name = verify::server_name(&expected);
         let config = |store| {
             TlsConnector::from(Arc::new(verify::client_config(
                 anchors,

@@ -39,7 +39,7 @@ impl MeshConnector {
         store: Arc<CredentialStore>,
         expected: SpiffeId,
     ) -> MeshConnector {
-        let server_name = sni(&expected);
+        let server_name = verify::server_name(&expected);
         let config = verify::client_config(anchors, expected, store);
         MeshConnector {
             tcp,
@@ -47,19 +47,6 @@ impl MeshConnector {
             server_name,
         }
     }
-}
-
-/// A DNS-shaped name for an identity (`orders.default.sa.cluster.local`
-/// for `spiffe://cluster.local/ns/default/sa/orders`), or a fixed one
-/// when the path does not make one.
-pub(crate) fn sni(identity: &SpiffeId) -> ServerName<'static> {
-    let labels: Vec<&str> = identity.path().trim_start_matches('/').split('/').collect();
-    let name = match labels.as_slice() {
-        ["ns", ns, "sa", sa] => format!("{sa}.{ns}.sa.{}", identity.trust_domain()),
-        _ => format!("mesh.{}", identity.trust_domain()),
-    };
-    ServerName::try_from(name)
-        .unwrap_or_else(|_| ServerName::try_from("mesh.remora").expect("a valid DNS name"))
 }
 
 impl Service<http::Uri> for MeshConnector {
@@ -137,27 +124,5 @@ impl AsyncWrite for MeshStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.0).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sni_names_the_service_account() {
-        let id = SpiffeId::resolve("orders.shop", "cluster.local").unwrap();
-        assert_eq!(
-            format!("{:?}", sni(&id)),
-            format!(
-                "{:?}",
-                ServerName::try_from("orders.shop.sa.cluster.local").unwrap()
-            )
-        );
-        let other: SpiffeId = "spiffe://example.org/job/x".parse().unwrap();
-        assert_eq!(
-            format!("{:?}", sni(&other)),
-            format!("{:?}", ServerName::try_from("mesh.example.org").unwrap())
-        );
     }
 }
