@@ -15,7 +15,7 @@ use remora_certs::leaf::{self, CredentialStore, Credentials};
 use remora_certs::verify::TrustAnchors;
 use tokio::sync::watch;
 
-use crate::discovery::control::{Backoff, ControlClient};
+use crate::discovery::control::{self, ControlClient};
 
 /// The mesh's trust anchors and this proxy's credentials, once it has them.
 pub struct Identity {
@@ -54,7 +54,7 @@ impl Identity {
         token_file: PathBuf,
         expiry: Gauge,
     ) {
-        let mut backoff = Backoff::default();
+        let mut backoff = control::backoff();
         loop {
             match obtain(&client, &token_file).await {
                 Ok(credentials) => {
@@ -75,7 +75,7 @@ impl Identity {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    let wait = backoff.next();
+                    let wait = backoff.failed();
                     let expired = self
                         .store
                         .get()
@@ -126,7 +126,10 @@ async fn obtain(client: &ControlClient, token_file: &Path) -> Result<Credentials
         return Err(format!("--token-file {} is empty", token_file.display()));
     }
     let pending = leaf::new_request().map_err(|e| e.to_string())?;
-    let (status, body) = client.request_certificate(token, &pending.csr_pem).await?;
+    let (status, body) = client
+        .request_certificate(token, &pending.csr_pem)
+        .await
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&body);
     if status != StatusCode::OK {
         return Err(format!(
