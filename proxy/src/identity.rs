@@ -15,7 +15,7 @@ use remora_certs::leaf::{self, CredentialStore, Credentials};
 use remora_certs::verify::TrustAnchors;
 use tokio::sync::watch;
 
-use crate::discovery::control::{Backoff, ControlClient};
+use crate::discovery::control::{self, ControlClient, ControlError};
 
 /// The mesh's trust anchors and this proxy's credentials, once it has them.
 pub struct Identity {
@@ -54,7 +54,7 @@ impl Identity {
         token_file: PathBuf,
         expiry: Gauge,
     ) {
-        let mut backoff = Backoff::default();
+        let mut backoff = control::backoff();
         loop {
             match obtain(&client, &token_file).await {
                 Ok(credentials) => {
@@ -75,7 +75,7 @@ impl Identity {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    let wait = backoff.next();
+                    let wait = backoff.failed();
                     let expired = self
                         .store
                         .get()
@@ -116,29 +116,70 @@ impl Identity {
     }
 }
 
+/// Why no certificate this time; [`Identity::keep_current`] tries again.
+#[derive(Debug, thiserror::Error)]
+enum ObtainError {
+    #[error("cannot read --token-file {}: {source}", path.display())]
+    TokenUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--token-file {} is empty", .0.display())]
+    TokenEmpty(PathBuf),
+    /// A key or CSR could not be made, or the chain is not for the key.
+    #[error(transparent)]
+    Certs(#[from] remora_certs::Error),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("the control plane refused a certificate: {status}: {reason}")]
+    Refused { status: StatusCode, reason: String },
+}
+
 /// One certificate: a new key, its CSR, the control plane's signature.
-async fn obtain(client: &ControlClient, token_file: &Path) -> Result<Credentials, String> {
+async fn obtain(client: &ControlClient, token_file: &Path) -> Result<Credentials, ObtainError> {
     let token = tokio::fs::read_to_string(token_file)
         .await
-        .map_err(|e| format!("cannot read --token-file {}: {e}", token_file.display()))?;
+        .map_err(|source| ObtainError::TokenUnreadable {
+            path: token_file.to_path_buf(),
+            source,
+        })?;
     let token = token.trim();
     if token.is_empty() {
-        return Err(format!("--token-file {} is empty", token_file.display()));
+        return Err(ObtainError::TokenEmpty(token_file.to_path_buf()));
     }
-    let pending = leaf::new_request().map_err(|e| e.to_string())?;
+    let pending = leaf::new_request()?;
     let (status, body) = client.request_certificate(token, &pending.csr_pem).await?;
     let text = String::from_utf8_lossy(&body);
     if status != StatusCode::OK {
-        return Err(format!(
-            "the control plane refused a certificate: {status}: {}",
-            text.trim()
-        ));
+        return Err(ObtainError::Refused {
+            status,
+            reason: text.trim().to_string(),
+        });
     }
-    pending.complete(&text).map_err(|e| e.to_string())
+    Ok(pending.complete(&text)?)
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_says_the_status_and_why() {
+        let e = ObtainError::Refused {
+            status: StatusCode::UNAUTHORIZED,
+            reason: "the token grants no identity".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the control plane refused a certificate: 401 Unauthorized: the token grants no identity"
+        );
+        let e = ObtainError::TokenEmpty(PathBuf::from("token"));
+        assert_eq!(e.to_string(), "--token-file token is empty");
+    }
 }
