@@ -21,9 +21,9 @@ use remora_server::tls::PlaintextPolicy;
 use crate::access_log::AccessRecord;
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
+use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, headers, Body};
 use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels};
-use crate::outbound::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 
 use self::policy::Policy;
 

@@ -24,6 +24,7 @@ use crate::http::errors::ProxyError;
 use crate::http::headers;
 use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry::Failure;
+use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, Body};
 use crate::metrics::{EjectionLabels, HttpMetrics, RetryLabels, RouteLabels};
 
@@ -80,11 +81,6 @@ impl prometheus_client::collector::Collector for EndpointGauges {
         Ok(())
     }
 }
-
-/// Says that a request carried as HTTP/2 between sidecars was HTTP/1.1
-/// when the app sent it, so that the far side restores it.
-pub const ORIG_PROTO: &str = "remora-orig-proto";
-pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 
 /// The peer label of a request to or from a process with no mesh identity.
 const UNMESHED: &str = "unmeshed";
@@ -543,24 +539,6 @@ fn target_authority<B>(req: &Request<B>) -> Option<String> {
     }
     let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
     (!host.is_empty()).then(|| host.to_ascii_lowercase())
-}
-
-/// `http://ENDPOINT/path?query`: the client pools connections by endpoint.
-/// The request head of one try, in the version spoken upstream.
-pub(crate) fn attempt_head(
-    method: &http::Method,
-    headers: http::HeaderMap,
-    http2: bool,
-) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = method.clone();
-    *req.version_mut() = if http2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    *req.headers_mut() = headers;
-    req.into_parts().0
 }
 
 fn chance(percent: f64) -> bool {
