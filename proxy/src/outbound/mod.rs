@@ -7,6 +7,7 @@ pub mod balance;
 pub mod health;
 pub mod routes;
 pub mod snapshot;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,7 +159,7 @@ impl Outbound {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             return self.finish_unrouted(&req, "", e, started);
         }
-        let Some(authority) = target_authority(&req) else {
+        let Some(authority) = target::authority(&req) else {
             return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started);
         };
         let known = self.snapshot.load().lookup(&authority).cloned();
@@ -221,8 +222,8 @@ impl Outbound {
     /// A service the snapshot lacks: the app's first call to it starts a
     /// watch and waits, within the discovery timeout, for its view.
     async fn discover(&self, authority: &str) -> Result<Arc<snapshot::Service>, ProxyError> {
-        let unknown = || ProxyError::UnknownService(snapshot::service_name(authority).to_string());
-        let (Some(discovery), Some(name)) = (&self.discovery, snapshot::mesh_service(authority))
+        let unknown = || ProxyError::UnknownService(target::service_name(authority).to_string());
+        let (Some(discovery), Some(name)) = (&self.discovery, target::mesh_service(authority))
         else {
             return Err(unknown());
         };
@@ -529,16 +530,6 @@ impl Outbound {
         .log();
         outcome.response
     }
-}
-
-/// The service the request is for: the absolute-form URI's authority (as
-/// `http_proxy` clients send), the HTTP/2 `:authority`, or `Host`.
-fn target_authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_ascii_lowercase());
-    }
-    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
 fn chance(percent: f64) -> bool {
