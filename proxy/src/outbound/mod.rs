@@ -4,6 +4,7 @@
 //! timeout. `Outbound::handle` reads in that order.
 
 pub mod balance;
+pub mod breaker;
 pub mod health;
 pub mod routes;
 pub mod snapshot;
@@ -27,7 +28,7 @@ use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
 use crate::http::retry::Failure;
 use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, Body};
-use crate::metrics::{EjectionLabels, HttpMetrics, RetryLabels, RouteLabels};
+use crate::metrics::{HttpMetrics, RetryLabels, RouteLabels};
 
 /// `remora_endpoints{direction, service, state}`, counted from the live
 /// view at scrape time so it can never disagree with it.
@@ -63,7 +64,7 @@ impl prometheus_client::collector::Collector for EndpointGauges {
                 service.endpoints.iter().filter(|e| f(e)).count() as i64
             };
             let unhealthy = count(&|e| !e.is_healthy());
-            let ejected = count(&|e| e.is_healthy() && e.is_ejected(now));
+            let ejected = count(&|e| e.is_healthy() && e.breaker.is_ejected(now));
             let healthy = service.endpoints.len() as i64 - unhealthy - ejected;
             let states = [
                 ("healthy", healthy),
@@ -357,7 +358,7 @@ impl Outbound {
                 Ok(Ok(response)) => {
                     let failure = Failure::of_response(response.status(), response.headers());
                     let server_failed = response.status().is_server_error();
-                    self.breaker(backend, &endpoint, !server_failed);
+                    breaker::record(backend, &endpoint, !server_failed, &self.metrics);
                     match failure {
                         Some(f) => (f, Ok(response)),
                         None => {
@@ -390,11 +391,11 @@ impl Outbound {
                             };
                         }
                     };
-                    self.breaker(backend, &endpoint, false);
+                    breaker::record(backend, &endpoint, false, &self.metrics);
                     (failure, Err(error))
                 }
                 Err(limit) => {
-                    self.breaker(backend, &endpoint, false);
+                    breaker::record(backend, &endpoint, false, &self.metrics);
                     self.metrics.timeouts.get_or_create(&route.labels).inc();
                     (Failure::PerTryTimeout, Err(ProxyError::Timeout(limit)))
                 }
@@ -468,22 +469,6 @@ impl Outbound {
             peer: None,
             retries,
             error: None,
-        }
-    }
-
-    /// Feeds the circuit breaker; counts an ejection.
-    fn breaker(&self, backend: &Backend, endpoint: &Arc<Endpoint>, success: bool) {
-        let may_eject = !success && backend.may_eject();
-        if endpoint.record_outcome(success, backend.circuit_breaker.as_ref(), may_eject) {
-            tracing::warn!(endpoint = %endpoint.address, service = %backend.service, "endpoint ejected after consecutive failures");
-            self.metrics
-                .ejections
-                .get_or_create(&EjectionLabels {
-                    direction: crate::metrics::Direction::Outbound,
-                    service: backend.service.clone(),
-                    endpoint: endpoint.label.clone(),
-                })
-                .inc();
         }
     }
 

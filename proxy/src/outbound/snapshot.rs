@@ -58,6 +58,7 @@ pub struct Backend {
     mesh: HashMap<SpiffeId, HttpClient>,
     /// gRPC services are always spoken to in HTTP/2.
     pub always_http2: bool,
+    /// The policy of `breaker`, which feeds on each try's outcome.
     pub circuit_breaker: Option<CircuitBreaker>,
 }
 
@@ -142,17 +143,6 @@ impl Backend {
     /// endpoints has its client). No lookup, for labelling each request.
     pub fn is_meshed(&self, endpoint: &Endpoint) -> bool {
         endpoint.identity.is_some() && !self.mesh.is_empty()
-    }
-
-    /// Whether the circuit breaker may eject one more endpoint without
-    /// passing `max_ejected_percent`.
-    pub fn may_eject(&self) -> bool {
-        let Some(cb) = &self.circuit_breaker else {
-            return false;
-        };
-        let now = std::time::Instant::now();
-        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
-        (ejected + 1) * 100 <= self.endpoints.len() * cb.max_ejected_percent as usize
     }
 }
 
