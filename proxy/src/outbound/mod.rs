@@ -5,6 +5,7 @@
 
 pub mod balance;
 pub mod breaker;
+mod gauges;
 pub mod health;
 pub mod routes;
 pub mod snapshot;
@@ -30,59 +31,7 @@ use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, Body};
 use crate::metrics::{HttpMetrics, RetryLabels, RouteLabels};
 
-/// `remora_endpoints{direction, service, state}`, counted from the live
-/// view at scrape time so it can never disagree with it.
-#[derive(Debug)]
-pub struct EndpointGauges(pub Arc<Outbound>);
-
-impl std::fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").finish_non_exhaustive()
-    }
-}
-
-impl prometheus_client::collector::Collector for EndpointGauges {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> std::fmt::Result {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let snapshot = self.0.snapshot();
-        let mut family = encoder.encode_descriptor(
-            "remora_endpoints",
-            "Endpoints of each service by state",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        let now = Instant::now();
-        let mut names: Vec<&String> = snapshot.services.keys().collect();
-        names.sort();
-        for name in names {
-            let service = &snapshot.services[name];
-            let count = |f: &dyn Fn(&balance::Endpoint) -> bool| {
-                service.endpoints.iter().filter(|e| f(e)).count() as i64
-            };
-            let unhealthy = count(&|e| !e.is_healthy());
-            let ejected = count(&|e| e.is_healthy() && e.breaker.is_ejected(now));
-            let healthy = service.endpoints.len() as i64 - unhealthy - ejected;
-            let states = [
-                ("healthy", healthy),
-                ("ejected", ejected),
-                ("unhealthy", unhealthy),
-            ];
-            for (state, n) in states {
-                let labels = [
-                    ("direction", "outbound"),
-                    ("service", name.as_str()),
-                    ("state", state),
-                ];
-                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-}
+pub use self::gauges::EndpointGauges;
 
 /// The peer label of a request to or from a process with no mesh identity.
 const UNMESHED: &str = "unmeshed";
@@ -94,6 +43,12 @@ pub struct Outbound {
     discovery: Option<Discovery>,
     metrics: HttpMetrics,
     unmeshed: Arc<str>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
 }
 
 /// Where services missing from the snapshot are looked up, and how long a
