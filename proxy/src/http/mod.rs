@@ -10,6 +10,7 @@ pub mod replay;
 pub mod retry;
 pub mod tls;
 pub mod upgrade;
+pub mod version;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;

@@ -26,10 +26,10 @@ use tokio::task::JoinHandle;
 use crate::access_log::AccessRecord;
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
 use crate::http::errors::ProxyError;
+use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, headers, Body};
 use crate::identity::Identity;
 use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels, TransportMetrics};
-use crate::outbound::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 
 use self::policy::Policy;
 

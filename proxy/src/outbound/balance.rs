@@ -1,6 +1,7 @@
 //! Endpoints and the balancers that choose among them. Endpoint state
-//! (in-flight count, latency estimate, circuit breaker) lives as long as
-//! the endpoint's address stays in the config, across reloads.
+//! (in-flight count, latency estimate, health, and the circuit breaker's
+//! state, whose rules are in `breaker`) lives as long as the endpoint's
+//! address stays in the config, across reloads.
 //!
 //! p2c-ewma is written here rather than taken from tower's `Balance`:
 //! a retry must be able to avoid the endpoint that just failed, and an
@@ -9,11 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use remora_api::{CircuitBreaker, LoadBalancer, SpiffeId};
+use remora_api::{LoadBalancer, SpiffeId};
+
+use super::breaker::Breaker;
 
 /// The latency assumed for an endpoint before it has answered.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -36,13 +39,8 @@ pub struct Endpoint {
     pub peer: Option<Arc<str>>,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
-    /// Failures in a row, reset by a success without taking a lock.
-    consecutive_failures: AtomicU32,
-    /// When the current ejection ends, as nanoseconds since [`epoch`]; 0 = none.
-    /// Read on every pick, so kept outside the breaker's lock.
-    ejected_until: AtomicU64,
-    /// Ejections so far, each lasting twice the one before.
-    ejections: Mutex<u32>,
+    /// Consecutive failures and ejection, fed by each try's outcome.
+    pub breaker: Breaker,
     /// Cleared by failing health checks; endpoints start out healthy.
     healthy: AtomicBool,
 }
@@ -51,18 +49,6 @@ struct Ewma {
     /// Nanoseconds.
     estimate: f64,
     updated: Instant,
-}
-
-/// The instant the endpoint deadlines count from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn nanos_since_epoch(t: Instant) -> u64 {
-    t.saturating_duration_since(epoch())
-        .as_nanos()
-        .min(u64::MAX as u128) as u64
 }
 
 impl Endpoint {
@@ -79,9 +65,7 @@ impl Endpoint {
                 estimate: DEFAULT_RTT.as_nanos() as f64,
                 updated: Instant::now(),
             }),
-            consecutive_failures: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            ejections: Mutex::new(0),
+            breaker: Breaker::default(),
             healthy: AtomicBool::new(true),
         }
     }
@@ -136,45 +120,6 @@ impl Endpoint {
     /// Returns whether the state changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
-    }
-
-    pub fn is_ejected(&self, now: Instant) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > nanos_since_epoch(now)
-    }
-
-    /// Records the outcome of a request for the circuit breaker. Returns
-    /// true when this failure ejected the endpoint.
-    pub fn record_outcome(
-        &self,
-        success: bool,
-        policy: Option<&CircuitBreaker>,
-        may_eject: bool,
-    ) -> bool {
-        if success {
-            // The common case: a store, and only when there is something to reset.
-            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-            }
-            return false;
-        }
-        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let Some(policy) = policy else { return false };
-        let now = Instant::now();
-        if self.is_ejected(now) || !may_eject || failures < policy.consecutive_failures {
-            return false;
-        }
-        let mut ejections = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
-        if self.is_ejected(now) {
-            return false; // another failure got here first
-        }
-        // Each repeat ejection lasts twice as long as the one before.
-        let factor = 1u32 << (*ejections).min(6);
-        let until = now + policy.base_ejection.get() * factor;
-        self.ejected_until
-            .store(nanos_since_epoch(until).max(1), Ordering::Relaxed);
-        *ejections += 1;
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        true
     }
 }
 
@@ -330,7 +275,7 @@ impl Balancer {
         }
         let now = Instant::now();
         let usable = |e: &Arc<Endpoint>| {
-            avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && e.is_healthy() && !e.is_ejected(now)
+            avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && e.is_healthy() && !e.breaker.is_ejected(now)
         };
         if let Some(e) = self.pick_where(endpoints, hash_key, &usable) {
             return Some(e);
@@ -418,6 +363,8 @@ impl Balancer {
 
 #[cfg(test)]
 mod tests {
+    use remora_api::CircuitBreaker;
+
     use super::*;
 
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
@@ -522,10 +469,11 @@ mod tests {
             consecutive_failures: 3,
             ..CircuitBreaker::default()
         };
-        assert!(!eps[0].record_outcome(false, Some(&policy), true));
-        assert!(!eps[0].record_outcome(false, Some(&policy), true));
-        assert!(eps[0].record_outcome(false, Some(&policy), true));
-        assert!(eps[0].is_ejected(Instant::now()));
+        let now = Instant::now();
+        assert!(!eps[0].breaker.record_failure(Some(&policy), true, now));
+        assert!(!eps[0].breaker.record_failure(Some(&policy), true, now));
+        assert!(eps[0].breaker.record_failure(Some(&policy), true, now));
+        assert!(eps[0].breaker.is_ejected(Instant::now()));
         let b = Balancer::new(LoadBalancer::RoundRobin, &eps);
         assert_eq!(counts(&b, &eps, 10, None).get(&9001), Some(&10));
     }

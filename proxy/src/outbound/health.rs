@@ -13,9 +13,9 @@ use tokio::task::AbortHandle;
 
 use super::balance::Endpoint;
 use super::snapshot::Snapshot;
-use super::{ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::client::{ClientSettings, Clients, HttpClient};
 use crate::http::empty;
+use crate::http::version::{ORIG_PROTO, ORIG_PROTO_HTTP1};
 
 /// One probe loop: what it checks, for which service, on which endpoint.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]

@@ -1,38 +1,43 @@
 //! The outbound direction: the local app's calls to other services.
 //! accept → detect → target service → route → fault → split → balance →
 //! try (with per-try timeout) → retry → respond, all under the route's
-//! timeout. `Outbound::handle` reads in that order.
+//! timeout. `Outbound::handle` reads in that order: `target` names the
+//! service, the `snapshot` holds its routes and backends, `balance` picks
+//! an endpoint, `attempt` sends one try (feeding the `breaker`), and
+//! `send_with_retries` decides whether another follows.
 
+mod attempt;
 pub mod balance;
+mod body;
+pub mod breaker;
+mod gauges;
 pub mod health;
 pub mod routes;
 pub mod snapshot;
+pub mod target;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, StatusCode, Version};
-use http_body::Body as _;
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use remora_server::serve::{self as server, Drain, ServerSettings};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use self::balance::Endpoint;
+use self::attempt::{Attempts, Failed, Tried};
+use self::balance::{Endpoint, InFlight, InFlightBody};
+use self::body::RequestBody;
 use self::snapshot::{Backend, Route, Snapshot};
 use crate::access_log::AccessRecord;
 use crate::discovery::{OnDemand, Presence};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
-use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
-use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
-use crate::metrics::{
-    Direction, EjectionLabels, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics,
-};
+use crate::metrics::{Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics};
 
 /// The outbound direction, top to bottom: accept on `listener` (the local
 /// app's calls, in plaintext) → HTTP/1.1 or HTTP/2 → per request,
@@ -59,64 +64,7 @@ pub fn serve(
     }))
 }
 
-/// `remora_endpoints{direction, service, state}`, counted from the live
-/// view at scrape time so it can never disagree with it.
-#[derive(Debug)]
-pub struct EndpointGauges(pub Arc<Outbound>);
-
-impl std::fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outbound").finish_non_exhaustive()
-    }
-}
-
-impl prometheus_client::collector::Collector for EndpointGauges {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> std::fmt::Result {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let snapshot = self.0.snapshot();
-        let mut family = encoder.encode_descriptor(
-            "remora_endpoints",
-            "Endpoints of each service by state",
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
-        let now = Instant::now();
-        let mut names: Vec<&String> = snapshot.services.keys().collect();
-        names.sort();
-        for name in names {
-            let service = &snapshot.services[name];
-            let count = |f: &dyn Fn(&balance::Endpoint) -> bool| {
-                service.endpoints.iter().filter(|e| f(e)).count() as i64
-            };
-            let unhealthy = count(&|e| !e.is_healthy());
-            let ejected = count(&|e| e.is_healthy() && e.is_ejected(now));
-            let healthy = service.endpoints.len() as i64 - unhealthy - ejected;
-            let states = [
-                ("healthy", healthy),
-                ("ejected", ejected),
-                ("unhealthy", unhealthy),
-            ];
-            for (state, n) in states {
-                let labels = [
-                    ("direction", "outbound"),
-                    ("service", name.as_str()),
-                    ("state", state),
-                ];
-                ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Says that a request carried as HTTP/2 between sidecars was HTTP/1.1
-/// when the app sent it, so that the far side restores it.
-pub const ORIG_PROTO: &str = "remora-orig-proto";
-pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
+pub use self::gauges::EndpointGauges;
 
 /// The peer label of a request to or from a process with no mesh identity.
 const UNMESHED: &str = "unmeshed";
@@ -128,6 +76,12 @@ pub struct Outbound {
     discovery: Option<Discovery>,
     metrics: HttpMetrics,
     unmeshed: Arc<str>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
 }
 
 /// Where services missing from the snapshot are looked up, and how long a
@@ -156,6 +110,15 @@ impl Outcome {
             peer: None,
             retries: 0,
             error: Some(code),
+        }
+    }
+
+    /// The error of a try that went to `endpoint`.
+    fn at(endpoint: Arc<Endpoint>, retries: u32, e: ProxyError) -> Self {
+        Self {
+            endpoint: Some(endpoint),
+            retries,
+            ..Outcome::error(e)
         }
     }
 }
@@ -199,7 +162,7 @@ impl Outbound {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             return self.finish_unrouted(&req, "", e, started);
         }
-        let Some(authority) = target_authority(&req) else {
+        let Some(authority) = target::authority(&req) else {
             return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started);
         };
         let known = self.snapshot.load().lookup(&authority).cloned();
@@ -262,8 +225,8 @@ impl Outbound {
     /// A service the snapshot lacks: the app's first call to it starts a
     /// watch and waits, within the discovery timeout, for its view.
     async fn discover(&self, authority: &str) -> Result<Arc<snapshot::Service>, ProxyError> {
-        let unknown = || ProxyError::UnknownService(snapshot::service_name(authority).to_string());
-        let (Some(discovery), Some(name)) = (&self.discovery, snapshot::mesh_service(authority))
+        let unknown = || ProxyError::UnknownService(target::service_name(authority).to_string());
+        let (Some(discovery), Some(name)) = (&self.discovery, target::mesh_service(authority))
         else {
             return Err(unknown());
         };
@@ -323,6 +286,8 @@ impl Outbound {
         outcome
     }
 
+    /// The tries: pick an endpoint (not the one that just failed), try it,
+    /// then respond, give up, or back off and try again.
     async fn send_with_retries(
         &self,
         route: &Route,
@@ -330,27 +295,28 @@ impl Outbound {
         req: Request<Incoming>,
         authority: &str,
     ) -> Outcome {
-        let (mut parts, body) = req.into_parts();
-        let downstream_upgrade = crate::http::upgrade::forward_request_head(&mut parts);
-        headers::ensure_host(&mut parts.headers, authority);
-        let http2 = parts.version == Version::HTTP_2;
+        let (mut head, body) = req.into_parts();
+        let upgrade = crate::http::upgrade::forward_request_head(&mut head);
+        headers::ensure_host(&mut head.headers, authority);
         let hash_key = backend
             .hash_header
             .as_ref()
-            .and_then(|h| parts.headers.get(h))
+            .and_then(|h| head.headers.get(h))
             .map(|v| v.as_bytes().to_vec());
-
         let retry = route.retry.as_ref();
         if let Some(r) = retry {
             r.deposit();
         }
-        let retry = retry.filter(|r| r.allows_method(&parts.method));
-        let mut body = RequestBody::new(body, retry.is_some());
-        let Some(mut attempt_body) = body.for_attempt() else {
-            unreachable!("a request's body always has a first try");
+        let retry = retry.filter(|r| r.allows_method(&head.method));
+        let (mut body, mut try_body) = RequestBody::first_try(body, retry.is_some());
+        let attempts = Attempts {
+            backend,
+            route: &route.labels,
+            per_try_timeout: retry.and_then(|r| r.per_try_timeout),
+            upgrade: upgrade.is_some(),
+            metrics: &self.metrics,
         };
-        let mut avoid: Option<Arc<Endpoint>> = None;
-        let mut retries = 0u32;
+        let (mut avoid, mut retries) = (None, 0);
         loop {
             let Some(endpoint) = backend.pick(hash_key.as_deref(), avoid.as_ref()) else {
                 return Outcome::error(ProxyError::NoEndpoints(backend.service.to_string()));
@@ -358,172 +324,46 @@ impl Outbound {
             // A request that cannot be retried gives its headers away
             // rather than copying them.
             let headers = match retry {
-                Some(_) => parts.headers.clone(),
-                None => std::mem::take(&mut parts.headers),
+                Some(_) => head.headers.clone(),
+                None => std::mem::take(&mut head.headers),
             };
-            let meshed = backend.meshed(&endpoint);
-            if meshed.is_some() && downstream_upgrade.is_some() {
-                return Outcome {
-                    endpoint: Some(endpoint),
-                    ..Outcome::error(ProxyError::UpgradeOverMtls)
-                };
-            }
-            let mut attempt = Request::from_parts(
-                attempt_head(
-                    &parts.method,
-                    headers,
-                    http2 || backend.always_http2 || meshed.is_some(),
-                ),
-                attempt_body,
-            );
-            if meshed.is_some() && !http2 {
-                // Carried as HTTP/2, restored as HTTP/1.1 by the far side.
-                attempt
-                    .headers_mut()
-                    .insert(ORIG_PROTO, HeaderValue::from_static(ORIG_PROTO_HTTP1));
-            }
-            *attempt.uri_mut() = crate::http::upstream_uri(&endpoint.authority, &parts.uri);
-
-            let mut in_flight = endpoint.start();
-            let client = meshed.unwrap_or_else(|| backend.client(http2));
-            let sent = client.request(attempt);
-            let result = match retry.and_then(|r| r.per_try_timeout) {
-                Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
-                None => Ok(sent.await),
-            };
-            in_flight.headers_received();
-
-            let (failure, outcome) = match result {
-                Ok(Ok(response)) => {
-                    let failure = Failure::of_response(response.status(), response.headers());
-                    let server_failed = response.status().is_server_error();
-                    self.breaker(backend, &endpoint, !server_failed);
-                    match failure {
-                        Some(f) => (f, Ok(response)),
-                        None => {
-                            return self.respond(response, in_flight, retries, downstream_upgrade)
-                        }
-                    }
+            let failed = match attempt::run(&attempts, &endpoint, &head, headers, try_body).await {
+                Tried::Answered(response, in_flight) => {
+                    return respond(response, in_flight, retries, upgrade)
                 }
-                Ok(Err(e)) => {
-                    let (failure, error) = match crate::http::client::classify(&e) {
-                        crate::http::client::SendFailure::Connect(reason) => (
-                            Failure::ConnectFailure,
-                            ProxyError::ConnectFailed {
-                                endpoint: endpoint.label.to_string(),
-                                reason,
-                            },
-                        ),
-                        crate::http::client::SendFailure::Reset(reason) => (
-                            Failure::Reset,
-                            ProxyError::UpstreamReset {
-                                endpoint: endpoint.label.to_string(),
-                                reason,
-                            },
-                        ),
-                        crate::http::client::SendFailure::CallerBody(reason) => {
-                            // The caller's fault: not the endpoint's, not retried.
-                            return Outcome {
-                                endpoint: Some(endpoint),
-                                retries,
-                                ..Outcome::error(ProxyError::RequestBody(reason))
-                            };
-                        }
-                    };
-                    self.breaker(backend, &endpoint, false);
-                    (failure, Err(error))
-                }
-                Err(limit) => {
-                    self.breaker(backend, &endpoint, false);
-                    self.metrics.timeouts.get_or_create(&route.labels).inc();
-                    (Failure::PerTryTimeout, Err(ProxyError::Timeout(limit)))
-                }
+                Tried::Failed(failed) => failed,
+                Tried::CallerBody(e) => return Outcome::at(endpoint, retries, e),
+                // Reported, as it always was, with no retries.
+                Tried::NotSent(e) => return Outcome::at(endpoint, 0, e),
             };
-
-            let give_up = |outcome: Result<Response<Incoming>, ProxyError>,
-                           in_flight: balance::InFlight| match outcome {
-                Ok(response) => self.respond(response, in_flight, retries, None),
-                Err(e) => Outcome {
-                    endpoint: Some(in_flight.endpoint().clone()),
-                    retries,
-                    ..Outcome::error(e)
-                },
+            let covered = retry
+                .filter(|r| retries < r.attempts && r.covers(failed.failure) && body.can_replay());
+            let Some(r) = covered else {
+                return give_up(failed, retries);
             };
-            let Some(r) = retry else {
-                return give_up(outcome, in_flight);
-            };
-            if retries >= r.attempts || !r.covers(failure) || !body.can_replay() {
-                return give_up(outcome, in_flight);
-            }
             if !r.withdraw() {
                 self.metrics
                     .budget_exhausted
                     .get_or_create(&route.labels)
                     .inc();
-                return match outcome {
-                    Ok(response) => self.respond(response, in_flight, retries, None),
-                    Err(e) => Outcome {
-                        endpoint: Some(endpoint),
-                        retries,
-                        ..Outcome::error(ProxyError::BudgetExhausted(Box::new(e)))
-                    },
-                };
+                return budget_exhausted(failed, retries);
             }
             // Copied now, not after the backoff: the copy supersedes the
             // failed try's body, which would otherwise read on past the cap.
-            let Some(next_body) = body.for_attempt() else {
-                return give_up(outcome, in_flight);
+            let Some(next_body) = body.next_try() else {
+                return give_up(failed, retries);
             };
+            let reason = failed.failure.reason();
             // The failed try is done with: neither its response nor its
             // endpoint's in-flight count may last through the backoff.
-            drop((outcome, in_flight));
-            self.metrics
-                .retries
-                .get_or_create(&RetryLabels {
-                    route: route.labels.clone(),
-                    reason: failure.reason(),
-                })
-                .inc();
+            drop(failed);
+            let labels = RetryLabels {
+                route: route.labels.clone(),
+                reason,
+            };
+            self.metrics.retries.get_or_create(&labels).inc();
             tokio::time::sleep(r.backoff(retries)).await;
-            retries += 1;
-            avoid = Some(endpoint);
-            attempt_body = next_body;
-        }
-    }
-
-    fn respond(
-        &self,
-        response: Response<Incoming>,
-        in_flight: balance::InFlight,
-        retries: u32,
-        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    ) -> Outcome {
-        let endpoint = in_flight.endpoint().clone();
-        let (mut parts, body) = response.into_parts();
-        crate::http::upgrade::forward_response_head(&mut parts, downstream_upgrade);
-        let body = balance::InFlightBody::new(body, in_flight);
-        Outcome {
-            response: Response::from_parts(parts, boxed(body)),
-            endpoint: Some(endpoint),
-            peer: None,
-            retries,
-            error: None,
-        }
-    }
-
-    /// Feeds the circuit breaker; counts an ejection.
-    fn breaker(&self, backend: &Backend, endpoint: &Arc<Endpoint>, success: bool) {
-        let may_eject = !success && backend.may_eject();
-        if endpoint.record_outcome(success, backend.circuit_breaker.as_ref(), may_eject) {
-            tracing::warn!(endpoint = %endpoint.address, service = %backend.service, "endpoint ejected after consecutive failures");
-            self.metrics
-                .ejections
-                .get_or_create(&EjectionLabels {
-                    direction: crate::metrics::Direction::Outbound,
-                    service: backend.service.clone(),
-                    endpoint: endpoint.label.clone(),
-                })
-                .inc();
+            (avoid, retries, try_body) = (Some(endpoint), retries + 1, next_body);
         }
     }
 
@@ -572,71 +412,46 @@ impl Outbound {
     }
 }
 
-/// The service the request is for: the absolute-form URI's authority (as
-/// `http_proxy` clients send), the HTTP/2 `:authority`, or `Host`.
-fn target_authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_ascii_lowercase());
+/// The caller's response, from the try that answered.
+fn respond(
+    response: Response<Incoming>,
+    in_flight: InFlight,
+    retries: u32,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Outcome {
+    let endpoint = in_flight.endpoint().clone();
+    let (mut parts, body) = response.into_parts();
+    crate::http::upgrade::forward_response_head(&mut parts, downstream_upgrade);
+    let body = InFlightBody::new(body, in_flight);
+    Outcome {
+        response: Response::from_parts(parts, boxed(body)),
+        endpoint: Some(endpoint),
+        peer: None,
+        retries,
+        error: None,
     }
-    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-/// `http://ENDPOINT/path?query`: the client pools connections by endpoint.
-/// The request head of one try, in the version spoken upstream.
-pub(crate) fn attempt_head(
-    method: &http::Method,
-    headers: http::HeaderMap,
-    http2: bool,
-) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = method.clone();
-    *req.version_mut() = if http2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    *req.headers_mut() = headers;
-    req.into_parts().0
+/// No other try: the caller gets what the last one got.
+fn give_up(failed: Failed, retries: u32) -> Outcome {
+    match failed.last {
+        Ok(response) => respond(response, failed.in_flight, retries, None),
+        Err(e) => Outcome::at(failed.in_flight.endpoint().clone(), retries, e),
+    }
+}
+
+/// A retry the budget could not pay for: the caller gets the last
+/// response, or the last error saying why it was not retried.
+fn budget_exhausted(failed: Failed, retries: u32) -> Outcome {
+    match failed.last {
+        Ok(response) => respond(response, failed.in_flight, retries, None),
+        Err(e) => {
+            let e = ProxyError::BudgetExhausted(Box::new(e));
+            Outcome::at(failed.in_flight.endpoint().clone(), retries, e)
+        }
+    }
 }
 
 fn chance(percent: f64) -> bool {
     percent > 0.0 && fastrand::f64() * 100.0 < percent
-}
-
-/// The request body across tries.
-enum RequestBody {
-    Empty,
-    /// Sent once; no retry possible once taken.
-    Once(Option<Incoming>),
-    Replay(ReplayBody),
-}
-
-impl RequestBody {
-    fn new(body: Incoming, retryable: bool) -> Self {
-        if body.is_end_stream() {
-            RequestBody::Empty
-        } else if retryable && body.size_hint().lower() <= MAX_REPLAY_BYTES as u64 {
-            // A body known to be larger than a replay may keep is sent once.
-            RequestBody::Replay(ReplayBody::new(crate::http::from_caller(body)))
-        } else {
-            RequestBody::Once(Some(body))
-        }
-    }
-
-    fn for_attempt(&mut self) -> Option<Body> {
-        match self {
-            RequestBody::Empty => Some(crate::http::empty()),
-            RequestBody::Once(b) => b.take().map(crate::http::from_caller),
-            RequestBody::Replay(r) => r.try_clone().map(boxed),
-        }
-    }
-
-    fn can_replay(&self) -> bool {
-        match self {
-            RequestBody::Empty => true,
-            RequestBody::Once(_) => false,
-            RequestBody::Replay(r) => r.can_replay(),
-        }
-    }
 }

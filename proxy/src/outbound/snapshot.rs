@@ -13,6 +13,7 @@ use remora_api::{CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy
 
 use super::balance::{Balancer, Endpoint, EndpointRegistry};
 use super::routes::Matcher;
+use super::target;
 use crate::http::client::{ClientSettings, Clients, HttpClient};
 use crate::http::retry::Retry;
 use crate::metrics::{Direction, RouteLabels};
@@ -57,6 +58,7 @@ pub struct Backend {
     mesh: HashMap<SpiffeId, HttpClient>,
     /// gRPC services are always spoken to in HTTP/2.
     pub always_http2: bool,
+    /// The policy of `breaker`, which feeds on each try's outcome.
     pub circuit_breaker: Option<CircuitBreaker>,
 }
 
@@ -141,17 +143,6 @@ impl Backend {
     /// endpoints has its client). No lookup, for labelling each request.
     pub fn is_meshed(&self, endpoint: &Endpoint) -> bool {
         endpoint.identity.is_some() && !self.mesh.is_empty()
-    }
-
-    /// Whether the circuit breaker may eject one more endpoint without
-    /// passing `max_ejected_percent`.
-    pub fn may_eject(&self) -> bool {
-        let Some(cb) = &self.circuit_breaker else {
-            return false;
-        };
-        let now = std::time::Instant::now();
-        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
-        (ejected + 1) * 100 <= self.endpoints.len() * cb.max_ejected_percent as usize
     }
 }
 
@@ -314,38 +305,10 @@ fn identity(mesh: &Mesh, endpoint: &remora_api::Endpoint) -> Option<SpiffeId> {
     SpiffeId::resolve(name, &mesh.trust_domain).ok()
 }
 
-/// The service an authority names: `orders`, `orders:80`,
-/// `orders.default`, `orders.default.svc` or
-/// `orders.default.svc.cluster.local` all name `orders`.
-pub fn service_name(authority: &str) -> &str {
-    let host = match authority.rsplit_once(':') {
-        // Not an IPv6 literal's colon.
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            host
-        }
-        _ => authority,
-    };
-    host.strip_suffix('.').unwrap_or(host)
-}
-
-/// The mesh service an authority could name, if any: the host when it has
-/// no dots, else `name` of `name.namespace[.svc[.cluster-domain]]`.
-pub fn mesh_service(authority: &str) -> Option<&str> {
-    let host = service_name(authority);
-    let Some((name, rest)) = host.split_once('.') else {
-        return Some(host);
-    };
-    let mut parts = rest.split('.');
-    let _namespace = parts.next()?;
-    match parts.next() {
-        None | Some("svc") => Some(name),
-        Some(_) => None,
-    }
-}
-
 impl Snapshot {
+    /// The service `authority` names, in any of its Kubernetes forms.
     pub fn lookup(&self, authority: &str) -> Option<&Arc<Service>> {
-        self.services.get(mesh_service(authority)?)
+        self.services.get(target::mesh_service(authority)?)
     }
 }
 

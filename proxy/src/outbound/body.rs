@@ -1,0 +1,57 @@
+//! The caller's request body across the tries of one request: sent once,
+//! or kept (up to `MAX_REPLAY_BYTES`) so that a retry can send it again.
+
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use crate::http::replay::{ReplayBody, MAX_REPLAY_BYTES};
+use crate::http::{boxed, empty, from_caller, Body};
+
+/// What later tries can have of the body once the first has it.
+pub enum RequestBody {
+    /// Nothing to send: every try sends nothing.
+    Empty,
+    /// Given to the first try whole; no retry is possible.
+    Once,
+    /// Copied as it goes, for retries.
+    Replay(ReplayBody),
+}
+
+impl RequestBody {
+    /// The body of the first try, and what later tries can have: a copy,
+    /// when `retryable` and not known to be larger than a replay may keep.
+    pub fn first_try(body: Incoming, retryable: bool) -> (Self, Body) {
+        if body.is_end_stream() {
+            return (RequestBody::Empty, empty());
+        }
+        if !retryable || body.size_hint().lower() > MAX_REPLAY_BYTES as u64 {
+            return (RequestBody::Once, from_caller(body));
+        }
+        let replay = ReplayBody::new(from_caller(body));
+        // The copy exists: the length was just found to fit. Were it not,
+        // the body would go once, uncopied.
+        match replay.try_clone() {
+            Some(first) => (RequestBody::Replay(replay), boxed(first)),
+            None => (RequestBody::Once, boxed(replay)),
+        }
+    }
+
+    /// The body of the next try; `None` once the body cannot be sent again.
+    /// Taking it supersedes the previous try's copy.
+    pub fn next_try(&mut self) -> Option<Body> {
+        match self {
+            RequestBody::Empty => Some(empty()),
+            RequestBody::Once => None,
+            RequestBody::Replay(r) => r.try_clone().map(boxed),
+        }
+    }
+
+    /// Whether a next try could have the body (a copy may still fail).
+    pub fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Once => false,
+            RequestBody::Replay(r) => r.can_replay(),
+        }
+    }
+}
