@@ -5,7 +5,7 @@
 //! decided here.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
@@ -19,7 +19,7 @@ use crate::http::errors::ProxyError;
 use crate::http::retry::Failure;
 use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{upstream_uri, Body};
-use crate::metrics::{HttpMetrics, RouteLabels};
+use crate::metrics::{Direction, EjectionLabels, HttpMetrics, RouteLabels};
 
 /// What every try of one request shares.
 pub struct Attempts<'a> {
@@ -95,7 +95,7 @@ pub async fn run(
         Ok(Ok(response)) => {
             let failure = Failure::of_response(response.status(), response.headers());
             let server_failed = response.status().is_server_error();
-            breaker::record(backend, endpoint, !server_failed, attempts.metrics);
+            feed_breaker(backend, endpoint, !server_failed, attempts.metrics);
             match failure {
                 Some(failure) => (failure, Ok(response)),
                 None => return Tried::Answered(response, in_flight),
@@ -121,11 +121,11 @@ pub async fn run(
                     return Tried::CallerBody(ProxyError::RequestBody(reason))
                 }
             };
-            breaker::record(backend, endpoint, false, attempts.metrics);
+            feed_breaker(backend, endpoint, false, attempts.metrics);
             (failure, Err(error))
         }
         Err(limit) => {
-            breaker::record(backend, endpoint, false, attempts.metrics);
+            feed_breaker(backend, endpoint, false, attempts.metrics);
             attempts
                 .metrics
                 .timeouts
@@ -139,4 +139,29 @@ pub async fn run(
         last,
         in_flight,
     })
+}
+
+/// Feeds one try's outcome to `endpoint`'s breaker under `backend`'s
+/// policy; an ejection is logged and counted.
+fn feed_breaker(backend: &Backend, endpoint: &Endpoint, success: bool, metrics: &HttpMetrics) {
+    if success {
+        endpoint.breaker.record_success();
+        return;
+    }
+    let policy = backend.circuit_breaker.as_ref();
+    let now = Instant::now();
+    let breakers = backend.endpoints.iter().map(|e| &e.breaker);
+    let may_eject = breaker::may_eject(policy, breakers, now);
+    if !endpoint.breaker.record_failure(policy, may_eject, now) {
+        return;
+    }
+    tracing::warn!(endpoint = %endpoint.address, service = %backend.service, "endpoint ejected after consecutive failures");
+    metrics
+        .ejections
+        .get_or_create(&EjectionLabels {
+            direction: Direction::Outbound,
+            service: backend.service.clone(),
+            endpoint: endpoint.label.clone(),
+        })
+        .inc();
 }

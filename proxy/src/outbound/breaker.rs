@@ -1,18 +1,15 @@
 //! The circuit breaker: `consecutive_failures` failed tries in a row eject
 //! an endpoint from balancing for `base_ejection`, each repeat ejection
 //! twice as long as the one before, and never more than a backend's
-//! `max_ejected_percent` of endpoints at once. Each ejection is logged and
-//! counted in `remora_circuit_breaker_ejections_total`.
+//! `max_ejected_percent` of endpoints at once. Each endpoint holds its
+//! [`Breaker`]; each try feeds it (`attempt`), which logs and counts an
+//! ejection in `remora_circuit_breaker_ejections_total`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use remora_api::CircuitBreaker;
-
-use super::balance::Endpoint;
-use super::snapshot::Backend;
-use crate::metrics::{Direction, EjectionLabels, HttpMetrics};
 
 /// Repeat ejections double up to this many times (64 × `base_ejection`).
 const MAX_DOUBLINGS: u32 = 6;
@@ -72,45 +69,20 @@ impl Breaker {
     }
 }
 
-/// Whether one more of `endpoints` may be ejected without passing
-/// `max_ejected_percent`; never without a policy.
-pub fn may_eject(
+/// Whether one more of a backend's endpoints, whose `breakers` these
+/// are, may be ejected without passing `max_ejected_percent`; never
+/// without a policy.
+pub fn may_eject<'a>(
     policy: Option<&CircuitBreaker>,
-    endpoints: &[Arc<Endpoint>],
+    breakers: impl ExactSizeIterator<Item = &'a Breaker>,
     now: Instant,
 ) -> bool {
     let Some(policy) = policy else {
         return false;
     };
-    let ejected = endpoints
-        .iter()
-        .filter(|e| e.breaker.is_ejected(now))
-        .count();
-    (ejected + 1) * 100 <= endpoints.len() * policy.max_ejected_percent as usize
-}
-
-/// Feeds one try's outcome to `endpoint`'s breaker under `backend`'s
-/// policy; an ejection is logged and counted.
-pub fn record(backend: &Backend, endpoint: &Endpoint, success: bool, metrics: &HttpMetrics) {
-    if success {
-        endpoint.breaker.record_success();
-        return;
-    }
-    let policy = backend.circuit_breaker.as_ref();
-    let now = Instant::now();
-    let may_eject = may_eject(policy, &backend.endpoints, now);
-    if !endpoint.breaker.record_failure(policy, may_eject, now) {
-        return;
-    }
-    tracing::warn!(endpoint = %endpoint.address, service = %backend.service, "endpoint ejected after consecutive failures");
-    metrics
-        .ejections
-        .get_or_create(&EjectionLabels {
-            direction: Direction::Outbound,
-            service: backend.service.clone(),
-            endpoint: endpoint.label.clone(),
-        })
-        .inc();
+    let total = breakers.len();
+    let ejected = breakers.filter(|b| b.is_ejected(now)).count();
+    (ejected + 1) * 100 <= total * policy.max_ejected_percent as usize
 }
 
 /// The instant ejection deadlines count from.
@@ -127,8 +99,6 @@ fn nanos_since_epoch(t: Instant) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::net::SocketAddr;
     use std::time::Duration;
 
     use remora_api::HumanDuration;
@@ -189,19 +159,17 @@ mod tests {
 
     #[test]
     fn at_most_max_ejected_percent_of_a_backend() {
-        let endpoints: Vec<Arc<Endpoint>> = (0..4)
-            .map(|i| {
-                let address = SocketAddr::from(([127, 0, 0, 1], 9000 + i));
-                Arc::new(Endpoint::new(address, BTreeMap::new()))
-            })
-            .collect();
+        let breakers: Vec<Breaker> = (0..4).map(|_| Breaker::default()).collect();
         let (p, now) = (policy(1), Instant::now());
-        assert!(!may_eject(None, &endpoints, now));
-        for e in &endpoints[..2] {
-            assert!(may_eject(Some(&p), &endpoints, now));
-            assert!(fail(&e.breaker, &p, 1, now));
+        assert!(!may_eject(None, breakers.iter(), now));
+        for b in &breakers[..2] {
+            assert!(may_eject(Some(&p), breakers.iter(), now));
+            assert!(fail(b, &p, 1, now));
         }
-        assert!(!may_eject(Some(&p), &endpoints, now), "half are ejected");
-        assert!(may_eject(Some(&p), &endpoints, now + BASE));
+        assert!(
+            !may_eject(Some(&p), breakers.iter(), now),
+            "half are ejected"
+        );
+        assert!(may_eject(Some(&p), breakers.iter(), now + BASE));
     }
 }
