@@ -151,17 +151,6 @@ impl Proxy {
     /// control plane, once the inbound view is in, the instance is
     /// registered, and (with an identity) the certificate is in hand.
     fn serve(self, config: &Config) -> anyhow::Result<Serving> {
-        let Proxy {
-            listeners,
-            metrics,
-            identity,
-            control,
-            outbound,
-            inbound,
-            admin,
-            ready,
-            shutdown,
-        } = self;
         let settings = ServerSettings {
             header_read_timeout: config.header_read_timeout.get(),
             vectored_writes: true,
@@ -172,24 +161,25 @@ impl Proxy {
         let (admin_drain, admin_draining) = drain_channel();
         let traffic = vec![
             outbound::serve(
-                outbound,
-                listeners.outbound,
+                self.outbound,
+                self.listeners.outbound,
                 settings.clone(),
-                &metrics.transport,
+                &self.metrics.transport,
                 traffic_draining.clone(),
             ),
             inbound::serve(
-                inbound,
-                listeners.inbound,
+                self.inbound,
+                self.listeners.inbound,
                 settings.clone(),
-                identity.as_deref(),
-                &metrics.transport,
+                self.identity.as_deref(),
+                &self.metrics.transport,
                 traffic_draining,
             )?,
         ];
         // The admin server is not counted as proxied traffic.
+        let admin = self.admin;
         let admin_server = tokio::spawn(server::serve(
-            listeners.admin,
+            self.listeners.admin,
             settings,
             admin_draining,
             move |peer| {
@@ -200,10 +190,10 @@ impl Proxy {
                 })
             },
         ));
-        let (registering, becoming_ready) = match control {
+        let (registering, becoming_ready) = match self.control {
             Some((client, (instance, registration))) => {
                 let registering = {
-                    let (client, identity, app) = (client.clone(), identity.clone(), config.app);
+                    let (client, identity, app) = (client.clone(), self.identity, config.app);
                     // Registered only with a certificate in hand, so that
                     // no peer dials this instance before it can prove who
                     // it is.
@@ -214,7 +204,7 @@ impl Proxy {
                         client.register(&instance, registration, app)
                     })
                 };
-                let ready = ready.clone();
+                let ready = self.ready.clone();
                 let becoming_ready = tokio::spawn(async move {
                     client.ready().await;
                     ready.store(true, Ordering::Release);
@@ -223,14 +213,14 @@ impl Proxy {
                 (Some(registering), Some(becoming_ready))
             }
             None => {
-                ready.store(true, Ordering::Release);
+                self.ready.store(true, Ordering::Release);
                 tracing::info!("ready");
                 (None, None)
             }
         };
         Ok(Serving {
-            shutdown,
-            ready,
+            shutdown: self.shutdown,
+            ready: self.ready,
             registering,
             becoming_ready,
             traffic,

@@ -328,16 +328,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn authorities_name_services_in_every_kubernetes_form() {
+    async fn a_lookup_finds_the_service_an_authority_names() {
+        // Every form an authority takes is `target`'s to test.
         let s = compile("services:\n  orders: {}\n");
-        for a in [
-            "orders",
-            "orders:80",
-            "orders.default",
-            "orders.default.svc",
-            "orders.default.svc.cluster.local",
-            "orders.default.svc.cluster.local.",
-        ] {
+        for a in ["orders:80", "orders.default.svc.cluster.local"] {
             assert!(s.lookup(a).is_some(), "{a}");
         }
         for a in ["order", "orders.default.other.x", "payments:80"] {
