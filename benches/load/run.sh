@@ -351,8 +351,11 @@ if [[ $MESH == on ]]; then
 	mtls_port=$REPLY mtls_pids="$sidecar_pid,$mtls_server"
 	check_body mesh -H "Host: plain" "http://127.0.0.1:$plain_port/"
 	check_body mesh-mtls -H "Host: mtls" "http://127.0.0.1:$mtls_port/"
-	# The mtls path really is mutual TLS: its caller counts it so.
-	curl -fsS "http://127.0.0.1:$sidecar_admin/metrics" | grep -q 'direction="outbound".*tls="true"' ||
+	# The mtls path really is mutual TLS: its caller counts it so. (Read
+	# whole first: `grep -q` quits at the first match, and curl, cut off
+	# mid-write, would fail the pipeline.)
+	metrics=$(curl -fsS "http://127.0.0.1:$sidecar_admin/metrics")
+	grep -q 'direction="outbound".*tls="true"' <<<"$metrics" ||
 		die "mesh-mtls: the caller's sidecar did not use mutual TLS"
 fi
 
