@@ -763,3 +763,63 @@ async fn a_response_that_broke_after_its_headers_is_not_retried() {
         "{m}"
     );
 }
+
+/// Answers `NAME:BODY`, the request's body read whole.
+async fn echoes(name: &'static str) -> Upstream {
+    Upstream::start(move |req: Request<Incoming>| async move {
+        let got = req.into_body().collect().await.unwrap().to_bytes();
+        text(format!("{name}:{}", String::from_utf8_lossy(&got)))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_request_that_never_reached_its_endpoint_goes_to_another_whatever_the_policy() {
+    // The short config a user writes first, no retry policy at all, and one
+    // instance of three gone: connections to it are refused.
+    let (a, b, dead) = (echoes("a").await, echoes("b").await, dead_address().await);
+    let mesh = format!(
+        "services:\n  trio:\n    endpoints: [ {{ address: {} }}, {{ address: {} }}, {{ address: {dead} }} ]\n",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    for i in 0..150 {
+        let r = client.get(&format!("http://trio/get/{i}")).await.unwrap();
+        assert_eq!(r.status, 200, "GET {i}: {}", r.text());
+        assert!(["a:", "b:"].contains(&r.text().as_str()), "{}", r.text());
+    }
+    // Even a POST, with its body: it never reached the dead instance.
+    for i in 0..30 {
+        let order = format!("order-{i}");
+        let req = Request::post("http://trio/orders")
+            .body(body(order.clone()))
+            .unwrap();
+        let r = client.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
+        assert!(r.text().ends_with(&format!(":{order}")), "{}", r.text());
+    }
+    assert_eq!(a.hits() + b.hits(), 180, "each request answered once");
+    let metrics = proxy.metrics().await;
+    assert!(
+        retries(&metrics, "trio", "connect-failure") > 0.0,
+        "the resends are counted\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_no_endpoint_can_take_is_resent_a_bounded_number_of_times() {
+    let dead = dead_address().await;
+    let mesh = format!("services:\n  gone:\n    endpoints: [ {{ address: {dead} }} ]\n");
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    let r = client.get("http://gone/").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("remora-error"), Some("upstream-refused"));
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        retries(&metrics, "gone", "connect-failure"),
+        3.0,
+        "three resends, then the caller is told\n{metrics}"
+    );
+}

@@ -13,6 +13,9 @@ use tower::retry::budget::{Budget, TpsBudget};
 
 /// How long a deposit counts toward the budget.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// How many times a request that never reached its endpoint (a connect
+/// failure) is sent on to another, whatever the route's retry policy.
+pub const UNSENT_RESENDS: u32 = 3;
 
 /// A compiled retry policy, with the budget it shares across requests.
 #[derive(Clone)]
@@ -81,6 +84,21 @@ impl Retry {
             budget,
             policy: policy.clone(),
         }
+    }
+
+    /// Resending a request that never reached its endpoint: it had no
+    /// effect anywhere, so any method may go again, at once, to another
+    /// endpoint, up to [`UNSENT_RESENDS`] times and within a budget of the
+    /// default size (a fifth of the requests, at least 10 a second), which
+    /// every route has whatever its own policy.
+    pub fn unsent(previous: Option<&Retry>) -> Self {
+        let policy = RetryPolicy {
+            attempts: UNSENT_RESENDS,
+            on: vec![RetryOn::ConnectFailure],
+            non_idempotent: true,
+            ..RetryPolicy::default()
+        };
+        Self::reuse_or_new(&policy, previous)
     }
 
     /// The same policy keeps its budget across config reloads; a changed

@@ -36,6 +36,7 @@ use crate::access_log::AccessRecord;
 use crate::discovery::{OnDemand, Presence};
 use crate::http::errors::ProxyError;
 use crate::http::headers;
+use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
 use crate::metrics::{Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics};
 
@@ -307,8 +308,11 @@ impl Outbound {
         if let Some(r) = retry {
             r.deposit();
         }
+        route.unsent.deposit();
         let retry = retry.filter(|r| r.allows_method(&head.method));
-        let (mut body, mut try_body) = RequestBody::first_try(body, retry.is_some());
+        // Any request may have to go again, if only because its first
+        // endpoint could not be reached.
+        let (mut body, mut try_body) = RequestBody::first_try(body, true);
         let attempts = Attempts {
             backend,
             route: &route.labels,
@@ -321,11 +325,11 @@ impl Outbound {
             let Some(endpoint) = backend.pick(hash_key.as_deref(), avoid.as_ref()) else {
                 return Outcome::error(ProxyError::NoEndpoints(backend.service.to_string()));
             };
-            // A request that cannot be retried gives its headers away
-            // rather than copying them.
-            let headers = match retry {
-                Some(_) => head.headers.clone(),
-                None => std::mem::take(&mut head.headers),
+            // A request that cannot go again gives its headers away rather
+            // than copying them.
+            let headers = match body.can_replay() {
+                true => head.headers.clone(),
+                false => std::mem::take(&mut head.headers),
             };
             let failed = match attempt::run(&attempts, &endpoint, &head, headers, try_body).await {
                 Tried::Answered(response, in_flight) => {
@@ -336,9 +340,14 @@ impl Outbound {
                 // Reported, as it always was, with no retries.
                 Tried::NotSent(e) => return Outcome::at(endpoint, 0, e),
             };
-            let covered = retry
-                .filter(|r| retries < r.attempts && r.covers(failed.failure) && body.can_replay());
-            let Some(r) = covered else {
+            // The route's policy, or, for a try that never reached its
+            // endpoint, a resend at once whatever the policy.
+            let (policy, resend) = match retry.filter(|r| r.covers(failed.failure)) {
+                Some(r) => (Some(r), false),
+                None if failed.failure == Failure::ConnectFailure => (Some(&route.unsent), true),
+                None => (None, false),
+            };
+            let Some(r) = policy.filter(|r| retries < r.attempts && body.can_replay()) else {
                 return give_up(failed, retries);
             };
             if !r.withdraw() {
@@ -362,7 +371,9 @@ impl Outbound {
                 reason,
             };
             self.metrics.retries.get_or_create(&labels).inc();
-            tokio::time::sleep(r.backoff(retries)).await;
+            if !resend {
+                tokio::time::sleep(r.backoff(retries)).await;
+            }
             (avoid, retries, try_body) = (Some(endpoint), retries + 1, next_body);
         }
     }

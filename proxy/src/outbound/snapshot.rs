@@ -42,6 +42,8 @@ pub struct Route {
     total_weight: u32,
     pub timeout: Option<Duration>,
     pub retry: Option<Retry>,
+    /// Resends requests that never reached an endpoint, whatever `retry`.
+    pub unsent: Retry,
     pub fault: Option<Fault>,
 }
 
@@ -180,13 +182,14 @@ impl Compiler<'_> {
                 max: max_pending,
             }),
         };
-        let retry_of = |route: &str, policy: Option<&RetryPolicy>| {
-            let policy = policy?;
-            let old = previous
-                .and_then(|p| p.routes.iter().find(|r| &*r.labels.route == route))
-                .and_then(|r| r.retry.as_ref());
-            Some(Retry::reuse_or_new(policy, old))
+        let previous_route = |route: &str| {
+            previous.and_then(|p| p.routes.iter().find(|r| &*r.labels.route == route))
         };
+        let retry_of = |route: &str, policy: Option<&RetryPolicy>| {
+            let old = previous_route(route).and_then(|r| r.retry.as_ref());
+            Some(Retry::reuse_or_new(policy?, old))
+        };
+        let unsent_of = |route: &str| Retry::unsent(previous_route(route).map(|r| &r.unsent));
         let routes = if svc.routes.is_empty() {
             let backends = vec![(1, self.backend(mesh, name, None))];
             vec![Route {
@@ -196,6 +199,7 @@ impl Compiler<'_> {
                 total_weight: 1,
                 timeout: svc.timeout.map(Into::into),
                 retry: retry_of(DEFAULT_ROUTE, svc.retry.as_ref()),
+                unsent: unsent_of(DEFAULT_ROUTE),
                 fault: None,
             }]
         } else {
@@ -226,6 +230,7 @@ impl Compiler<'_> {
                         total_weight: total,
                         timeout: r.timeout.or(svc.timeout).map(Into::into),
                         retry: retry_of(&route_name, r.retry.as_ref().or(svc.retry.as_ref())),
+                        unsent: unsent_of(&route_name),
                         fault: r.fault,
                     }
                 })
