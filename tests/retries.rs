@@ -217,6 +217,67 @@ async fn the_timeout_bounds_all_tries_together() {
 }
 
 #[tokio::test]
+async fn a_route_timeout_shorter_than_the_per_try_timeout_ends_the_try() {
+    // The file is good (its longer per-try timeout is only noted): the
+    // proxy starts and serves, and the route's 300ms ends the try long
+    // before the service's 5s per-try timeout could.
+    let late = Upstream::start(|req: Request<Incoming>| async move {
+        if req.uri().path() != "/fast" {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        text("answered")
+    })
+    .await;
+    let mesh = format!(
+        "services:
+  late:
+    retry: {{ attempts: 2, on: [per-try-timeout], per_try_timeout: 5s }}
+    endpoints: [ {{ address: {} }} ]
+    routes:
+      - name: short
+        timeout: 300ms
+",
+        late.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    let r = client.get("http://late/fast").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "answered"));
+
+    let started = Instant::now();
+    let r = client.get("http://late/slow").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.header("remora-error"), Some("timeout"));
+    assert!(
+        (Duration::from_millis(300)..Duration::from_secs(2)).contains(&took),
+        "took {took:?}"
+    );
+    assert_eq!(late.hits(), 2, "one try for each request, no retry");
+
+    let metrics = proxy.metrics().await;
+    let route = "{direction=\"outbound\",service=\"late\",route=\"short\"";
+    assert_eq!(
+        metric_value(&metrics, &format!("remora_timeouts_total{route}")),
+        1.0,
+        "counted once, by the route: {metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, &format!("remora_retries_total{route}")),
+        0.0,
+        "{metrics}"
+    );
+    let logs = proxy.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("WARN")
+            && l.contains(
+                "services.late.routes[0].timeout: 300ms is shorter than the per_try_timeout of 5s"
+            )),
+        "the note is logged: {logs:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_slow_try_is_abandoned_for_another_endpoint() {
     let late = slow(Duration::from_secs(30)).await;
     let fast = Upstream::named("fast").await;

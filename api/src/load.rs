@@ -1,6 +1,7 @@
 //! Reading `mesh.yaml`: YAML syntax and types through serde (unknown keys
-//! are errors), then the checks that span the file. Every problem names
-//! the file, line, column and key.
+//! are errors), then the checks that span the file. Every problem, and
+//! every note on a setting that takes no effect, names the file, line,
+//! column and key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -10,7 +11,8 @@ use crate::identity::{check_trust_domain, SpiffeId};
 use crate::locate::{duplicate_keys, locate, Position, Segment};
 use crate::mesh::{Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route, Service};
 
-/// One thing wrong with a config file.
+/// One thing wrong with a config file, at its place; also the shape of a
+/// [`Note`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     pub file: String,
@@ -52,8 +54,28 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A remark on a config that does not refuse it, such as a setting that
+/// can never take effect: worth telling whoever wrote the file, not worth
+/// refusing to run on it. Located and shown as a [`Problem`] is.
+pub type Note = Problem;
+
+/// A mesh config that passed its checks, with the notes it earned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checked {
+    pub mesh: Mesh,
+    /// In the order the checks found them; empty for most files.
+    pub notes: Vec<Note>,
+}
+
 /// Parses and checks a mesh config. `file` only names the source in errors.
+/// For the notes on a good file as well, see [`parse_mesh_with_notes`].
 pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
+    parse_mesh_with_notes(file, text).map(|checked| checked.mesh)
+}
+
+/// Parses and checks a mesh config, keeping the notes on a good one. A
+/// refused file's error lists its problems only: they are what to fix.
+pub fn parse_mesh_with_notes(file: &str, text: &str) -> Result<Checked, ConfigError> {
     let mesh: Mesh = match serde_yaml::from_str(text) {
         Ok(mesh) => mesh,
         // An empty file is an empty mesh, not an error.
@@ -73,16 +95,19 @@ pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
             d.first.line, d.first.column
         ),
     });
+    let found = check(&mesh);
+    let located = |(path, message): (Vec<Segment>, String)| Problem {
+        file: file.to_string(),
+        position: locate(text, &path),
+        key: dotted(&path),
+        message,
+    };
     let problems: Vec<Problem> = duplicates
-        .chain(check(&mesh).into_iter().map(|(path, message)| Problem {
-            file: file.to_string(),
-            position: locate(text, &path),
-            key: dotted(&path),
-            message,
-        }))
+        .chain(found.problems.into_iter().map(located))
         .collect();
     if problems.is_empty() {
-        Ok(mesh)
+        let notes = found.notes.into_iter().map(located).collect();
+        Ok(Checked { mesh, notes })
     } else {
         Err(ConfigError { problems })
     }
@@ -90,10 +115,15 @@ pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
 
 /// Reads a mesh config from disk.
 pub fn read_mesh(path: &Path) -> Result<Mesh, ConfigError> {
+    read_mesh_with_notes(path).map(|checked| checked.mesh)
+}
+
+/// Reads a mesh config from disk, keeping the notes on a good one.
+pub fn read_mesh_with_notes(path: &Path) -> Result<Checked, ConfigError> {
     let file = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&file, e.to_string()))?;
-    parse_mesh(&file, &text)
+    parse_mesh_with_notes(&file, &text)
 }
 
 impl ConfigError {
@@ -150,15 +180,21 @@ fn dotted(path: &[Segment]) -> String {
     out
 }
 
+/// What the checks found, each at its key path: problems refuse the
+/// file, notes do not.
+#[derive(Default)]
 struct Checker {
     problems: Vec<(Vec<Segment>, String)>,
+    notes: Vec<(Vec<Segment>, String)>,
 }
 
 impl Checker {
     fn problem(&mut self, path: &[Segment], extra: &[Segment], message: impl Into<String>) {
-        let mut p = path.to_vec();
-        p.extend_from_slice(extra);
-        self.problems.push((p, message.into()));
+        self.problems.push(([path, extra].concat(), message.into()));
+    }
+
+    fn note(&mut self, path: &[Segment], extra: &[Segment], message: impl Into<String>) {
+        self.notes.push(([path, extra].concat(), message.into()));
     }
 }
 
@@ -178,11 +214,10 @@ pub fn is_valid_service_name(name: &str) -> bool {
 }
 
 /// The checks serde cannot make: references between parts of the file and
-/// settings that contradict each other.
-fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
-    let mut c = Checker {
-        problems: Vec::new(),
-    };
+/// settings that contradict each other, and the notes on settings that
+/// another one keeps from taking effect.
+fn check(mesh: &Mesh) -> Checker {
+    let mut c = Checker::default();
     if let Err(reason) = check_trust_domain(&mesh.trust_domain) {
         c.problem(&[key("trust_domain")], &[], reason);
     }
@@ -212,10 +247,10 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
             check_retry(&mut c, &at, retry);
             if let (Some(per_try), Some(timeout)) = (retry.per_try_timeout, svc.timeout) {
                 if per_try > timeout {
-                    c.problem(
+                    c.note(
                         &at,
                         &[key("retry"), key("per_try_timeout")],
-                        format!("{per_try} is longer than the service's timeout of {timeout}, which bounds every try"),
+                        format!("{per_try} is longer than the service's timeout of {timeout}, {ENDS_EVERY_TRY}"),
                     );
                 }
             }
@@ -348,10 +383,10 @@ fn check(mesh: &Mesh) -> Vec<(Vec<Segment>, String)> {
             if let Some(retry) = &route.retry {
                 check_retry(&mut c, &at, retry);
             }
-            check_per_try_timeout(&mut c, &at, svc, route);
+            note_per_try_timeout(&mut c, &at, svc, route);
         }
     }
-    c.problems
+    c
 }
 
 /// Every identity the service names (its own, its endpoints', those its
@@ -412,12 +447,18 @@ fn check_split_labels(
     }
 }
 
+/// Why a per-try timeout longer than the request's is only noted: the
+/// request's timeout wraps all its tries, so it ends a try first and the
+/// caller gets its 504. The file is still good, as in Envoy and Istio;
+/// the setting is merely idle (and a `per-try-timeout` retry with it).
+const ENDS_EVERY_TRY: &str = "which ends every try first: the per-try timeout never applies";
+
 /// A route's tries are bounded by its effective timeout (its own, else
 /// the service's), so a longer per-try timeout in its effective retry
-/// policy (its own, else the service's) could never take effect. A
-/// conflict the route inherits whole from its service is reported once,
-/// at the service.
-fn check_per_try_timeout(c: &mut Checker, at: &[Segment], svc: &Service, route: &Route) {
+/// policy (its own, else the service's) never takes effect: a note. One
+/// the route inherits whole from its service is noted once, at the
+/// service.
+fn note_per_try_timeout(c: &mut Checker, at: &[Segment], svc: &Service, route: &Route) {
     if route.timeout.is_none() && route.retry.is_none() {
         return;
     }
@@ -435,21 +476,22 @@ fn check_per_try_timeout(c: &mut Checker, at: &[Segment], svc: &Service, route: 
     if per_try <= timeout {
         return;
     }
+    let per_try_key = [key("retry"), key("per_try_timeout")];
     match (&route.retry, route.timeout) {
-        (Some(_), Some(_)) => c.problem(
+        (Some(_), Some(_)) => c.note(
             at,
-            &[key("retry"), key("per_try_timeout")],
-            format!("{per_try} is longer than the route's timeout of {timeout}, which bounds every try"),
+            &per_try_key,
+            format!("{per_try} is longer than the route's timeout of {timeout}, {ENDS_EVERY_TRY}"),
         ),
-        (Some(_), None) => c.problem(
+        (Some(_), None) => c.note(
             at,
-            &[key("retry"), key("per_try_timeout")],
-            format!("{per_try} is longer than the service's timeout of {timeout}, which bounds every try"),
+            &per_try_key,
+            format!("{per_try} is longer than the service's timeout of {timeout}, {ENDS_EVERY_TRY}"),
         ),
-        _ => c.problem(
+        _ => c.note(
             at,
             &[key("timeout")],
-            format!("{timeout} is shorter than the per_try_timeout of {per_try} in the service's retry policy; lower that or give the route its own retry"),
+            format!("{timeout} is shorter than the per_try_timeout of {per_try} in the service's retry policy, so it ends every try first: that per-try timeout never applies on this route"),
         ),
     }
 }

@@ -238,13 +238,29 @@ fn a_split_to_the_service_itself_is_a_problem() {
     );
 }
 
+/// The notes on a file that must parse, each shown as it is printed.
+fn notes(text: &str) -> Vec<String> {
+    parse_mesh_with_notes("mesh.yaml", text)
+        .unwrap_or_else(|e| panic!("refused: {e}"))
+        .notes
+        .iter()
+        .map(|n| n.to_string())
+        .collect()
+}
+
 #[test]
-fn a_per_try_timeout_longer_than_the_timeout_is_a_conflict() {
+fn a_per_try_timeout_longer_than_the_timeout_is_noted_not_refused() {
     // The service's own retry against its own timeout.
-    let p = problems("services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 2s }\n");
+    let text = "services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 2s }\n";
     assert_eq!(
-        p,
-        vec!["mesh.yaml:4:14: services.a.retry.per_try_timeout: 2s is longer than the service's timeout of 1s, which bounds every try"]
+        notes(text),
+        vec!["mesh.yaml:4:14: services.a.retry.per_try_timeout: 2s is longer than the service's timeout of 1s, which ends every try first: the per-try timeout never applies"]
+    );
+    let mesh = parse_mesh("mesh.yaml", text).unwrap();
+    assert_eq!(
+        mesh.services["a"].retry.as_ref().unwrap().per_try_timeout,
+        Some(HumanDuration::from_secs(2)),
+        "kept as written"
     );
 
     // A route's retry against the route's timeout, and against the service's.
@@ -257,15 +273,15 @@ services:
         retry: { per_try_timeout: 2s }
       - retry: { per_try_timeout: 20s }
 ";
-    let p = problems(text);
-    assert_eq!(p.len(), 2, "{p:?}");
-    assert!(
-        p[0].starts_with("mesh.yaml:6:18: services.a.routes[0].retry.per_try_timeout: 2s is longer than the route's timeout of 1s"),
-        "{p:?}"
+    let n = notes(text);
+    assert_eq!(n.len(), 2, "{n:?}");
+    assert_eq!(
+        n[0],
+        "mesh.yaml:6:18: services.a.routes[0].retry.per_try_timeout: 2s is longer than the route's timeout of 1s, which ends every try first: the per-try timeout never applies"
     );
     assert!(
-        p[1].contains("services.a.routes[1].retry.per_try_timeout: 20s is longer than the service's timeout of 10s"),
-        "{p:?}"
+        n[1].contains("services.a.routes[1].retry.per_try_timeout: 20s is longer than the service's timeout of 10s, which ends every try first"),
+        "{n:?}"
     );
 
     // A route's timeout shorter than the per-try timeout it inherits.
@@ -276,16 +292,28 @@ services:
     routes:
       - timeout: 1s
 ";
-    let p = problems(text);
-    assert_eq!(p.len(), 1, "{p:?}");
+    let n = notes(text);
+    assert_eq!(n.len(), 1, "{n:?}");
     assert!(
-        p[0].starts_with("mesh.yaml:5:9: services.a.routes[0].timeout: 1s is shorter than the per_try_timeout of 2s"),
-        "{p:?}"
+        n[0].starts_with("mesh.yaml:5:9: services.a.routes[0].timeout: 1s is shorter than the per_try_timeout of 2s"),
+        "{n:?}"
     );
 
     // Equal is fine, and so is a per-try timeout with no overall timeout.
     let text = "services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 1s }\n  b:\n    retry: { per_try_timeout: 9s }\n";
-    assert!(parse_mesh("mesh.yaml", text).is_ok());
+    assert_eq!(notes(text), Vec::<String>::new());
+}
+
+#[test]
+fn a_refused_file_lists_its_problems_but_not_its_notes() {
+    // Only the note rule is relaxed: a real problem beside it still refuses
+    // the file, and the error names that problem alone.
+    let text =
+        "services:\n  a:\n    timeout: 1s\n    retry: { per_try_timeout: 2s, attempts: 11 }\n";
+    let e = parse_mesh_with_notes("mesh.yaml", text).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].key, "services.a.retry.attempts");
+    assert!(parse_mesh("mesh.yaml", text).is_err());
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! `remora-control check FILE`: every problem of a mesh config, one a
-//! line, or a one-line summary of a good one.
+//! line, or the notes on a good one and its one-line summary.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use remora_api::Mesh;
 
-/// Prints the file's problems (exit 1) or its summary (exit 0).
+/// Prints the file's problems (exit 1), or its notes and its summary
+/// (exit 0: a note does not make a file bad).
 pub fn run(file: &Path) -> ExitCode {
     let name = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
@@ -16,9 +17,12 @@ pub fn run(file: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match remora_api::parse_mesh(&name, &text) {
-        Ok(mesh) => {
-            println!("{name}: ok: {}", summary(&mesh));
+    match remora_api::parse_mesh_with_notes(&name, &text) {
+        Ok(checked) => {
+            for note in &checked.notes {
+                println!("note: {note}");
+            }
+            println!("{name}: ok: {}", summary(&checked.mesh));
             ExitCode::SUCCESS
         }
         Err(e) => {

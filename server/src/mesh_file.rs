@@ -11,7 +11,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use remora_api::{ConfigError, Mesh};
+use remora_api::{ConfigError, Mesh, Note};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::ResultLabels;
@@ -53,13 +53,14 @@ pub fn watch_file(
     let (events_tx, events) = mpsc::unbounded_channel();
     let watcher = watch_dir(path, events_tx);
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mesh = remora_api::read_mesh(path)?;
+    let checked = remora_api::read_mesh_with_notes(path)?;
+    warn_of(&checked.notes);
     let view = LoadedMesh {
         source: path.display().to_string(),
         version: 1,
         loaded_at: SystemTime::now(),
         last_error: None,
-        mesh: Arc::new(mesh),
+        mesh: Arc::new(checked.mesh),
     };
     let (tx, rx) = watch::channel(Arc::new(view));
     let reloads = Reloads {
@@ -80,6 +81,14 @@ pub fn watch_file(
 struct Reloads {
     ok: Counter,
     error: Counter,
+}
+
+/// A note does not stop a load, but it names a setting that takes no
+/// effect: said once for each version of the file that is loaded.
+fn warn_of(notes: &[Note]) {
+    for note in notes {
+        tracing::warn!(%note, "config note: the file is loaded all the same");
+    }
 }
 
 /// What an event in the config's directory says of the file.
@@ -186,9 +195,10 @@ async fn follow(
             continue;
         }
         last_text = text;
-        match remora_api::parse_mesh(&path.display().to_string(), &last_text) {
-            Ok(mesh) => {
+        match remora_api::parse_mesh_with_notes(&path.display().to_string(), &last_text) {
+            Ok(checked) => {
                 reloads.ok.inc();
+                warn_of(&checked.notes);
                 let version = tx.borrow().version + 1;
                 tracing::info!(path = %path.display(), version, "config reloaded");
                 tx.send_replace(Arc::new(LoadedMesh {
@@ -196,7 +206,7 @@ async fn follow(
                     version,
                     loaded_at: SystemTime::now(),
                     last_error: None,
-                    mesh: Arc::new(mesh),
+                    mesh: Arc::new(checked.mesh),
                 }));
             }
             Err(e) => {
