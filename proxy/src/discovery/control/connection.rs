@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use super::error::{ConnectError, ControlError};
-use super::{backoff, Shared};
+use super::{reconnect_backoff, Shared};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings find a control plane that vanished without closing.
@@ -77,13 +77,14 @@ impl ControlTls {
 }
 
 /// Keeps one HTTP/2 connection to the control plane up, reconnecting with
-/// backoff whenever it ends.
+/// backoff whenever it ends (capped low: a restarted control plane is
+/// reconnected to within half a second).
 pub(super) async fn maintain(
     shared: Arc<Shared>,
     authority: String,
     senders: watch::Sender<Option<Sender>>,
 ) {
-    let mut backoff = backoff();
+    let mut backoff = reconnect_backoff();
     loop {
         if let Some(tls) = &shared.tls {
             // Every request on this connection needs this proxy's

@@ -44,11 +44,24 @@ pub use registration::Registrar;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The ceiling between tries to reconnect, lower than [`BACKOFF_MAX`]: a
+/// try is one TCP connect, cheap for a control plane that is down, and a
+/// control plane that comes back must hear from its proxies at once, for
+/// they re-register on reconnecting and every change waits on it.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// How the proxy waits before trying the control plane again, whatever
-/// failed: reconnecting, polling, registering, asking for a certificate.
+/// How the proxy waits before asking the control plane again once it
+/// answered badly or not in time: polling, registering, asking for a
+/// certificate.
 pub(crate) fn backoff() -> Backoff {
     Backoff::new(BACKOFF_BASE, BACKOFF_MAX)
+}
+
+/// How the proxy waits before trying to reconnect to the control plane.
+/// Full jitter still spreads a fleet's tries over the whole wait, so
+/// proxies do not come back in lockstep.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(BACKOFF_BASE, RECONNECT_BACKOFF_MAX)
 }
 
 /// The proxy's side of the control-plane protocol. Cheap to clone.
@@ -190,5 +203,18 @@ mod tests {
         }
         b.reset();
         assert!(b.failed() <= BACKOFF_BASE);
+    }
+
+    #[test]
+    fn reconnecting_never_waits_long_and_stays_spread() {
+        let mut b = reconnect_backoff();
+        let waits: Vec<Duration> = (0..200).map(|_| b.failed()).collect();
+        assert!(
+            waits.iter().all(|w| *w <= RECONNECT_BACKOFF_MAX),
+            "{waits:?}"
+        );
+        // Full jitter: a fleet's tries at the ceiling are not in lockstep.
+        let distinct: std::collections::HashSet<_> = waits[20..].iter().collect();
+        assert!(distinct.len() > 100, "{distinct:?}");
     }
 }
