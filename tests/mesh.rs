@@ -385,7 +385,8 @@ async fn proxies_keep_serving_through_a_control_plane_restart() {
     );
 
     // The grace must outlast the proxies' reconnection backoff (at most
-    // 5s between tries), as the default of 15s does: a proxy that comes
+    // 500ms between tries) and their re-registration, as the default of
+    // 15s does: a proxy that comes
     // back later than the grace registers too late for the first view.
     let control = ControlPlane::start_on(MESH, api, &["--restart-grace", "6s"]).await;
     // Soft state comes back from re-registration.
