@@ -12,10 +12,7 @@ pub mod protocol;
 
 pub use duration::HumanDuration;
 pub use identity::SpiffeId;
-pub use load::{
-    parse_mesh, parse_mesh_with_notes, read_mesh, read_mesh_with_notes, Checked, ConfigError, Note,
-    Problem,
-};
+pub use load::{parse_mesh, parse_mesh_with_notes, read_mesh, Checked, ConfigError, Note, Problem};
 pub use mesh::*;
 
 #[cfg(test)]

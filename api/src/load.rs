@@ -115,15 +115,10 @@ pub fn parse_mesh_with_notes(file: &str, text: &str) -> Result<Checked, ConfigEr
 
 /// Reads a mesh config from disk.
 pub fn read_mesh(path: &Path) -> Result<Mesh, ConfigError> {
-    read_mesh_with_notes(path).map(|checked| checked.mesh)
-}
-
-/// Reads a mesh config from disk, keeping the notes on a good one.
-pub fn read_mesh_with_notes(path: &Path) -> Result<Checked, ConfigError> {
     let file = path.display().to_string();
     let text =
         std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&file, e.to_string()))?;
-    parse_mesh_with_notes(&file, &text)
+    parse_mesh(&file, &text)
 }
 
 impl ConfigError {

@@ -52,11 +52,13 @@ pub fn watch_file(
     // Watch before the first read, so no edit made after it is missed.
     let (events_tx, events) = mpsc::unbounded_channel();
     let watcher = watch_dir(path, events_tx);
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let checked = remora_api::read_mesh_with_notes(path)?;
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::unreadable(&source, e.to_string()))?;
+    let checked = remora_api::parse_mesh_with_notes(&source, &text)?;
     warn_of(&checked.notes);
     let view = LoadedMesh {
-        source: path.display().to_string(),
+        source,
         version: 1,
         loaded_at: SystemTime::now(),
         last_error: None,

@@ -19,12 +19,14 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// The body of the first try, and what later tries can have: a copy,
-    /// when `retryable` and not known to be larger than a replay may keep.
-    pub fn first_try(body: Incoming, retryable: bool) -> (Self, Body) {
+    /// unless the body is known to be larger than a replay may keep. Any
+    /// request may have to go again, if only because its first endpoint
+    /// could not be reached.
+    pub fn first_try(body: Incoming) -> (Self, Body) {
         if body.is_end_stream() {
             return (RequestBody::Empty, empty());
         }
-        if !retryable || body.size_hint().lower() > MAX_REPLAY_BYTES as u64 {
+        if body.size_hint().lower() > MAX_REPLAY_BYTES as u64 {
             return (RequestBody::Once, from_caller(body));
         }
         let replay = ReplayBody::new(from_caller(body));

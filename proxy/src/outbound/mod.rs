@@ -310,9 +310,7 @@ impl Outbound {
         }
         route.unsent.deposit();
         let retry = retry.filter(|r| r.allows_method(&head.method));
-        // Any request may have to go again, if only because its first
-        // endpoint could not be reached.
-        let (mut body, mut try_body) = RequestBody::first_try(body, true);
+        let (mut body, mut try_body) = RequestBody::first_try(body);
         let attempts = Attempts {
             backend,
             route: &route.labels,
