@@ -17,12 +17,9 @@ set -euo pipefail
 REQUESTS=${REQUESTS:-100000}
 CONNECTIONS=${CONNECTIONS:-32}
 ROUNDS=${ROUNDS:-8}
-export PATH="$PATH:/usr/sbin:/sbin"
-
-die() {
-	echo "compare.sh: $*" >&2
-	exit 1
-}
+SCRIPT=compare.sh
+# shellcheck source=benches/load/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 (($# == 2)) || die "usage: compare.sh BEFORE_BIN AFTER_BIN (two remora-proxy binaries)"
 builds=(before after)
@@ -32,91 +29,11 @@ for bin in "${bins[@]}"; do
 done
 [[ $REQUESTS =~ ^[1-9][0-9]*$ ]] || die "REQUESTS=$REQUESTS: want a positive integer"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS=$ROUNDS: want a positive integer"
-for tool in nginx h2load curl; do
-	command -v "$tool" >/dev/null || die "$tool is missing (Debian: nginx, nghttp2-client, curl)"
-done
+ensure nginx nginx || die "nginx is missing and could not be installed"
+ensure h2load nghttp2-client || die "h2load is missing and could not be installed"
+ensure curl curl || die "curl is missing and could not be installed"
 
-work=$(mktemp -d -t remora-compare.XXXXXX)
-pids=()
-cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do
-		kill "$pid" 2>/dev/null || true
-		wait "$pid" 2>/dev/null || true
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A free port on 127.0.0.1, not handed out before in this run.
-used_ports=()
-pick_port() {
-	local p i
-	for ((i = 0; i < 200; i++)); do
-		p=$((20000 + RANDOM % 30000))
-		[[ " ${used_ports[*]} " == *" $p "* ]] && continue
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			used_ports+=("$p")
-			REPLY=$p
-			return 0
-		fi
-	done
-	die "found no free port on 127.0.0.1"
-}
-
-wait_ok() {
-	local pid=$1 i
-	shift
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 1
-		curl -fsS -o /dev/null --max-time 1 "$@" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
-# CPU ticks (utime + stime, all threads) of process $1.
-cpu_ticks() {
-	local stat fields
-	stat=$(<"/proc/$1/stat")
-	read -r -a fields <<<"${stat##*) }"
-	echo $((fields[11] + fields[12]))
-}
-
-median() {
-	sort -g | awk '{ a[NR] = $1 } END {
-		if (NR % 2) print a[(NR + 1) / 2]
-		else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
-pick_port
-nginx_port=$REPLY
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$nginx_port;
-        location / { default_type text/plain; return 200 "hello"; }
-    }
-}
-EOF
-nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" -g 'daemon off;' \
-	>"$work/nginx/out.log" 2>&1 &
-pids+=($!)
-wait_ok "${pids[-1]}" "http://127.0.0.1:$nginx_port/" || die "nginx did not start"
+start_nginx hello
 
 cat >"$work/mesh.yaml" <<EOF
 services:

@@ -31,12 +31,9 @@ SERVICE=upstream
 BODY='hello from nginx'
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-export PATH="$PATH:/usr/sbin:/sbin"
-
-die() {
-	echo "run.sh: $*" >&2
-	exit 1
-}
+SCRIPT=run.sh
+# shellcheck source=benches/load/common.sh
+source "$root/benches/load/common.sh"
 
 # Seconds in a wrk duration (`10`, `10s`, `2m`, `1h`).
 seconds() {
@@ -51,88 +48,12 @@ seconds() {
 [[ $(seconds "$WARMUP") =~ ^[0-9]+$ ]] || die "WARMUP=$WARMUP: want a whole number of s, m or h"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS=$ROUNDS: want a positive integer"
 
-work=$(mktemp -d -t remora-load.XXXXXX)
-pids=()
-
-# Ends a process started here: TERM, then KILL if it is still there after 5s.
-stop() {
-	local pid=$1 i
-	kill "$pid" 2>/dev/null || return 0
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-	local pid
-	for pid in "${pids[@]}"; do
-		stop "$pid"
-	done
-	rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Installs Debian package $2 when command $1 is missing. Fails if it cannot.
-ensure() {
-	command -v "$1" >/dev/null 2>&1 && return 0
-	local sudo=()
-	[[ $(id -u) -eq 0 ]] || sudo=(sudo)
-	echo "installing $2 (apt-get)..." >&2
-	"${sudo[@]}" apt-get update -qq >/dev/null &&
-		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2" >/dev/null &&
-		command -v "$1" >/dev/null 2>&1
-}
-
-used_ports=()
-# Sets REPLY to a loopback port nothing listens on and not handed out before.
-pick_port() {
-	local p i
-	for ((i = 0; i < 200; i++)); do
-		p=$((20000 + RANDOM % 30000))
-		[[ " ${used_ports[*]} " == *" $p "* ]] && continue
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			used_ports+=("$p")
-			REPLY=$p
-			return 0
-		fi
-	done
-	die "found no free port on 127.0.0.1"
-}
-
-# Waits (10s at most) until `curl ARGS...` succeeds while process $1 lives.
-wait_ok() {
-	local pid=$1 i
-	shift
-	for ((i = 0; i < 100; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 1
-		curl -fsS -o /dev/null --max-time 1 "$@" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 # The response body must be nginx's: the target really reaches it.
 check_body() {
 	local name=$1 got
 	shift
 	got=$(curl -fsS --max-time 5 "$@") || die "$name: the request failed"
 	[[ $got == "$BODY" ]] || die "$name: answered '$got', not nginx's body"
-}
-
-# CPU ticks of the processes in $1 (pids joined by commas), all threads.
-cpu_ticks() {
-	local stat fields pid total=0
-	for pid in ${1//,/ }; do
-		stat=$(<"/proc/$pid/stat")
-		# Past the command name, which may hold spaces: field 3 (state) is first.
-		read -r -a fields <<<"${stat##*) }"
-		total=$((total + fields[11] + fields[12])) # utime + stime
-	done
-	echo "$total"
 }
 
 # Resident KiB of the processes in $1 (pids joined by commas), summed.
@@ -155,13 +76,6 @@ to_us() {
 		else if (v ~ /ms$/) { sub(/ms$/, "", v); print v * 1000 }
 		else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000000 }
 		else print "nan" }'
-}
-
-median() {
-	sort -g | awk '{ a[NR] = $1 } END {
-		if (NR == 0) print "nan"
-		else if (NR % 2) print a[(NR + 1) / 2]
-		else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
 # One wrk run: wrk_run OUT DURATION PORT [HOST]
@@ -197,39 +111,7 @@ control_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-control"
 [[ $MESH == off || -x $control_bin ]] || die "$control_bin is missing: build it, unset NO_BUILD or set MESH=off"
 
 # --- the upstream: nginx, one worker, one small fixed 200 ---
-pick_port
-nginx_port=$REPLY
-mkdir -p "$work/nginx"
-cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    # The proxies keep their connections to nginx: never close them for
-    # having served many requests, which would add reconnects to their side.
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$nginx_port;
-        location / {
-            default_type text/plain;
-            return 200 "$BODY";
-        }
-    }
-}
-EOF
-nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" -g 'daemon off;' \
-	>"$work/nginx/out.log" 2>&1 &
-pids+=($!)
-wait_ok "${pids[-1]}" "http://127.0.0.1:$nginx_port/" ||
-	die "nginx did not start: $(cat "$work/nginx/error.log" "$work/nginx/out.log" 2>/dev/null)"
+start_nginx "$BODY"
 check_body nginx "http://127.0.0.1:$nginx_port/"
 
 # --- remora-proxy, standalone, one service pointing at nginx ---

@@ -1,0 +1,131 @@
+# What the load scripts share: processes they start and end, free ports,
+# readiness, CPU ticks, medians, and the nginx upstream. Sourced, not run;
+# the script sets SCRIPT (its name, for errors) first.
+
+export PATH="$PATH:/usr/sbin:/sbin"
+
+die() {
+	echo "$SCRIPT: $*" >&2
+	exit 1
+}
+
+work=$(mktemp -d -t "remora-${SCRIPT%.sh}.XXXXXX")
+pids=()
+
+# Ends a process started here: TERM, then KILL if it is still there after 5s.
+stop() {
+	local pid=$1 i
+	kill "$pid" 2>/dev/null || return 0
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local pid
+	for pid in "${pids[@]}"; do
+		stop "$pid"
+	done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Installs Debian package $2 when command $1 is missing. Fails if it cannot.
+ensure() {
+	command -v "$1" >/dev/null 2>&1 && return 0
+	local sudo=()
+	[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+	echo "installing $2 (apt-get)..." >&2
+	"${sudo[@]}" apt-get update -qq >/dev/null &&
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2" >/dev/null &&
+		command -v "$1" >/dev/null 2>&1
+}
+
+used_ports=()
+# Sets REPLY to a loopback port nothing listens on and not handed out before.
+pick_port() {
+	local p i
+	for ((i = 0; i < 200; i++)); do
+		p=$((20000 + RANDOM % 30000))
+		[[ " ${used_ports[*]} " == *" $p "* ]] && continue
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			used_ports+=("$p")
+			REPLY=$p
+			return 0
+		fi
+	done
+	die "found no free port on 127.0.0.1"
+}
+
+# Waits (10s at most) until `curl ARGS...` succeeds while process $1 lives.
+wait_ok() {
+	local pid=$1 i
+	shift
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 1
+		curl -fsS -o /dev/null --max-time 1 "$@" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# CPU ticks of the processes in $1 (pids joined by commas), all threads.
+cpu_ticks() {
+	local stat fields pid total=0
+	for pid in ${1//,/ }; do
+		stat=$(<"/proc/$pid/stat")
+		# Past the command name, which may hold spaces: field 3 (state) is first.
+		read -r -a fields <<<"${stat##*) }"
+		total=$((total + fields[11] + fields[12])) # utime + stime
+	done
+	echo "$total"
+}
+
+median() {
+	sort -g | awk '{ a[NR] = $1 } END {
+		if (NR == 0) print "nan"
+		else if (NR % 2) print a[(NR + 1) / 2]
+		else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# Starts nginx (one worker, no access log) on a free port of 127.0.0.1,
+# answering every request `200` with body $1; sets nginx_port.
+start_nginx() {
+	pick_port
+	nginx_port=$REPLY
+	mkdir -p "$work/nginx"
+	cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    # The proxies keep their connections to nginx: never close them for
+    # having served many requests, which would add reconnects to their side.
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$nginx_port;
+        location / {
+            default_type text/plain;
+            return 200 "$1";
+        }
+    }
+}
+NGINX
+	nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf" -g 'daemon off;' \
+		>"$work/nginx/out.log" 2>&1 &
+	pids+=($!)
+	wait_ok "${pids[-1]}" "http://127.0.0.1:$nginx_port/" ||
+		die "nginx did not start: $(cat "$work/nginx/error.log" "$work/nginx/out.log" 2>/dev/null)"
+}
