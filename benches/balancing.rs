@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use remora_benches::{balanced_mesh, balanced_service, compile, BALANCERS};
+use remora_proxy::http::client::{ClientSettings, Clients};
 use remora_proxy::outbound::balance::{Balancer, Endpoint};
 use remora_proxy::outbound::snapshot::{Backend, Snapshot};
 
@@ -77,7 +78,8 @@ fn balancer_pick(c: &mut Criterion) {
     let endpoints: Vec<Arc<Endpoint>> = (0..n)
         .map(|i| {
             let address = std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080));
-            Arc::new(Endpoint::new(address, Default::default()))
+            let client = Clients::default().to(ClientSettings::default(), address, None);
+            Arc::new(Endpoint::new(address, Default::default(), client, false))
         })
         .collect();
     for (kind, balancer) in BALANCERS {

@@ -339,14 +339,13 @@ async fn an_ejected_endpoint_is_tried_again_once_its_ejection_ends() {
         1.0,
         "ejected after two failures in a row"
     );
-    // Once the ejection ends it is tried again...
+    // Once the ejection ends it is tried again, on probation...
     send_until(&client, &proxy, || bad.hits() == 3).await;
     let first = ejected.elapsed();
-    // ...fails twice in a row again, and is ejected for twice as long.
-    send_until(&client, &proxy, || bad.hits() == 4).await;
+    // ...where one failure ejects it again, for twice as long.
     let ejected = Instant::now();
     assert_eq!(ejections().await, 2.0);
-    send_until(&client, &proxy, || bad.hits() == 5).await;
+    send_until(&client, &proxy, || bad.hits() == 4).await;
     let second = ejected.elapsed();
     // Lower bounds only (a slow machine only makes them longer), less a
     // little for the time the failing response took to come back.
@@ -368,5 +367,134 @@ async fn send_until(client: &Client, proxy: &Proxy, done: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "not done within 10s");
         client.get_via(proxy.outbound, "flaky", "/").await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The figures of a steady stream of GETs: how many, and which failed.
+#[derive(Default)]
+struct Stream {
+    sent: usize,
+    failed: Vec<String>,
+}
+
+impl Stream {
+    /// Sends `n` GETs to `host`, one every 20 ms.
+    async fn send(&mut self, client: &Client, proxy: &Proxy, host: &str, n: usize) {
+        for _ in 0..n {
+            let path = format!("/{}", self.sent);
+            self.sent += 1;
+            match client.get_via(proxy.outbound, host, &path).await {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => self
+                    .failed
+                    .push(format!("{path}: {} {}", r.status, r.text())),
+                Err(e) => self.failed.push(format!("{path}: {e}")),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The `/config` state of `endpoint` of `service`.
+async fn endpoint_state(proxy: &Proxy, service: &str, endpoint: std::net::SocketAddr) -> String {
+    let config = Client::http1()
+        .get(&proxy.admin_url("/config"))
+        .await
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config.text()).unwrap();
+    let endpoints = config["endpoints"][service].as_array().cloned();
+    endpoints
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e["address"] == endpoint.to_string())
+        .and_then(|e| e["state"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("{endpoint} of {service} in /config: {config}"))
+}
+
+#[tokio::test]
+async fn with_the_default_config_a_dead_endpoint_costs_no_request() {
+    // What a user writes first: endpoints and nothing else (p2c-ewma, no
+    // retry, no circuit_breaker). The one that dies was the fastest, so
+    // the balancer favours it, as it would a refused connection's
+    // microseconds without a failure penalty.
+    let answers_in = |name: &'static str, delay: u64| {
+        Upstream::start(move |_req| async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            text(name)
+        })
+    };
+    let (a, b, c) = (
+        answers_in("a", 40).await,
+        answers_in("b", 40).await,
+        Upstream::named("c").await,
+    );
+    let mesh = format!("services:\n{}", service("web", "", &[&a, &b, &c]));
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::http1();
+    let mut stream = Stream::default();
+    stream.send(&client, &proxy, "web", 30).await;
+    assert!(c.hits() >= 10, "the fastest is favoured: {}", c.hits());
+    let dead = c.addr;
+    c.stop();
+    stream.send(&client, &proxy, "web", 120).await;
+    assert!(
+        stream.failed.is_empty(),
+        "{} of {} failed: {:?}",
+        stream.failed.len(),
+        stream.sent,
+        stream.failed
+    );
+    assert!(a.hits() + b.hits() >= 120, "{} {}", a.hits(), b.hits());
+    let retries = metric_value(
+        &proxy.metrics().await,
+        "remora_retries_total{direction=\"outbound\",service=\"web\",route=\"default\",reason=\"connect-failure\"}",
+    );
+    assert!(
+        retries <= 10.0,
+        "once out, the dead endpoint is rarely tried: {retries}"
+    );
+    let metrics = proxy.metrics().await;
+    let series = format!(
+        "remora_circuit_breaker_ejections_total{{direction=\"outbound\",service=\"web\",endpoint=\"{dead}\"}}"
+    );
+    assert!(metric_value(&metrics, &series) >= 1.0, "{metrics}");
+    // Ejected for a second at first, then on probation and ejected again
+    // for longer at its next refused connection: mostly out.
+    let state = endpoint_state(&proxy, "web", dead).await;
+    assert!(
+        ["ejected", "probation"].contains(&state.as_str()),
+        "{state}"
+    );
+    assert_eq!(endpoint_state(&proxy, "web", a.addr).await, "active");
+}
+
+#[tokio::test]
+async fn by_default_an_endpoint_failing_seven_times_in_a_row_is_ejected_unless_turned_off() {
+    for (settings, ejected) in [
+        ("    load_balancer: round-robin\n", true),
+        (
+            "    load_balancer: round-robin\n    circuit_breaker: { enabled: false }\n",
+            false,
+        ),
+    ] {
+        let bad = Upstream::start(|_req| async { status(500, "bad") }).await;
+        let good = Upstream::named("good").await;
+        let mesh = format!("services:\n{}", service("flaky", settings, &[&bad, &good]));
+        let proxy = Proxy::start(&mesh, dead_address().await).await;
+        let client = Client::http1();
+        for i in 0..40 {
+            client
+                .get_via(proxy.outbound, "flaky", &format!("/{i}"))
+                .await
+                .unwrap();
+        }
+        let state = endpoint_state(&proxy, "flaky", bad.addr).await;
+        if ejected {
+            assert_eq!(bad.hits(), 7, "seven failures in a row, then out");
+            assert_eq!(state, "ejected");
+        } else {
+            assert_eq!(bad.hits(), 20, "every other request, as round-robin says");
+            assert_eq!(state, "active");
+        }
     }
 }

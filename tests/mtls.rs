@@ -221,11 +221,14 @@ async fn two_sidecars(mesh: &str) -> TwoSidecars {
             .get("remora-peer-identity")
             .map_or("none", |v| v.to_str().unwrap())
             .to_string();
-        let host = req
-            .headers()
-            .get("host")
-            .map_or("", |v| v.to_str().unwrap())
-            .to_string();
+        // HTTP/1.1's Host, or HTTP/2's :authority.
+        let authority = req.uri().authority().map(|a| a.to_string());
+        let host = authority.unwrap_or_else(|| {
+            req.headers()
+                .get("host")
+                .map_or("", |v| v.to_str().unwrap())
+                .to_string()
+        });
         text(format!("{who} {:?} {host}", req.version()))
     })
     .await;
@@ -256,18 +259,34 @@ const ORDERS_MESHED: &str =
     "services:\n  orders:\n    identity: orders\n  frontend:\n    identity: frontend\n";
 
 #[tokio::test]
-async fn sidecars_call_each_other_over_mutual_tls_in_the_apps_own_http_version() {
-    let m = two_sidecars(ORDERS_MESHED).await;
-    for (http2, version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
-        let r = Client::via(m.frontend.outbound, http2)
+async fn sidecars_call_each_other_over_mutual_tls_in_the_apps_own_protocol() {
+    // Whatever the caller speaks, the app of orders is spoken to in the
+    // version its service's protocol names.
+    let http2 = ORDERS_MESHED.replace("identity: orders", "identity: orders\n    protocol: http2");
+    let m = two_sidecars(&http2).await;
+    for caller_http2 in [false, true] {
+        let r = Client::via(m.frontend.outbound, caller_http2)
             .get("http://orders/")
             .await
             .unwrap();
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
         assert_eq!(
             r.text(),
-            format!("spiffe://cluster.local/ns/default/sa/frontend {version} orders"),
-            "the app of orders learns who called, in the caller's own HTTP version"
+            "spiffe://cluster.local/ns/default/sa/frontend HTTP/2.0 orders"
+        );
+    }
+    drop(m);
+    let m = two_sidecars(ORDERS_MESHED).await;
+    for caller_http2 in [false, true] {
+        let r = Client::via(m.frontend.outbound, caller_http2)
+            .get("http://orders/")
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(
+            r.text(),
+            "spiffe://cluster.local/ns/default/sa/frontend HTTP/1.1 orders",
+            "the app of orders learns who called, in HTTP/1.1 as `protocol: http` says"
         );
     }
     let outbound = m.frontend.metrics().await;

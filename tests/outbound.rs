@@ -56,7 +56,7 @@ async fn every_form_of_authority_names_the_service() {
 }
 
 #[tokio::test]
-async fn http2_prior_knowledge_is_detected_and_spoken_upstream() {
+async fn http2_prior_knowledge_is_detected_and_the_endpoint_spoken_to_in_its_protocol() {
     let orders = Upstream::named("orders").await;
     let proxy = Proxy::start(&mesh("orders", &orders), dead_address().await).await;
     let r = Client::via(proxy.outbound, true)
@@ -65,7 +65,9 @@ async fn http2_prior_knowledge_is_detected_and_spoken_upstream() {
         .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.version, http::Version::HTTP_2);
-    assert_eq!(orders.last().version, http::Version::HTTP_2);
+    // `protocol: http` (the default): the endpoint hears HTTP/1.1.
+    assert_eq!(orders.last().version, http::Version::HTTP_11);
+    assert_eq!(orders.last().authority.as_deref(), Some("orders"));
     // And HTTP/1.1 on the next connection to the same listener.
     let r = Client::via(proxy.outbound, false)
         .get("http://orders/h1")
@@ -73,6 +75,24 @@ async fn http2_prior_knowledge_is_detected_and_spoken_upstream() {
         .unwrap();
     assert_eq!(r.version, http::Version::HTTP_11);
     assert_eq!(orders.last().version, http::Version::HTTP_11);
+    // `protocol: http2`: h2c to the endpoint, whatever the caller spoke,
+    // with the caller's authority as `:authority` and no `host`.
+    let mesh = format!(
+        "services:\n  orders:\n    protocol: http2\n    endpoints: [ {{ address: {} }} ]\n",
+        orders.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    for caller_http2 in [false, true] {
+        let r = Client::via(proxy.outbound, caller_http2)
+            .get("http://orders/h2c")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let seen = orders.last();
+        assert_eq!(seen.version, http::Version::HTTP_2);
+        assert_eq!(seen.authority.as_deref(), Some("orders"));
+        assert!(seen.headers.get("host").is_none(), "{seen:?}");
+    }
 }
 
 #[tokio::test]

@@ -312,17 +312,22 @@ async fn a_slow_try_is_abandoned_for_another_endpoint() {
 
 #[tokio::test]
 async fn a_connect_timeout_fails_fast_as_a_connect_failure() {
+    // The breaker is off: the two services share the stuck endpoint (and
+    // so its breaker), which would otherwise be out after its first
+    // connect failure.
     let (stuck, _held) = unanswered_address().await;
     let live = Upstream::named("live").await;
     let mesh = format!(
         "services:
   stuck:
     connect_timeout: 200ms
+    circuit_breaker: {{ enabled: false }}
     endpoints: [ {{ address: {stuck} }} ]
   either:
     connect_timeout: 200ms
     load_balancer: round-robin
     retry: {{ on: [connect-failure] }}
+    circuit_breaker: {{ enabled: false }}
     endpoints: [ {{ address: {stuck} }}, {{ address: {} }} ]
 ",
         live.addr
@@ -357,6 +362,7 @@ async fn connect_failures_are_retried_on_a_live_endpoint() {
   pair:
     load_balancer: round-robin
     retry: {{ on: [connect-failure] }}
+    circuit_breaker: {{ enabled: false }}
     endpoints: [ {{ address: {dead} }}, {{ address: {} }} ]
 ",
         live.addr
@@ -650,15 +656,17 @@ async fn a_retry_goes_on_reading_the_body_past_what_it_kept() {
 
 #[tokio::test]
 async fn a_retry_avoids_the_endpoint_that_just_failed() {
-    // Least-request between two idle endpoints is a coin toss: without
-    // avoidance, half the retries would go back to the failing one.
+    // Ring-hash sends each key to one endpoint: without avoidance, every
+    // retry of a key the failing endpoint owns would go back to it.
     let failing = always(503).await;
     let working = Upstream::named("working").await;
     let mesh = format!(
         "services:
   pair:
-    load_balancer: least-request
+    load_balancer: ring-hash
+    hash_on: {{ header: x-user }}
     retry: {{ attempts: 1, on: [5xx] }}
+    circuit_breaker: {{ enabled: false }}
     endpoints: [ {{ address: {} }}, {{ address: {} }} ]
 ",
         failing.addr, working.addr
@@ -667,7 +675,11 @@ async fn a_retry_avoids_the_endpoint_that_just_failed() {
     let client = Client::via(proxy.outbound, false);
     let mut sent = 0;
     while failing.hits() < 10 && sent < 300 {
-        let r = client.get(&format!("http://pair/{sent}")).await.unwrap();
+        let req = Request::get(format!("http://pair/{sent}"))
+            .header("x-user", format!("user-{sent}"))
+            .body(body(Bytes::new()))
+            .unwrap();
+        let r = client.send(req).await.unwrap();
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "working"));
         sent += 1;
     }
@@ -723,8 +735,9 @@ async fn backoff_waits_at_most_its_ceiling() {
     let mesh = format!(
         "services:
   pair:
-    load_balancer: least-request
+    load_balancer: round-robin
     retry: {{ attempts: 1, on: [5xx], backoff: {{ base: 200ms, max: 200ms }} }}
+    circuit_breaker: {{ enabled: false }}
     endpoints: [ {{ address: {} }}, {{ address: {} }} ]
 ",
         failing.addr, working.addr
@@ -838,10 +851,11 @@ async fn echoes(name: &'static str) -> Upstream {
 async fn a_request_that_never_reached_its_endpoint_goes_to_another_whatever_the_policy() {
     // No retry policy at all, and one instance of three gone: connections
     // to it are refused. Round-robin sends it every third request (p2c
-    // might never pick it once the others have answered fast).
+    // might never pick it once the others have answered fast), and with
+    // the circuit breaker off it is never taken out of balancing.
     let (a, b, dead) = (echoes("a").await, echoes("b").await, dead_address().await);
     let mesh = format!(
-        "services:\n  trio:\n    load_balancer: round-robin\n    endpoints: [ {{ address: {} }}, {{ address: {} }}, {{ address: {dead} }} ]\n",
+        "services:\n  trio:\n    load_balancer: round-robin\n    circuit_breaker: {{ enabled: false }}\n    endpoints: [ {{ address: {} }}, {{ address: {} }}, {{ address: {dead} }} ]\n",
         a.addr, b.addr
     );
     let proxy = Proxy::start(&mesh, dead_address().await).await;

@@ -20,7 +20,7 @@ impl HumanDuration {
         Self(Duration::from_secs(s))
     }
 
-    pub fn get(self) -> Duration {
+    pub const fn get(self) -> Duration {
         self.0
     }
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 
 use crate::identity::{check_trust_domain, SpiffeId};
 use crate::locate::{duplicate_keys, locate, Position, Segment};
-use crate::mesh::{Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route, Service};
+use crate::mesh::{
+    CircuitBreaker, Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route, Service,
+};
 
 /// One thing wrong with a config file, at its place; also the shape of a
 /// [`Note`].
@@ -250,22 +252,7 @@ fn check(mesh: &Mesh) -> Checker {
                 }
             }
         }
-        if let Some(cb) = &svc.circuit_breaker {
-            if cb.consecutive_failures == 0 {
-                c.problem(
-                    &at,
-                    &[key("circuit_breaker"), key("consecutive_failures")],
-                    "must be at least 1",
-                );
-            }
-            if cb.max_ejected_percent > 100 {
-                c.problem(
-                    &at,
-                    &[key("circuit_breaker"), key("max_ejected_percent")],
-                    "must be within 0 and 100",
-                );
-            }
-        }
+        check_circuit_breaker(&mut c, &at, &svc.circuit_breaker);
         if let Some(hc) = &svc.health_check {
             if !hc.path.starts_with('/') {
                 c.problem(
@@ -488,6 +475,33 @@ fn note_per_try_timeout(c: &mut Checker, at: &[Segment], svc: &Service, route: &
             &[key("timeout")],
             format!("{timeout} is shorter than the per_try_timeout of {per_try} in the service's retry policy, so it ends every try first: that per-try timeout never applies on this route"),
         ),
+    }
+}
+
+fn check_circuit_breaker(c: &mut Checker, at: &[Segment], cb: &CircuitBreaker) {
+    if cb.consecutive_failures == 0 {
+        c.problem(
+            at,
+            &[key("circuit_breaker"), key("consecutive_failures")],
+            "must be at least 1",
+        );
+    }
+    if cb.max_ejected_percent > 100 {
+        c.problem(
+            at,
+            &[key("circuit_breaker"), key("max_ejected_percent")],
+            "must be within 0 and 100",
+        );
+    }
+    if cb.base_ejection > cb.max_ejection {
+        c.problem(
+            at,
+            &[key("circuit_breaker"), key("base_ejection")],
+            format!(
+                "{} is longer than max_ejection ({})",
+                cb.base_ejection, cb.max_ejection
+            ),
+        );
     }
 }
 

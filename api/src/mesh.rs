@@ -20,10 +20,12 @@ pub const DEFAULT_RETRY_BUDGET_PERCENT: f64 = 20.0;
 pub const DEFAULT_MIN_RETRIES_PER_SECOND: u32 = 10;
 pub const DEFAULT_BACKOFF_BASE: HumanDuration = HumanDuration::from_millis(25);
 pub const DEFAULT_BACKOFF_MAX: HumanDuration = HumanDuration::from_millis(250);
-pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
-pub const DEFAULT_BASE_EJECTION: HumanDuration = HumanDuration::from_secs(10);
+/// Failure accrual as Linkerd does it: seven failures in a row eject an
+/// endpoint for a second at first, doubling up to a minute.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 7;
+pub const DEFAULT_BASE_EJECTION: HumanDuration = HumanDuration::from_secs(1);
+pub const DEFAULT_MAX_EJECTION: HumanDuration = HumanDuration::from_secs(60);
 pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
-pub const DEFAULT_MAX_PENDING_REQUESTS: u32 = 1024;
 pub const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration::from_secs(5);
 pub const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration::from_secs(1);
 pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
@@ -56,10 +58,12 @@ fn default_trust_domain() -> String {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// HTTP/1.1 and HTTP/2, forwarded in the version the caller spoke.
+    /// HTTP/1.1 to unmeshed endpoints, whatever the caller spoke.
     #[default]
     Http,
-    /// Always HTTP/2 to the endpoints; gRPC status codes drive retries.
+    /// HTTP/2 with prior knowledge (h2c) to unmeshed endpoints.
+    Http2,
+    /// HTTP/2 to the endpoints; gRPC status codes drive retries.
     Grpc,
     /// An opaque byte stream; no HTTP feature applies.
     Tcp,
@@ -101,14 +105,21 @@ pub struct Service {
     pub idle_timeout: HumanDuration,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundPolicy>,
+}
+
+impl Protocol {
+    /// Whether the endpoints themselves speak HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
 }
 
 /// Every setting at its default, as the file's `NAME: {}` says: what a
@@ -125,7 +136,7 @@ impl Default for Service {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             retry: None,
-            circuit_breaker: None,
+            circuit_breaker: CircuitBreaker::default(),
             health_check: None,
             routes: Vec::new(),
             inbound: None,
@@ -260,28 +271,42 @@ fn default_backoff_max() -> HumanDuration {
     DEFAULT_BACKOFF_MAX
 }
 
+/// Failure accrual and the pending-request cap. Every service has it, on,
+/// whether or not its file says `circuit_breaker:`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreaker {
+    /// `false` keeps every endpoint in balancing whatever it does.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
     #[serde(default = "default_consecutive_failures")]
     pub consecutive_failures: u32,
     #[serde(default = "default_base_ejection")]
     pub base_ejection: HumanDuration,
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection: HumanDuration,
     #[serde(default = "default_max_ejected_percent")]
     pub max_ejected_percent: u32,
-    #[serde(default = "default_max_pending_requests")]
-    pub max_pending_requests: u32,
+    /// No cap unless set, as in Linkerd and Istio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
 }
 
 impl Default for CircuitBreaker {
     fn default() -> Self {
         Self {
+            enabled: true,
             consecutive_failures: DEFAULT_CONSECUTIVE_FAILURES,
             base_ejection: DEFAULT_BASE_EJECTION,
+            max_ejection: DEFAULT_MAX_EJECTION,
             max_ejected_percent: DEFAULT_MAX_EJECTED_PERCENT,
-            max_pending_requests: DEFAULT_MAX_PENDING_REQUESTS,
+            max_pending_requests: None,
         }
     }
+}
+
+fn enabled() -> bool {
+    true
 }
 
 fn default_consecutive_failures() -> u32 {
@@ -293,8 +318,8 @@ fn default_base_ejection() -> HumanDuration {
 fn default_max_ejected_percent() -> u32 {
     DEFAULT_MAX_EJECTED_PERCENT
 }
-fn default_max_pending_requests() -> u32 {
-    DEFAULT_MAX_PENDING_REQUESTS
+fn default_max_ejection() -> HumanDuration {
+    DEFAULT_MAX_EJECTION
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

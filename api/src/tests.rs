@@ -91,6 +91,23 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(a.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(a.load_balancer, LoadBalancer::P2cEwma);
     assert_eq!(a.retry.as_ref().unwrap(), &RetryPolicy::default());
+    assert!(
+        a.circuit_breaker.enabled,
+        "failure accrual is on by default"
+    );
+    assert_eq!(a.circuit_breaker.consecutive_failures, 7);
+    assert_eq!(a.circuit_breaker.max_pending_requests, None);
+}
+
+#[test]
+fn the_circuit_breaker_turns_off_and_its_ejections_must_fit_their_ceiling() {
+    let text = "services:\n  a:\n    circuit_breaker: { enabled: false }\n";
+    let mesh = parse_mesh("m", text).unwrap();
+    assert!(!mesh.services["a"].circuit_breaker.enabled);
+    let text = "services:\n  a:\n    circuit_breaker: { base_ejection: 2m, max_ejection: 1m }\n";
+    let p = problems(text);
+    assert!(p[0].contains("circuit_breaker.base_ejection"), "{p:?}");
+    assert!(p[0].contains("longer than max_ejection"), "{p:?}");
 }
 
 #[test]

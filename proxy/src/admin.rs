@@ -17,6 +17,7 @@ use crate::discovery::MeshView;
 use crate::http::{full, Body};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 
 /// A log-level body is a filter string; anything longer is a mistake.
 const MAX_LOG_LEVEL_BYTES: usize = 4096;
@@ -30,6 +31,8 @@ pub struct Admin {
     pub listeners: serde_json::Value,
     /// `None` without `--token-file`.
     pub identity: Option<Arc<Identity>>,
+    /// For the state of each endpoint the app's calls are balanced over.
+    pub outbound: Arc<Outbound>,
 }
 
 impl Admin {
@@ -89,6 +92,7 @@ impl Admin {
             "age_seconds": age,
             "last_error": view.last_error,
             "mesh": view.mesh,
+            "endpoints": self.outbound.snapshot().endpoint_status(),
         });
         if let Some(identity) = &self.identity {
             body["identity"] = identity.status();

@@ -133,6 +133,7 @@ impl Proxy {
             shutdown: shutdown.clone(),
             listeners: listeners.addresses.clone(),
             identity: identity.clone(),
+            outbound: outbound.clone(),
         });
         Ok(Proxy {
             listeners,
@@ -406,7 +407,7 @@ impl Follower {
             previous: Some(&previous),
         }
         .compile(mesh);
-        self.health.sync(&compiled, &self.clients);
+        self.health.sync(&compiled);
         self.outbound.update(compiled);
         self.inbound
             .update(view.inbound_policy(&self.service), &mesh.trust_domain);

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 type Handler = Arc<
@@ -29,6 +29,8 @@ pub struct Seen {
     pub method: Method,
     pub path: String,
     pub version: Version,
+    /// HTTP/2's `:authority`, or HTTP/1.1's `Host`.
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub peer: SocketAddr,
 }
@@ -79,18 +81,25 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
         let task = tokio::spawn(async move {
+            // Held by this task, so that stopping it ends every connection.
+            let mut connections = JoinSet::new();
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
                     continue;
                 };
+                while connections.try_join_next().is_some() {}
                 let handler = handler.clone();
                 let record = record.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         record.lock().unwrap().push(Seen {
                             method: req.method().clone(),
                             path: req.uri().path().to_string(),
                             version: req.version(),
+                            authority: req.uri().authority().map(|a| a.to_string()).or_else(|| {
+                                let host = req.headers().get(http::header::HOST)?;
+                                host.to_str().ok().map(str::to_string)
+                            }),
                             headers: req.headers().clone(),
                             peer,
                         });

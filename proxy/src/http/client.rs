@@ -1,17 +1,24 @@
-//! Pooled connections to endpoints. One hyper client per distinct
-//! (connect timeout, idle timeout, protocol) shares its pool across every
-//! service that asks for the same settings; the pool is keyed by endpoint.
-//! A meshed endpoint (one with an identity) gets a client of its own per
-//! identity, which speaks HTTP/2 over mutual TLS and checks that identity.
+//! Pooled connections to endpoints. Each endpoint has clients of its own
+//! (one per setting of connect timeout, idle timeout and protocol), whose
+//! connector dials that endpoint whatever the request's URI names: the URI
+//! carries the request's own authority (the service's name), which HTTP/2
+//! sends as `:authority`, while the pool is the endpoint's. A meshed
+//! endpoint (one with an identity) is reached over mutual TLS, HTTP/2, and
+//! must prove that identity.
 
-use std::collections::HashMap;
 use std::error::Error as _;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower::Service;
 
 use remora_certs::SpiffeId;
 
@@ -22,7 +29,7 @@ use crate::identity::Identity;
 /// A client of plain HTTP, or of HTTP/2 over mutual TLS to one identity.
 #[derive(Clone)]
 pub enum HttpClient {
-    Plain(Client<HttpConnector, Body>),
+    Plain(Client<Dial, Body>),
     Mesh(Client<MeshConnector, Body>),
 }
 
@@ -32,6 +39,10 @@ impl HttpClient {
             HttpClient::Plain(c) => c.request(req),
             HttpClient::Mesh(c) => c.request(req),
         }
+    }
+
+    pub fn is_mesh(&self) -> bool {
+        matches!(self, HttpClient::Mesh(_))
     }
 }
 
@@ -43,12 +54,21 @@ pub struct ClientSettings {
     pub http2: bool,
 }
 
-/// The registry of upstream clients. Looked up when a config is compiled,
-/// never per request.
+/// A service's settings when its file gives none.
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: remora_api::DEFAULT_CONNECT_TIMEOUT.get(),
+            idle_timeout: remora_api::DEFAULT_IDLE_TIMEOUT.get(),
+            http2: false,
+        }
+    }
+}
+
+/// Makes the clients of endpoints, with this proxy's identity for those
+/// reached over mutual TLS.
 #[derive(Default)]
 pub struct Clients {
-    clients: Mutex<HashMap<ClientSettings, HttpClient>>,
-    mesh: Mutex<HashMap<(ClientSettings, SpiffeId), HttpClient>>,
     /// This proxy's identity; without one, meshed endpoints are reached
     /// in plaintext like any other.
     identity: Option<Arc<Identity>>,
@@ -56,50 +76,69 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(identity: Option<Arc<Identity>>) -> Clients {
-        Clients {
-            identity,
-            ..Clients::default()
-        }
+        Clients { identity }
     }
 
-    pub fn get(&self, settings: ClientSettings) -> HttpClient {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry(settings)
-            .or_insert_with(|| HttpClient::Plain(builder(settings, false).build(tcp(settings))))
-            .clone()
-    }
-
-    /// The client that reaches endpoints proving `identity` over mutual
-    /// TLS, when this proxy has an identity of its own to prove.
-    pub fn mesh(&self, settings: ClientSettings, identity: &SpiffeId) -> Option<HttpClient> {
-        let own = self.identity.as_ref()?;
-        let mut clients = self.mesh.lock().unwrap_or_else(|e| e.into_inner());
-        let client = clients
-            .entry((settings, identity.clone()))
-            .or_insert_with(|| {
-                let connector = MeshConnector::new(
-                    tcp(settings),
-                    &own.anchors,
-                    own.store.clone(),
-                    identity.clone(),
-                );
+    /// A client whose every connection goes to `endpoint`: over mutual TLS
+    /// to one proving `identity`, when this proxy has an identity of its
+    /// own to prove; otherwise in plaintext.
+    pub fn to(
+        &self,
+        settings: ClientSettings,
+        endpoint: SocketAddr,
+        identity: Option<&SpiffeId>,
+    ) -> HttpClient {
+        let dial = Dial::new(settings, endpoint);
+        match (&self.identity, identity) {
+            (Some(own), Some(identity)) => {
+                let connector =
+                    MeshConnector::new(dial, &own.anchors, own.store.clone(), identity.clone());
                 HttpClient::Mesh(builder(settings, true).build(connector))
-            });
-        Some(client.clone())
+            }
+            _ => HttpClient::Plain(builder(settings, settings.http2).build(dial)),
+        }
     }
 }
 
-fn tcp(s: ClientSettings) -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(s.connect_timeout));
-    connector.enforce_http(true);
-    connector
+/// Dials one endpoint, whatever the URI it is asked for.
+#[derive(Clone)]
+pub struct Dial {
+    tcp: HttpConnector,
+    endpoint: http::Uri,
+}
+
+impl Dial {
+    fn new(settings: ClientSettings, endpoint: SocketAddr) -> Dial {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(settings.connect_timeout));
+        tcp.enforce_http(true);
+        let endpoint = http::Uri::builder()
+            .scheme("http")
+            .authority(super::authority_of(endpoint))
+            .path_and_query("/")
+            .build()
+            .expect("a socket address makes a valid URI");
+        Dial { tcp, endpoint }
+    }
+}
+
+impl Service<http::Uri> for Dial {
+    type Response = TokioIo<TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, _request_uri: http::Uri) -> Self::Future {
+        let connecting = self.tcp.call(self.endpoint.clone());
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
 }
 
 fn builder(s: ClientSettings, http2: bool) -> hyper_util::client::legacy::Builder {
-    let http2 = http2 || s.http2;
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

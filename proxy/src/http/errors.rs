@@ -44,6 +44,8 @@ pub enum ProxyError {
     RequestBody(String),
     #[error("HTTP upgrades (WebSocket) are not yet carried over mutual TLS to a meshed endpoint")]
     UpgradeOverMtls,
+    #[error("HTTP upgrades (WebSocket) are carried only to endpoints that speak HTTP/1.1; {0}'s protocol is HTTP/2")]
+    UpgradeOverHttp2(String),
     #[error("{caller} may not call {service}: {rule}")]
     Forbidden {
         caller: String,
@@ -78,6 +80,7 @@ impl ProxyError {
             ProxyError::AppUnreachable { .. } => "app-unreachable",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::UpgradeOverMtls => "upgrade-over-mtls",
+            ProxyError::UpgradeOverHttp2(_) => "upgrade-over-http2",
         }
     }
 
@@ -98,7 +101,9 @@ impl ProxyError {
             ProxyError::FaultInjected(status) => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::UpgradeOverMtls => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::UpgradeOverMtls | ProxyError::UpgradeOverHttp2(_) => {
+                StatusCode::NOT_IMPLEMENTED
+            }
         }
     }
 

@@ -154,16 +154,6 @@ fn is_valid_traceparent(v: &[u8]) -> bool {
         && hex(parts[3], 2)
 }
 
-/// HTTP/1.1 needs `Host`; an HTTP/2 request carries it as `:authority`
-/// instead, so it is added when a request crosses from one to the other.
-pub fn ensure_host(headers: &mut HeaderMap, authority: &str) {
-    if !headers.contains_key(header::HOST) && !authority.is_empty() {
-        if let Ok(host) = HeaderValue::from_str(authority) {
-            headers.insert(header::HOST, host);
-        }
-    }
-}
-
 /// Appends the connecting peer to `x-forwarded-for`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -29,6 +29,19 @@ pub fn authority_of(address: std::net::SocketAddr) -> http::uri::Authority {
         .expect("a socket address is a valid authority")
 }
 
+/// The authority a request names, lower-cased: its URI's (absolute form,
+/// or HTTP/2's `:authority`), else its `Host` when that is a valid one.
+pub fn request_authority(
+    uri: &http::Uri,
+    headers: &http::HeaderMap,
+) -> Option<http::uri::Authority> {
+    let given = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    given.to_ascii_lowercase().parse().ok()
+}
+
 /// `http://AUTHORITY/path?query`: the clients pool connections by authority.
 pub fn upstream_uri(authority: &http::uri::Authority, original: &http::Uri) -> http::Uri {
     let mut parts = http::uri::Parts::default();

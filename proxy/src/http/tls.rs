@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use remora_certs::leaf::CredentialStore;
 use remora_certs::verify::{self, TrustAnchors};
@@ -21,11 +21,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tower::Service;
 
+use super::client::Dial;
+
 /// Dials a meshed endpoint: TCP, then TLS with this proxy's credentials,
 /// requiring the server to be `expected`.
 #[derive(Clone)]
 pub struct MeshConnector {
-    tcp: HttpConnector,
+    tcp: Dial,
     tls: TlsConnector,
     /// Sent as SNI; mesh certificates name no host, so it only tells the
     /// server which identity the client expects.
@@ -34,7 +36,7 @@ pub struct MeshConnector {
 
 impl MeshConnector {
     pub fn new(
-        tcp: HttpConnector,
+        tcp: Dial,
         anchors: &TrustAnchors,
         store: Arc<CredentialStore>,
         expected: SpiffeId,

@@ -2,7 +2,8 @@
 //! `remora-orig-proto` between sidecars, which carry an app's HTTP/1.1
 //! request as HTTP/2 over mutual TLS and restore it on the far side.
 
-use http::{HeaderMap, Method, Request, Version};
+use http::uri::Authority;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Uri, Version};
 
 /// Says that a request carried as HTTP/2 between sidecars was HTTP/1.1
 /// when the app sent it, so that the far side restores it.
@@ -11,16 +12,31 @@ pub const ORIG_PROTO: &str = "remora-orig-proto";
 pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 
 /// The request head of one try upstream (or of the hop to the app), in
-/// the version spoken there. The URI is the caller's to set: it names the
-/// endpoint the head goes to.
-pub fn attempt_head(method: &Method, headers: HeaderMap, http2: bool) -> http::request::Parts {
+/// the version spoken there, for `authority` (the service as the caller
+/// named it) and the path of `uri`. In HTTP/2 the authority is
+/// `:authority` and no `host` may disagree with it (RFC 9113 §8.3.1); in
+/// HTTP/1.1 it is `Host`, kept as the caller sent it if it did.
+pub fn attempt_head(
+    method: &Method,
+    uri: &Uri,
+    authority: &Authority,
+    mut headers: HeaderMap,
+    http2: bool,
+) -> http::request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = method.clone();
-    *req.version_mut() = if http2 {
-        Version::HTTP_2
+    *req.uri_mut() = super::upstream_uri(authority, uri);
+    if http2 {
+        *req.version_mut() = Version::HTTP_2;
+        headers.remove(header::HOST);
     } else {
-        Version::HTTP_11
-    };
+        *req.version_mut() = Version::HTTP_11;
+        if !headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+    }
     *req.headers_mut() = headers;
     req.into_parts().0
 }
@@ -33,14 +49,32 @@ mod tests {
     fn a_head_carries_its_method_headers_and_version() {
         let mut headers = HeaderMap::new();
         headers.insert("x-a", "1".parse().unwrap());
-        let head = attempt_head(&Method::PUT, headers.clone(), true);
+        let (uri, web) = (Uri::from_static("/a?b"), Authority::from_static("web"));
+        let head = attempt_head(&Method::PUT, &uri, &web, headers.clone(), true);
         assert_eq!(
             (head.method, head.version, head.headers),
             (Method::PUT, Version::HTTP_2, headers)
         );
+        assert_eq!(head.uri, "http://web/a?b");
+        let head = attempt_head(&Method::GET, &uri, &web, HeaderMap::new(), false);
+        assert_eq!(head.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn http2_has_the_authority_and_no_host_http1_has_a_host() {
+        let (uri, web) = (Uri::from_static("/"), Authority::from_static("web:8080"));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "elsewhere".parse().unwrap());
+        let head = attempt_head(&Method::GET, &uri, &web, headers.clone(), true);
+        assert_eq!(head.uri.authority(), Some(&web));
+        assert!(head.headers.get(header::HOST).is_none());
+        let head = attempt_head(&Method::GET, &uri, &web, headers, false);
         assert_eq!(
-            attempt_head(&Method::GET, HeaderMap::new(), false).version,
-            Version::HTTP_11
+            head.headers[header::HOST],
+            "elsewhere",
+            "the caller's Host stays"
         );
+        let head = attempt_head(&Method::GET, &uri, &web, HeaderMap::new(), false);
+        assert_eq!(head.headers[header::HOST], "web:8080");
     }
 }

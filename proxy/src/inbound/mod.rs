@@ -39,7 +39,9 @@ const INBOUND_ROUTE: &str = "inbound";
 /// cannot send it itself.
 pub const PEER_IDENTITY: &str = "remora-peer-identity";
 const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// As for any endpoint: below the 5s keep-alive of Node.js and Apache, so
+/// the pool lets go of a connection before the app closes it.
+const APP_IDLE_TIMEOUT: Duration = remora_api::DEFAULT_IDLE_TIMEOUT.get();
 
 /// The inbound direction, top to bottom: accept on `listener` → TLS or
 /// plaintext, told by the first byte (mutual TLS with this proxy's
@@ -108,8 +110,8 @@ impl Inbound {
             policy: ArcSwap::from_pointee(Policy::default()),
             app_authority: crate::http::authority_of(app),
             app_label: app.to_string(),
-            http1: clients.get(settings(false)),
-            http2: clients.get(settings(true)),
+            http1: clients.to(settings(false), app, None),
+            http2: clients.to(settings(true), app, None),
             labels: RouteLabels::new(Direction::Inbound, service, INBOUND_ROUTE),
             metrics,
             unmeshed: "unmeshed".into(),
@@ -147,25 +149,10 @@ impl Inbound {
         let method = parts.method.clone();
         // A clone of the URI shares its bytes; the log reads the path from it.
         let uri = parts.uri.clone();
-        let host = || {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        };
-        // Between sidecars the URI names the endpoint; the calling app's
-        // authority travels in Host.
-        let authority = if caller.identity.is_some() {
-            host().or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        } else {
-            parts.uri.authority().map(|a| a.to_string()).or_else(host)
-        }
-        .unwrap_or_default();
+        let authority = crate::http::request_authority(&parts.uri, &parts.headers);
         let request_id = headers::ensure_request_id(&mut parts.headers);
         headers::ensure_traceparent(&mut parts.headers);
 
-        headers::ensure_host(&mut parts.headers, &authority);
         let smuggled = headers::is_smuggling_attempt(&parts.headers, &parts.extensions);
         let policy = self.policy.load();
         let (response, error) = if smuggled {
@@ -195,7 +182,8 @@ impl Inbound {
             if let Some(identity) = &caller.header {
                 parts.headers.insert(PEER_IDENTITY, identity.clone());
             }
-            self.forward(parts, body, caller.addr).await
+            let authority = authority.as_ref().unwrap_or(&self.app_authority);
+            self.forward(parts, authority, body, caller.addr).await
         };
 
         let status = response.status().as_u16();
@@ -211,7 +199,7 @@ impl Inbound {
             service: &self.labels.service,
             route: INBOUND_ROUTE,
             method: method.as_str(),
-            authority: &authority,
+            authority: authority.as_ref().map_or("", |a| a.as_str()),
             path: uri.path(),
             status,
             duration: started.elapsed(),
@@ -224,9 +212,12 @@ impl Inbound {
         response
     }
 
+    /// Forwards a request for `authority` (as the caller named the
+    /// service) to the app.
     async fn forward(
         &self,
         mut parts: http::request::Parts,
+        authority: &http::uri::Authority,
         body: Incoming,
         peer: SocketAddr,
     ) -> (Response<Body>, Option<&'static str>) {
@@ -239,8 +230,8 @@ impl Inbound {
             .remove(ORIG_PROTO)
             .is_some_and(|v| v == ORIG_PROTO_HTTP1);
         let http2 = parts.version == Version::HTTP_2 && !carried_http1;
-        let mut head = attempt_head(&parts.method, std::mem::take(&mut parts.headers), http2);
-        head.uri = crate::http::upstream_uri(&self.app_authority, &parts.uri);
+        let headers = std::mem::take(&mut parts.headers);
+        let head = attempt_head(&parts.method, &parts.uri, authority, headers, http2);
         let body = if body.is_end_stream() {
             crate::http::empty()
         } else {

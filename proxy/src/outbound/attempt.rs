@@ -8,22 +8,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http::uri::Authority;
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 
 use super::balance::{Endpoint, InFlight};
-use super::breaker;
+use super::breaker::{self, Fault};
 use super::snapshot::Backend;
 use crate::http::client::{classify, SendFailure};
 use crate::http::errors::ProxyError;
 use crate::http::retry::Failure;
-use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
-use crate::http::{upstream_uri, Body};
+use crate::http::Body;
 use crate::metrics::{Direction, EjectionLabels, HttpMetrics, RouteLabels};
 
 /// What every try of one request shares.
 pub struct Attempts<'a> {
     pub backend: &'a Backend,
+    /// The request's authority, as the caller named the service.
+    pub authority: &'a Authority,
     /// The route, for its `remora_timeouts_total`.
     pub route: &'a RouteLabels,
     pub per_try_timeout: Option<Duration>,
@@ -68,43 +70,38 @@ pub async fn run(
     body: Body,
 ) -> Tried {
     let backend = attempts.backend;
-    let meshed = backend.meshed(endpoint);
-    if meshed.is_some() && attempts.upgrade {
-        return Tried::NotSent(ProxyError::UpgradeOverMtls);
+    // The endpoint's protocol, not the caller's.
+    if attempts.upgrade && endpoint.is_http2() {
+        return Tried::NotSent(match endpoint.is_meshed() {
+            true => ProxyError::UpgradeOverMtls,
+            false => ProxyError::UpgradeOverHttp2(backend.service.to_string()),
+        });
     }
-    let caller_http2 = head.version == Version::HTTP_2;
-    let http2 = caller_http2 || backend.always_http2 || meshed.is_some();
-    let mut req = Request::from_parts(attempt_head(&head.method, headers, http2), body);
-    if meshed.is_some() && !caller_http2 {
-        // Carried as HTTP/2, restored as HTTP/1.1 by the far side.
-        req.headers_mut()
-            .insert(ORIG_PROTO, HeaderValue::from_static(ORIG_PROTO_HTTP1));
-    }
-    *req.uri_mut() = upstream_uri(&endpoint.authority, &head.uri);
+    let head = endpoint.request_head(&head.method, &head.uri, attempts.authority, headers);
+    let req = Request::from_parts(head, body);
 
     let mut in_flight = endpoint.start();
-    let client = meshed.unwrap_or_else(|| backend.client(caller_http2));
-    let sent = client.request(req);
+    let sent = endpoint.client.request(req);
     let result = match attempts.per_try_timeout {
         Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
         None => Ok(sent.await),
     };
-    in_flight.headers_received();
 
     let (failure, last) = match result {
         Ok(Ok(response)) => {
             let failure = Failure::of_response(response.status(), response.headers());
-            let server_failed = response.status().is_server_error();
-            feed_breaker(backend, endpoint, !server_failed, attempts.metrics);
+            let fault = response.status().is_server_error().then_some(Fault::Failed);
+            feed_breaker(backend, &mut in_flight, fault, attempts.metrics);
             match failure {
                 Some(failure) => (failure, Ok(response)),
                 None => return Tried::Answered(response, in_flight),
             }
         }
         Ok(Err(e)) => {
-            let (failure, error) = match classify(&e) {
+            let (failure, fault, error) = match classify(&e) {
                 SendFailure::Connect(reason) => (
                     Failure::ConnectFailure,
+                    Fault::Unreachable,
                     ProxyError::ConnectFailed {
                         endpoint: endpoint.label.to_string(),
                         reason,
@@ -112,6 +109,7 @@ pub async fn run(
                 ),
                 SendFailure::Reset(reason) => (
                     Failure::Reset,
+                    Fault::Failed,
                     ProxyError::UpstreamReset {
                         endpoint: endpoint.label.to_string(),
                         reason,
@@ -121,11 +119,16 @@ pub async fn run(
                     return Tried::CallerBody(ProxyError::RequestBody(reason))
                 }
             };
-            feed_breaker(backend, endpoint, false, attempts.metrics);
+            feed_breaker(backend, &mut in_flight, Some(fault), attempts.metrics);
             (failure, Err(error))
         }
         Err(limit) => {
-            feed_breaker(backend, endpoint, false, attempts.metrics);
+            feed_breaker(
+                backend,
+                &mut in_flight,
+                Some(Fault::Failed),
+                attempts.metrics,
+            );
             attempts
                 .metrics
                 .timeouts
@@ -141,21 +144,38 @@ pub async fn run(
     })
 }
 
-/// Feeds one try's outcome to `endpoint`'s breaker under `backend`'s
-/// policy; an ejection is logged and counted.
-fn feed_breaker(backend: &Backend, endpoint: &Endpoint, success: bool, metrics: &HttpMetrics) {
-    if success {
-        endpoint.breaker.record_success();
+/// Feeds one try's outcome, a `fault` or a success, to its endpoint's
+/// breaker under `backend`'s policy and charges a failure to the
+/// endpoint's balancing cost; an ejection is logged and counted.
+fn feed_breaker(
+    backend: &Backend,
+    in_flight: &mut InFlight,
+    fault: Option<Fault>,
+    metrics: &HttpMetrics,
+) {
+    let Some(fault) = fault else {
+        in_flight.headers_received();
+        in_flight.endpoint().breaker.record_success();
         return;
-    }
+    };
+    in_flight.failed();
+    let endpoint = in_flight.endpoint();
     let policy = backend.circuit_breaker.as_ref();
     let now = Instant::now();
     let breakers = backend.endpoints.iter().map(|e| &e.breaker);
     let may_eject = breaker::may_eject(policy, breakers, now);
-    if !endpoint.breaker.record_failure(policy, may_eject, now) {
+    if !endpoint
+        .breaker
+        .record_failure(policy, fault, may_eject, now)
+    {
         return;
     }
-    tracing::warn!(endpoint = %endpoint.address, service = %backend.service, "endpoint ejected after consecutive failures");
+    let state = endpoint.breaker.state(now);
+    let cause = match fault {
+        Fault::Unreachable => "cannot connect",
+        Fault::Failed => "failures",
+    };
+    tracing::warn!(endpoint = %endpoint.address, service = %backend.service, ?state, cause, "endpoint ejected");
     metrics
         .ejections
         .get_or_create(&EjectionLabels {

@@ -9,6 +9,8 @@
 //! with no way to say either.
 
 use std::collections::{BTreeMap, HashMap};
+
+use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,10 +18,16 @@ use std::time::{Duration, Instant};
 
 use remora_api::{LoadBalancer, SpiffeId};
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, BreakerState};
+use crate::http::client::{ClientSettings, Clients, HttpClient};
+use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 
 /// The latency assumed for an endpoint before it has answered.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// What a failed try costs an endpoint in the latency estimate, at least:
+/// a fast failure must never look like a fast answer. Like a slow answer,
+/// it fades over `EWMA_DECAY`.
+const FAILURE_PENALTY: Duration = Duration::from_millis(250);
 /// How fast old latency samples fade.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// Virtual nodes per endpoint on the hash ring.
@@ -37,6 +45,13 @@ pub struct Endpoint {
     pub identity: Option<SpiffeId>,
     /// The identity as the `peer` label of requests to it, made once.
     pub peer: Option<Arc<str>>,
+    /// Its pooled connections: over mutual TLS when it has an identity
+    /// and this proxy has one too.
+    pub client: HttpClient,
+    /// Its service's protocol says it speaks HTTP/2 (`http2`, `grpc`); an
+    /// unmeshed endpoint is spoken to in that version, whatever the caller
+    /// spoke.
+    pub speaks_http2: bool,
     in_flight: AtomicU32,
     ewma: Mutex<Ewma>,
     /// Consecutive failures and ejection, fed by each try's outcome.
@@ -52,7 +67,12 @@ struct Ewma {
 }
 
 impl Endpoint {
-    pub fn new(address: SocketAddr, labels: BTreeMap<String, String>) -> Self {
+    pub fn new(
+        address: SocketAddr,
+        labels: BTreeMap<String, String>,
+        client: HttpClient,
+        speaks_http2: bool,
+    ) -> Self {
         Self {
             address,
             label: address.to_string().into(),
@@ -60,6 +80,8 @@ impl Endpoint {
             labels,
             identity: None,
             peer: None,
+            client,
+            speaks_http2,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
                 estimate: DEFAULT_RTT.as_nanos() as f64,
@@ -70,8 +92,43 @@ impl Endpoint {
         }
     }
 
+    /// Whether requests to it go over mutual TLS.
+    pub fn is_meshed(&self) -> bool {
+        self.client.is_mesh()
+    }
+
+    /// Whether requests to it go in HTTP/2: its protocol's, or over
+    /// mutual TLS.
+    pub fn is_http2(&self) -> bool {
+        self.speaks_http2 || self.is_meshed()
+    }
+
+    /// The head of a request to this endpoint for `authority` and the path
+    /// of `uri`, in the version spoken to it. A meshed endpoint's sidecar
+    /// is told when its app speaks HTTP/1.1.
+    pub fn request_head(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        authority: &http::uri::Authority,
+        headers: http::HeaderMap,
+    ) -> http::request::Parts {
+        let mut head = attempt_head(method, uri, authority, headers, self.is_http2());
+        if self.is_meshed() && !self.speaks_http2 {
+            head.headers
+                .insert(ORIG_PROTO, HeaderValue::from_static(ORIG_PROTO_HTTP1));
+        }
+        head
+    }
+
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Outstanding requests, plus the failures in a row as a penalty.
+    fn load(&self) -> u32 {
+        self.in_flight()
+            .saturating_add(self.breaker.consecutive_failures())
     }
 
     /// Marks a request as sent; the guard marks it done and records its latency.
@@ -117,6 +174,29 @@ impl Endpoint {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Where the endpoint stands in balancing, for `/config`: health
+    /// checks first, then failure accrual.
+    pub fn status(&self, now: Instant) -> serde_json::Value {
+        let breaker = self.breaker.state(now);
+        let state = match self.is_healthy() {
+            true => breaker.name(),
+            false => "unhealthy",
+        };
+        let mut status = serde_json::json!({
+            "address": self.label,
+            "state": state,
+            "in_flight": self.in_flight(),
+            "consecutive_failures": self.breaker.consecutive_failures(),
+        });
+        if let BreakerState::Ejected(left) = breaker {
+            status["ejected_for_seconds"] = serde_json::json!(left.as_secs_f64());
+        }
+        if let Some(peer) = &self.peer {
+            status["identity"] = serde_json::json!(peer);
+        }
+        status
+    }
+
     /// Returns whether the state changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
@@ -149,6 +229,16 @@ impl InFlight {
         if !self.sampled {
             self.sampled = true;
             self.endpoint.observe(self.started.elapsed());
+        }
+    }
+
+    /// Records a failed try in the latency estimate, as the time it took
+    /// or [`FAILURE_PENALTY`], whichever is longer.
+    pub fn failed(&mut self) {
+        if !self.sampled {
+            self.sampled = true;
+            self.endpoint
+                .observe(self.started.elapsed().max(FAILURE_PENALTY));
         }
     }
 }
@@ -196,8 +286,14 @@ impl<B: http_body::Body> http_body::Body for InFlightBody<B> {
     }
 }
 
-/// An endpoint is the same one across reloads while its address and labels are.
-type EndpointKey = (SocketAddr, BTreeMap<String, String>, Option<SpiffeId>);
+/// An endpoint is the same one across reloads while its address, labels,
+/// identity and client settings are.
+type EndpointKey = (
+    SocketAddr,
+    BTreeMap<String, String>,
+    Option<SpiffeId>,
+    ClientSettings,
+);
 
 /// Endpoint state by address, kept across config reloads.
 #[derive(Default)]
@@ -208,17 +304,20 @@ pub struct EndpointRegistry {
 impl EndpointRegistry {
     pub fn get(
         &self,
+        clients: &Clients,
+        settings: ClientSettings,
         address: SocketAddr,
         labels: &BTreeMap<String, String>,
         identity: Option<&SpiffeId>,
     ) -> Arc<Endpoint> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((address, labels.clone(), identity.cloned()))
+        map.entry((address, labels.clone(), identity.cloned(), settings))
             .or_insert_with(|| {
+                let client = clients.to(settings, address, identity);
                 Arc::new(Endpoint {
                     identity: identity.cloned(),
                     peer: identity.map(|id| Arc::from(id.as_str())),
-                    ..Endpoint::new(address, labels.clone())
+                    ..Endpoint::new(address, labels.clone(), client, settings.http2)
                 })
             })
             .clone()
@@ -300,7 +399,9 @@ impl Balancer {
             Balancer::LeastRequest => {
                 // Two random choices by outstanding requests (as Envoy's
                 // least-request does): near-best without scanning them all.
-                self.two_choices(endpoints, usable, |e| e.in_flight() as f64)
+                // Each failure in a row counts as one more outstanding
+                // request, so a fast failure never looks like free capacity.
+                self.two_choices(endpoints, usable, |e| e.load() as f64)
             }
             Balancer::P2cEwma => {
                 let now = Instant::now();
@@ -308,7 +409,7 @@ impl Balancer {
             }
             Balancer::RingHash(ring) => {
                 let Some(key) = hash_key else {
-                    return self.two_choices(endpoints, usable, |e| e.in_flight() as f64);
+                    return self.two_choices(endpoints, usable, |e| e.load() as f64);
                 };
                 let h = xxhash_rust::xxh3::xxh3_64(key);
                 let start = ring.partition_point(|(point, _)| *point < h);
@@ -366,14 +467,15 @@ mod tests {
     use remora_api::CircuitBreaker;
 
     use super::*;
+    use crate::outbound::breaker::Fault;
 
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
+        let settings = ClientSettings::default();
         (0..n)
             .map(|i| {
-                Arc::new(Endpoint::new(
-                    SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
-                    BTreeMap::new(),
-                ))
+                let address = SocketAddr::from(([127, 0, 0, 1], 9000 + i));
+                let client = Clients::default().to(settings, address, None);
+                Arc::new(Endpoint::new(address, BTreeMap::new(), client, false))
             })
             .collect()
     }
@@ -470,11 +572,34 @@ mod tests {
             ..CircuitBreaker::default()
         };
         let now = Instant::now();
-        assert!(!eps[0].breaker.record_failure(Some(&policy), true, now));
-        assert!(!eps[0].breaker.record_failure(Some(&policy), true, now));
-        assert!(eps[0].breaker.record_failure(Some(&policy), true, now));
+        assert!(!eps[0]
+            .breaker
+            .record_failure(Some(&policy), Fault::Failed, true, now));
+        assert!(!eps[0]
+            .breaker
+            .record_failure(Some(&policy), Fault::Failed, true, now));
+        assert!(eps[0]
+            .breaker
+            .record_failure(Some(&policy), Fault::Failed, true, now));
         assert!(eps[0].breaker.is_ejected(Instant::now()));
         let b = Balancer::new(LoadBalancer::RoundRobin, &eps);
         assert_eq!(counts(&b, &eps, 10, None).get(&9001), Some(&10));
+    }
+
+    #[test]
+    fn a_fast_failure_does_not_make_an_endpoint_look_fast() {
+        let eps = endpoints(2);
+        // The first answers in 5ms; the second fails at once.
+        eps[0].observe(Duration::from_millis(5));
+        eps[1].start().failed();
+        for kind in [LoadBalancer::P2cEwma, LoadBalancer::LeastRequest] {
+            if kind == LoadBalancer::LeastRequest {
+                eps[1]
+                    .breaker
+                    .record_failure(None, Fault::Failed, true, Instant::now());
+            }
+            let b = Balancer::new(kind, &eps);
+            assert_eq!(counts(&b, &eps, 50, None).get(&9000), Some(&50), "{kind:?}");
+        }
     }
 }

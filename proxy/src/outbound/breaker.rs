@@ -1,18 +1,51 @@
-//! The circuit breaker: `consecutive_failures` failed tries in a row eject
-//! an endpoint from balancing for `base_ejection`, each repeat ejection
-//! twice as long as the one before, and never more than a backend's
-//! `max_ejected_percent` of endpoints at once. Each endpoint holds its
-//! [`Breaker`]; each try feeds it (`attempt`), which logs and counts an
-//! ejection in `remora_circuit_breaker_ejections_total`.
+//! Failure accrual, on for every service unless it says `enabled: false`.
+//! An endpoint leaves balancing when a connection to it cannot be made, or
+//! after `consecutive_failures` failed tries in a row (within the backend's
+//! `max_ejected_percent`). It stays out for `base_ejection`, then comes
+//! back on probation: its next failure ejects it again for twice as long
+//! (up to `max_ejection`), its next success restores it in full. Each
+//! endpoint holds its [`Breaker`]; each try feeds it (`attempt`), which
+//! logs and counts an ejection in `remora_circuit_breaker_ejections_total`.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use remora_api::CircuitBreaker;
 
-/// Repeat ejections double up to this many times (64 × `base_ejection`).
-const MAX_DOUBLINGS: u32 = 6;
+/// Repeat ejections double at most this many times before `max_ejection`
+/// caps them anyway; it keeps the arithmetic from overflowing.
+const MAX_DOUBLINGS: u32 = 16;
+
+/// Where an endpoint stands with its breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// In balancing.
+    Active,
+    /// Out of balancing for this long yet.
+    Ejected(Duration),
+    /// Back in balancing after an ejection; one failure sends it out again.
+    Probation,
+}
+
+impl BreakerState {
+    pub fn name(self) -> &'static str {
+        match self {
+            BreakerState::Active => "active",
+            BreakerState::Ejected(_) => "ejected",
+            BreakerState::Probation => "probation",
+        }
+    }
+}
+
+/// Why a try failed, as far as the breaker cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// No connection could be made: the endpoint is gone or not listening.
+    Unreachable,
+    /// A 5xx, a broken connection, or a passed per-try timeout.
+    Failed,
+}
 
 /// One endpoint's breaker state. It lives with the endpoint, so across
 /// config reloads while the endpoint's address stays.
@@ -20,10 +53,11 @@ const MAX_DOUBLINGS: u32 = 6;
 pub struct Breaker {
     /// Failures in a row, reset by a success without taking a lock.
     consecutive_failures: AtomicU32,
-    /// When the current ejection ends, as nanoseconds since [`epoch`]; 0 = none.
-    /// Read on every pick, so kept outside the lock.
+    /// When the current or last ejection ends, as nanoseconds since
+    /// [`epoch`]; 0 = none since the last success. A time in the past means
+    /// probation. Read on every pick, so kept outside the lock.
     ejected_until: AtomicU64,
-    /// Ejections so far, each lasting twice the one before.
+    /// Ejections since the last success, each lasting twice the one before.
     ejections: Mutex<u32>,
 }
 
@@ -32,37 +66,77 @@ impl Breaker {
         self.ejected_until.load(Ordering::Relaxed) > nanos_since_epoch(now)
     }
 
-    /// A success ends a run of failures.
-    pub fn record_success(&self) {
-        // The common case: a store, and only when there is something to reset.
-        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_failures.store(0, Ordering::Relaxed);
+    pub fn state(&self, now: Instant) -> BreakerState {
+        match self.ejected_until.load(Ordering::Relaxed) {
+            0 => BreakerState::Active,
+            until => match until.checked_sub(nanos_since_epoch(now)) {
+                Some(left) if left > 0 => BreakerState::Ejected(Duration::from_nanos(left)),
+                _ => BreakerState::Probation,
+            },
         }
     }
 
-    /// Counts a failure at `now`. Returns true when it ejected the endpoint:
-    /// there is a `policy`, enough failures in a row, the endpoint is not
-    /// ejected already, and the backend `may_eject` one more.
+    /// Failures in a row so far: what a balancer charges an endpoint for.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// A success ends a run of failures, and a probation.
+    pub fn record_success(&self) {
+        // The common case: two loads, and stores only when there is
+        // something to reset.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected_until.load(Ordering::Relaxed) != 0 {
+            self.end_probation(Instant::now());
+        }
+    }
+
+    /// Restores an endpoint on probation in full. A success while still
+    /// ejected (of a try sent before the ejection) does not cut it short.
+    fn end_probation(&self, now: Instant) {
+        let mut ejections = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_ejected(now) {
+            self.ejected_until.store(0, Ordering::Relaxed);
+            *ejections = 0;
+        }
+    }
+
+    /// Counts a failure at `now`. Returns true when it ejected the endpoint.
+    /// With a `policy`, an endpoint not ejected already is ejected when it
+    /// is `Unreachable`, or, if the backend `may_eject` one more, when it
+    /// is on probation or has failed `consecutive_failures` times in a row.
     pub fn record_failure(
         &self,
         policy: Option<&CircuitBreaker>,
+        fault: Fault,
         may_eject: bool,
         now: Instant,
     ) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         let Some(policy) = policy else { return false };
-        if self.is_ejected(now) || !may_eject || failures < policy.consecutive_failures {
+        let state = self.state(now);
+        let eject = match state {
+            BreakerState::Ejected(_) => false,
+            // Nothing is served by keeping an address that refuses
+            // connections; should every endpoint be out, balancing still
+            // falls back to one.
+            _ if fault == Fault::Unreachable => true,
+            BreakerState::Probation => may_eject,
+            BreakerState::Active => may_eject && failures >= policy.consecutive_failures,
+        };
+        if !eject {
             return false;
         }
         let mut ejections = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_ejected(now) {
             return false; // another failure got here first
         }
-        // Each repeat ejection lasts twice as long as the one before.
         let factor = 1u32 << (*ejections).min(MAX_DOUBLINGS);
-        let until = now + policy.base_ejection.get() * factor;
+        let lasts = (policy.base_ejection.get() * factor).min(policy.max_ejection.get());
         self.ejected_until
-            .store(nanos_since_epoch(until).max(1), Ordering::Relaxed);
+            .store(nanos_since_epoch(now + lasts).max(1), Ordering::Relaxed);
         *ejections += 1;
         self.consecutive_failures.store(0, Ordering::Relaxed);
         true
@@ -106,11 +180,13 @@ mod tests {
     use super::*;
 
     const BASE: Duration = Duration::from_secs(10);
+    const MAX: Duration = Duration::from_secs(300);
 
     fn policy(consecutive_failures: u32) -> CircuitBreaker {
         CircuitBreaker {
             consecutive_failures,
             base_ejection: HumanDuration(BASE),
+            max_ejection: HumanDuration(MAX),
             max_ejected_percent: 50,
             ..CircuitBreaker::default()
         }
@@ -118,7 +194,9 @@ mod tests {
 
     /// Fails `n` times at `now`; whether the last failure ejected.
     fn fail(b: &Breaker, p: &CircuitBreaker, n: u32, now: Instant) -> bool {
-        (0..n).fold(false, |_, _| b.record_failure(Some(p), true, now))
+        (0..n).fold(false, |_, _| {
+            b.record_failure(Some(p), Fault::Failed, true, now)
+        })
     }
 
     #[test]
@@ -133,28 +211,63 @@ mod tests {
     }
 
     #[test]
-    fn each_repeat_ejection_lasts_twice_as_long() {
-        let (b, p) = (Breaker::default(), policy(1));
+    fn each_repeat_ejection_lasts_twice_as_long_up_to_the_max() {
+        let (b, p) = (Breaker::default(), policy(3));
         let mut now = Instant::now();
-        for doubling in 0..=MAX_DOUBLINGS + 1 {
-            let lasts = BASE * (1 << doubling.min(MAX_DOUBLINGS));
-            assert!(fail(&b, &p, 1, now), "ejection {doubling}");
+        assert!(fail(&b, &p, 3, now));
+        for doubling in 0..8 {
+            let lasts = (BASE * (1 << doubling)).min(MAX);
+            assert_eq!(
+                b.state(now),
+                BreakerState::Ejected(lasts),
+                "ejection {doubling}"
+            );
             // An ejected endpoint is not ejected again.
-            assert!(!fail(&b, &p, 1, now));
-            assert!(b.is_ejected(now + lasts - Duration::from_millis(1)));
+            assert!(!fail(&b, &p, 5, now));
             now += lasts;
-            assert!(!b.is_ejected(now), "ejection {doubling} is over");
+            assert_eq!(b.state(now), BreakerState::Probation);
+            // On probation, one failure is enough.
+            assert!(fail(&b, &p, 1, now), "ejection {}", doubling + 1);
         }
+    }
+
+    #[test]
+    fn a_success_on_probation_restores_the_endpoint_in_full() {
+        let (b, p) = (Breaker::default(), policy(2));
+        let mut now = Instant::now();
+        assert!(fail(&b, &p, 2, now));
+        now += BASE;
+        assert!(fail(&b, &p, 1, now));
+        now += 2 * BASE;
+        assert_eq!(b.state(now), BreakerState::Probation);
+        b.record_success();
+        b.end_probation(now); // as record_success does, at the test's time
+        assert_eq!(b.state(now), BreakerState::Active);
+        assert!(!fail(&b, &p, 1, now), "no longer on probation");
+        assert!(fail(&b, &p, 1, now));
+        assert_eq!(
+            b.state(now),
+            BreakerState::Ejected(BASE),
+            "back to the base ejection"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_ejected_at_once() {
+        let (b, p, now) = (Breaker::default(), policy(7), Instant::now());
+        assert!(b.record_failure(Some(&p), Fault::Unreachable, false, now));
+        assert_eq!(b.state(now), BreakerState::Ejected(BASE));
     }
 
     #[test]
     fn no_ejection_without_a_policy_or_when_the_backend_may_not() {
         let (b, now) = (Breaker::default(), Instant::now());
         for _ in 0..10 {
-            assert!(!b.record_failure(None, true, now));
-            assert!(!b.record_failure(Some(&policy(1)), false, now));
+            assert!(!b.record_failure(None, Fault::Unreachable, true, now));
+            assert!(!b.record_failure(Some(&policy(1)), Fault::Failed, false, now));
         }
         assert!(!b.is_ejected(now));
+        assert_eq!(b.consecutive_failures(), 20);
     }
 
     #[test]

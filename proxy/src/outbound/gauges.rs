@@ -65,6 +65,7 @@ mod tests {
     use crate::http::client::Clients;
     use crate::metrics::Metrics;
     use crate::outbound::balance::EndpointRegistry;
+    use crate::outbound::breaker::Fault;
     use crate::outbound::snapshot::Compiler;
 
     #[tokio::test]
@@ -111,11 +112,11 @@ mod tests {
         web[0].set_healthy(false);
         assert!(web[1]
             .breaker
-            .record_failure(Some(&policy), true, Instant::now()));
+            .record_failure(Some(&policy), Fault::Failed, true, Instant::now()));
         // Unhealthy wins over ejected: an endpoint is counted once.
         web[0]
             .breaker
-            .record_failure(Some(&policy), true, Instant::now());
+            .record_failure(Some(&policy), Fault::Failed, true, Instant::now());
         let text = remora_server::metrics::encode_openmetrics(&registry);
         assert_eq!(gauge(&text, "healthy"), Some(2), "{text}");
         assert_eq!(gauge(&text, "ejected"), Some(1), "{text}");

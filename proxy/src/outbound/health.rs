@@ -7,15 +7,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use http::{header, Request};
+use http::uri::Authority;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Uri};
 use remora_api::HealthCheck;
 use tokio::task::AbortHandle;
 
 use super::balance::Endpoint;
 use super::snapshot::Snapshot;
-use crate::http::client::{ClientSettings, Clients, HttpClient};
 use crate::http::empty;
-use crate::http::version::{ORIG_PROTO, ORIG_PROTO_HTTP1};
 
 /// One probe loop: what it checks, for which service, on which endpoint.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -41,7 +40,7 @@ impl Drop for HealthChecks {
 
 impl HealthChecks {
     /// Starts the probes `snapshot` asks for and stops the others.
-    pub fn sync(&self, snapshot: &Snapshot, clients: &Clients) {
+    pub fn sync(&self, snapshot: &Snapshot) {
         let mut wanted: HashMap<ProbeKey, Arc<Endpoint>> = HashMap::new();
         for (name, service) in &snapshot.services {
             let Some(check) = &service.health_check else {
@@ -68,47 +67,20 @@ impl HealthChecks {
             if probes.contains_key(&key) {
                 continue;
             }
-            let settings = |http2| ClientSettings {
-                connect_timeout: key.check.timeout.get(),
-                idle_timeout: key.check.interval.get() * 2,
-                http2,
-            };
-            // A meshed endpoint is probed as it is called: over mutual TLS.
-            let meshed = endpoint
-                .identity
-                .as_ref()
-                .and_then(|id| clients.mesh(settings(true), id));
-            let probe = match meshed {
-                Some(client) => Prober {
-                    client,
-                    meshed: true,
-                },
-                None => Prober {
-                    client: clients.get(settings(false)),
-                    meshed: false,
-                },
-            };
-            let task = tokio::spawn(probe_loop(key.clone(), endpoint, probe));
+            let task = tokio::spawn(probe_loop(key.clone(), endpoint));
             probes.insert(key, task.abort_handle());
         }
     }
 }
 
-/// The client a probe goes through, and whether it is a mutual-TLS one.
-struct Prober {
-    client: HttpClient,
-    meshed: bool,
-}
-
-async fn probe_loop(key: ProbeKey, endpoint: Arc<Endpoint>, client: Prober) {
+async fn probe_loop(key: ProbeKey, endpoint: Arc<Endpoint>) {
     let check = &key.check;
-    let uri = format!("http://{}{}", key.endpoint, check.path);
     let (mut passes, mut failures) = (0u32, 0u32);
     let mut interval = tokio::time::interval(check.interval.get());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let outcome = probe(&client, &uri, &key.service, check).await;
+        let outcome = probe(&endpoint, &key.service, check).await;
         match outcome {
             Ok(()) => {
                 failures = 0;
@@ -128,24 +100,20 @@ async fn probe_loop(key: ProbeKey, endpoint: Arc<Endpoint>, client: Prober) {
     }
 }
 
-/// One probe: a 2xx within the timeout passes.
-async fn probe(
-    prober: &Prober,
-    uri: &str,
-    service: &str,
-    check: &HealthCheck,
-) -> Result<(), String> {
-    let mut request = Request::get(uri)
-        .header(header::HOST, service)
-        .header(header::USER_AGENT, "remora-health-check");
-    if prober.meshed {
-        // As the outbound carries an app's HTTP/1.1 request.
-        request = request
-            .version(http::Version::HTTP_2)
-            .header(ORIG_PROTO, ORIG_PROTO_HTTP1);
-    }
-    let request = request.body(empty()).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(check.timeout.get(), prober.client.request(request)).await {
+/// One probe: a 2xx within the timeout passes. It goes as a request
+/// would: through the endpoint's pool, in its protocol, over mutual TLS
+/// to a meshed endpoint.
+async fn probe(endpoint: &Endpoint, service: &str, check: &HealthCheck) -> Result<(), String> {
+    let uri = Uri::try_from(check.path.as_str()).map_err(|e| e.to_string())?;
+    let authority = Authority::try_from(service).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("remora-health-check"),
+    );
+    let head = endpoint.request_head(&Method::GET, &uri, &authority, headers);
+    let request = Request::from_parts(head, empty());
+    match tokio::time::timeout(check.timeout.get(), endpoint.client.request(request)).await {
         Err(_) => Err(format!("no response within {}", check.timeout)),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(response)) if response.status().is_success() => Ok(()),

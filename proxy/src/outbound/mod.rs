@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -166,12 +167,12 @@ impl Outbound {
         let Some(authority) = target::authority(&req) else {
             return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started);
         };
-        let known = self.snapshot.load().lookup(&authority).cloned();
+        let known = self.snapshot.load().lookup(authority.as_str()).cloned();
         let service = match known {
             Some(service) => service,
-            None => match self.discover(&authority).await {
+            None => match self.discover(authority.as_str()).await {
                 Ok(service) => service,
-                Err(e) => return self.finish_unrouted(&req, &authority, e, started),
+                Err(e) => return self.finish_unrouted(&req, authority.as_str(), e, started),
             },
         };
         // A clone of the URI shares its bytes; the path is read from it.
@@ -180,7 +181,7 @@ impl Outbound {
         let Some(route) = service.route(req.method(), path, req.headers()) else {
             return self.finish_unrouted(
                 &req,
-                &authority,
+                authority.as_str(),
                 ProxyError::NoRoute(service.name.to_string()),
                 started,
             );
@@ -210,7 +211,7 @@ impl Outbound {
             service: &service.name,
             route: &route.labels.route,
             method: method.as_str(),
-            authority: &authority,
+            authority: authority.as_str(),
             path,
             status: outcome.response.status().as_u16(),
             duration: started.elapsed(),
@@ -260,7 +261,7 @@ impl Outbound {
         service: &snapshot::Service,
         route: &Route,
         req: Request<Incoming>,
-        authority: &str,
+        authority: &Authority,
     ) -> Outcome {
         if let Some(fault) = &route.fault {
             if let Some(delay) = fault.delay.filter(|d| chance(d.percent)) {
@@ -282,7 +283,7 @@ impl Outbound {
         outcome.peer = outcome
             .endpoint
             .as_ref()
-            .filter(|e| backend.is_meshed(e))
+            .filter(|e| e.is_meshed())
             .and_then(|e| e.peer.clone());
         outcome
     }
@@ -294,11 +295,10 @@ impl Outbound {
         route: &Route,
         backend: &Backend,
         req: Request<Incoming>,
-        authority: &str,
+        authority: &Authority,
     ) -> Outcome {
         let (mut head, body) = req.into_parts();
         let upgrade = crate::http::upgrade::forward_request_head(&mut head);
-        headers::ensure_host(&mut head.headers, authority);
         let hash_key = backend
             .hash_header
             .as_ref()
@@ -313,6 +313,7 @@ impl Outbound {
         let (mut body, mut try_body) = RequestBody::first_try(body);
         let attempts = Attempts {
             backend,
+            authority,
             route: &route.labels,
             per_try_timeout: retry.and_then(|r| r.per_try_timeout),
             upgrade: upgrade.is_some(),

@@ -3,7 +3,7 @@
 //! and pre-resolved metric labels. Compiled once per config change and
 //! swapped in whole, so a request reads one consistent view.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use remora_api::{CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy
 use super::balance::{Balancer, Endpoint, EndpointRegistry};
 use super::routes::Matcher;
 use super::target;
-use crate::http::client::{ClientSettings, Clients, HttpClient};
+use crate::http::client::{ClientSettings, Clients};
 use crate::http::retry::Retry;
 use crate::metrics::{Direction, RouteLabels};
 
@@ -53,14 +53,8 @@ pub struct Backend {
     pub endpoints: Vec<Arc<Endpoint>>,
     balancer: Balancer,
     pub hash_header: Option<HeaderName>,
-    http1: HttpClient,
-    http2: HttpClient,
-    /// The mutual-TLS client of each identity among the endpoints; empty
-    /// when this proxy has no identity of its own.
-    mesh: HashMap<SpiffeId, HttpClient>,
-    /// gRPC services are always spoken to in HTTP/2.
-    pub always_http2: bool,
-    /// The policy of `breaker`, which feeds on each try's outcome.
+    /// The policy of `breaker`, which feeds on each try's outcome; `None`
+    /// when the service turned it off.
     pub circuit_breaker: Option<CircuitBreaker>,
 }
 
@@ -125,27 +119,6 @@ impl Backend {
     ) -> Option<Arc<Endpoint>> {
         self.balancer.pick(&self.endpoints, hash_key, avoid)
     }
-
-    pub fn client(&self, http2: bool) -> &HttpClient {
-        if http2 || self.always_http2 {
-            &self.http2
-        } else {
-            &self.http1
-        }
-    }
-
-    /// How to reach `endpoint` over mutual TLS, if it is meshed and this
-    /// proxy can prove an identity of its own.
-    pub fn meshed(&self, endpoint: &Endpoint) -> Option<&HttpClient> {
-        self.mesh.get(endpoint.identity.as_ref()?)
-    }
-
-    /// Whether requests to `endpoint` go over mutual TLS: it has an
-    /// identity, and this proxy has one too (then every identity among the
-    /// endpoints has its client). No lookup, for labelling each request.
-    pub fn is_meshed(&self, endpoint: &Endpoint) -> bool {
-        endpoint.identity.is_some() && !self.mesh.is_empty()
-    }
 }
 
 /// What compiling needs besides the config: state kept across reloads.
@@ -172,9 +145,7 @@ impl Compiler<'_> {
 
     fn service(&self, mesh: &Mesh, name: &str, previous: Option<&Arc<Service>>) -> Service {
         let svc = &mesh.services[name];
-        let max_pending = svc
-            .circuit_breaker
-            .map_or(u32::MAX, |cb| cb.max_pending_requests);
+        let max_pending = svc.circuit_breaker.max_pending_requests.unwrap_or(u32::MAX);
         let pending = match previous {
             Some(p) if p.pending.max == max_pending => p.pending.clone(),
             _ => Arc::new(Pending {
@@ -239,10 +210,7 @@ impl Compiler<'_> {
         let endpoints = svc
             .endpoints
             .iter()
-            .map(|e| {
-                self.endpoints
-                    .get(e.address, &e.labels, identity(mesh, e).as_ref())
-            })
+            .map(|e| self.endpoint(mesh, svc, e))
             .collect();
         Service {
             name: name.into(),
@@ -267,25 +235,8 @@ impl Compiler<'_> {
             .filter(|e| {
                 labels.is_none_or(|want| want.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             })
-            .map(|e| {
-                self.endpoints
-                    .get(e.address, &e.labels, identity(mesh, e).as_ref())
-            })
+            .map(|e| self.endpoint(mesh, svc, e))
             .collect();
-        let settings = |http2| ClientSettings {
-            connect_timeout: svc.connect_timeout.into(),
-            idle_timeout: svc.idle_timeout.into(),
-            http2,
-        };
-        let mut meshed = HashMap::new();
-        for id in endpoints.iter().filter_map(|e| e.identity.as_ref()) {
-            if meshed.contains_key(id) {
-                continue;
-            }
-            if let Some(client) = self.clients.mesh(settings(true), id) {
-                meshed.insert(id.clone(), client);
-            }
-        }
         Backend {
             service: service.into(),
             balancer: Balancer::new(svc.load_balancer, &endpoints),
@@ -294,12 +245,33 @@ impl Compiler<'_> {
                 .hash_on
                 .as_ref()
                 .and_then(|h| HeaderName::from_bytes(h.header.as_str().as_bytes()).ok()),
-            http1: self.clients.get(settings(false)),
-            http2: self.clients.get(settings(true)),
-            mesh: meshed,
-            always_http2: svc.protocol == Protocol::Grpc,
-            circuit_breaker: svc.circuit_breaker,
+            circuit_breaker: Some(svc.circuit_breaker).filter(|cb| cb.enabled),
         }
+    }
+}
+
+impl Compiler<'_> {
+    /// The state of one of `svc`'s endpoints, with its clients as the
+    /// service's settings say, kept from the previous config if it had it.
+    fn endpoint(
+        &self,
+        mesh: &Mesh,
+        svc: &remora_api::Service,
+        e: &remora_api::Endpoint,
+    ) -> Arc<Endpoint> {
+        let settings = ClientSettings {
+            connect_timeout: svc.connect_timeout.into(),
+            idle_timeout: svc.idle_timeout.into(),
+            http2: svc.protocol.is_http2(),
+        };
+        let identity = identity(mesh, e);
+        self.endpoints.get(
+            self.clients,
+            settings,
+            e.address,
+            &e.labels,
+            identity.as_ref(),
+        )
     }
 }
 
@@ -311,6 +283,22 @@ fn identity(mesh: &Mesh, endpoint: &remora_api::Endpoint) -> Option<SpiffeId> {
 }
 
 impl Snapshot {
+    /// Each service's endpoints and where they stand, for `/config`.
+    pub fn endpoint_status(&self) -> serde_json::Value {
+        let now = std::time::Instant::now();
+        let services: BTreeMap<&str, Vec<serde_json::Value>> = self
+            .services
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.as_str(),
+                    s.endpoints.iter().map(|e| e.status(now)).collect(),
+                )
+            })
+            .collect();
+        serde_json::json!(services)
+    }
+
     /// The service `authority` names, in any of its Kubernetes forms.
     pub fn lookup(&self, authority: &str) -> Option<&Arc<Service>> {
         self.services.get(target::mesh_service(authority)?)

@@ -2,16 +2,14 @@
 //! URI, HTTP/2 `:authority`, or `Host`) and the mesh service that
 //! authority names in any of its Kubernetes forms.
 
+use http::uri::Authority;
 use http::Request;
 
 /// The authority the request is for, lower-cased: the absolute-form URI's
-/// (as `http_proxy` clients send), the HTTP/2 `:authority`, or `Host`.
-pub fn authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_ascii_lowercase());
-    }
-    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+/// (as `http_proxy` clients send), the HTTP/2 `:authority`, or `Host`
+/// when that is a valid authority.
+pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
+    crate::http::request_authority(req.uri(), req.headers())
 }
 
 /// The service an authority names: `orders`, `orders:80`,
@@ -58,9 +56,9 @@ mod tests {
     #[test]
     fn the_absolute_uri_wins_over_host_and_both_are_lower_cased() {
         let req = request("http://Orders:8080/x", Some("payments"));
-        assert_eq!(authority(&req).as_deref(), Some("orders:8080"));
+        assert_eq!(authority(&req).unwrap(), "orders:8080");
         let req = request("/x", Some("Payments.Default"));
-        assert_eq!(authority(&req).as_deref(), Some("payments.default"));
+        assert_eq!(authority(&req).unwrap(), "payments.default");
     }
 
     #[test]
