@@ -6,9 +6,11 @@ pub mod client;
 pub mod control;
 pub mod identity;
 pub mod mesh_client;
+pub mod nginx;
 pub mod process;
 pub mod promtool;
 pub mod proxy;
+pub mod tools;
 pub mod upstream;
 
 pub use client::{Client, Reply};

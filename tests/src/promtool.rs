@@ -2,22 +2,9 @@
 
 use std::io::Write as _;
 
-/// Whether Prometheus' `promtool` can be run. CI installs it and must have
-/// it; on a developer's machine without it the promtool checks are skipped,
-/// saying so, and everything else still runs.
+/// Whether Prometheus' `promtool` can be run (see [`crate::tools::find`]).
 pub fn have_promtool() -> bool {
-    let found = std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is needed to check the metrics exposition; install it (Debian: `apt-get install prometheus`)"
-        );
-        eprintln!("promtool not found: skipping the promtool check (install Debian's `prometheus` to run it)");
-    }
-    found
+    crate::tools::find("promtool", "prometheus").is_some()
 }
 
 /// Runs `promtool check metrics` on `exposition`; the error names what

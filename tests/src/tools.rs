@@ -1,0 +1,29 @@
+//! Software the tests drive that we did not write (nginx, h2load,
+//! promtool): found on `PATH` or where Debian installs it. CI installs it
+//! and must have it; on a developer's machine without it the tests that
+//! need it are skipped, saying so, and everything else still runs.
+
+use std::path::PathBuf;
+
+/// Where `command` is, if installed; `package` is the Debian package that
+/// brings it, for the message.
+pub fn find(command: &str, package: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let found = on_path
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join(command))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{command} is needed by this test; install it (Debian: `apt-get install {package}`)"
+        );
+        eprintln!(
+            "{command} not found: skipping what needs it (Debian: `apt-get install {package}`)"
+        );
+    }
+    found
+}
