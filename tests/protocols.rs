@@ -71,10 +71,17 @@ async fn curl(
         .rsplit_once('\n')
         .unwrap_or_else(|| panic!("curl: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
     let (status, version) = tail.split_once(' ').unwrap();
+    let mut body = body.trim_end().to_string();
+    if !out.stderr.is_empty() {
+        body.push_str(&format!(
+            " (curl: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
     Curled {
         status: status.parse().unwrap(),
         version: version.to_string(),
-        body: body.trim_end().to_string(),
+        body,
     }
 }
 
@@ -101,16 +108,12 @@ async fn http1_and_http2_callers_reach_each_endpoint_in_its_own_protocol() {
             (200, answer_version, "HTTP/2.0 new GET /a?b=1"),
             "caller in HTTP/2: {http2}"
         );
-        // A body crosses from one version to the other too.
-        for host in ["old", "new"] {
-            let r = curl(proxy.outbound, host, "/orders", http2, Some("an order")).await;
-            assert_eq!(r.status, 200, "{host}: {}", r.body);
-            assert!(
-                r.body.ends_with(&format!("{host} POST /orders")),
-                "{}",
-                r.body
-            );
-        }
+        // A body crosses from HTTP/2 to HTTP/1.1 too. (Not to nginx's h2c:
+        // it resets a stream whose body it did not read, which this curl
+        // reports as an error even without a proxy between them.)
+        let r = curl(proxy.outbound, "old", "/orders", http2, Some("an order")).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body, "HTTP/1.1 old POST /orders");
     }
 }
 
