@@ -899,3 +899,130 @@ async fn a_request_no_endpoint_can_take_is_resent_a_bounded_number_of_times() {
         "three resends, then the caller is told\n{metrics}"
     );
 }
+
+/// An h2c endpoint that turns every stream away unprocessed
+/// (`RST_STREAM(REFUSED_STREAM)`), as an HTTP/2 server at its stream
+/// limit does; counts the streams it refused.
+async fn refuses_every_stream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn a_refused_stream_goes_to_another_endpoint_whatever_the_method_or_policy() {
+    let (refusing, refused) = refuses_every_stream().await;
+    let good = echoes("good").await;
+    // No retry policy; round-robin and no breaker, so that the refusing
+    // endpoint keeps its turns.
+    let mesh = format!(
+        "services:
+  h2:
+    protocol: http2
+    load_balancer: round-robin
+    circuit_breaker: {{ enabled: false }}
+    endpoints: [ {{ address: {refusing} }}, {{ address: {} }} ]
+",
+        good.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    for i in 0..10 {
+        let r = client.get(&format!("http://h2/{i}")).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "good:"));
+        let req = Request::post("http://h2/orders")
+            .body(body(format!("order-{i}")))
+            .unwrap();
+        let r = client.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
+        assert_eq!(r.text(), format!("good:order-{i}"));
+    }
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        refused >= 5,
+        "the refusing endpoint had its turns: {refused}"
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        retries(&metrics, "h2", "refused-stream"),
+        refused as f64,
+        "{metrics}"
+    );
+}
+
+/// An HTTP/1.1 endpoint that answers the first request of each connection
+/// (keeping it alive) and closes the connection, unanswered, when the next
+/// request arrives on it: a server timing out an idle kept-alive
+/// connection just as the proxy reuses it.
+async fn closes_kept_alive_connections() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The first request: its head, and the body it announces.
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
+                if socket.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The next one is met with a close.
+                let _ = socket.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_get_on_a_pooled_connection_the_server_closed_is_resent_a_post_is_not() {
+    let addr = closes_kept_alive_connections().await;
+    let mesh = format!("services:\n  stale:\n    endpoints: [ {{ address: {addr} }} ]\n");
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    for i in 0..6 {
+        let r = client.get(&format!("http://stale/{i}")).await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "fresh"),
+            "GET {i}"
+        );
+    }
+    let metrics = proxy.metrics().await;
+    assert!(retries(&metrics, "stale", "reset") >= 3.0, "{metrics}");
+    // A POST may have had its effect: the caller is told instead.
+    let mut posts = Vec::new();
+    for i in 0..2 {
+        let req = Request::post("http://stale/orders")
+            .body(body(format!("{i}")))
+            .unwrap();
+        posts.push(client.send(req).await.unwrap());
+    }
+    let failed: Vec<_> = posts.iter().filter(|r| r.status != 200).collect();
+    assert_eq!(failed.len(), 1, "one of two POSTs met a reused connection");
+    assert_eq!(failed[0].header("remora-error"), Some("upstream-reset"));
+}

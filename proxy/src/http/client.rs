@@ -160,8 +160,13 @@ fn builder(s: ClientSettings, http2: bool) -> hyper_util::client::legacy::Builde
 pub enum SendFailure {
     /// No connection could be made; nothing reached the endpoint.
     Connect(String),
-    /// The connection broke before a response arrived.
-    Reset(String),
+    /// The endpoint turned the request away unprocessed: an HTTP/2
+    /// `REFUSED_STREAM`, or a graceful `GOAWAY` that did not include it.
+    Refused(String),
+    /// The connection broke before a response arrived. `closed` when it
+    /// was closed under the request with no answer, as a server does to a
+    /// kept-alive connection it times out just as a request arrives.
+    Reset { reason: String, closed: bool },
     /// The caller's request body failed while it was being sent.
     CallerBody(String),
 }
@@ -170,6 +175,8 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
     let mut reason = String::new();
     let mut caller = false;
     let mut timed_out = false;
+    let mut refused = false;
+    let mut closed = false;
     let mut source = err.source();
     while let Some(s) = source {
         reason = s.to_string();
@@ -177,6 +184,15 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
         timed_out |= s
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
+        if let Some(e) = s.downcast_ref::<hyper::Error>() {
+            closed |= e.is_incomplete_message();
+        }
+        if let Some(e) = s.downcast_ref::<h2::Error>() {
+            refused |= e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
+            // A graceful GOAWAY fails only the streams it did not take.
+            refused |= e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR);
+            closed |= e.is_go_away() && e.is_remote();
+        }
         source = s.source();
     }
     if reason.is_empty() {
@@ -190,7 +206,9 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
             reason = "the connection timed out".to_string();
         }
         SendFailure::Connect(reason)
+    } else if refused {
+        SendFailure::Refused(reason)
     } else {
-        SendFailure::Reset(reason)
+        SendFailure::Reset { reason, closed }
     }
 }

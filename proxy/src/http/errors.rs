@@ -24,6 +24,8 @@ pub enum ProxyError {
     NoEndpoints(String),
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    #[error("the caller's deadline had passed when the request arrived")]
+    DeadlineExceeded,
     #[error("could not connect to {endpoint}: {reason}")]
     ConnectFailed { endpoint: String, reason: String },
     #[error("the connection to {endpoint} broke before a response: {reason}")]
@@ -70,6 +72,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) => "no-route",
             ProxyError::NoEndpoints(_) => "no-endpoints",
             ProxyError::Timeout(_) => "timeout",
+            ProxyError::DeadlineExceeded => "deadline-exceeded",
             ProxyError::ConnectFailed { .. } => "upstream-refused",
             ProxyError::UpstreamReset { .. } => "upstream-reset",
             ProxyError::BudgetExhausted(_) => "retry-budget-exhausted",
@@ -93,7 +96,7 @@ impl ProxyError {
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded(_)
             | ProxyError::DiscoveryTimeout(..) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout(_) | ProxyError::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectFailed { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::AppUnreachable { .. } => StatusCode::BAD_GATEWAY,

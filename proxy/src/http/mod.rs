@@ -4,6 +4,7 @@
 //! `remora_server`'s, which the control plane runs too.
 
 pub mod client;
+pub mod deadline;
 pub mod errors;
 pub mod headers;
 pub mod replay;

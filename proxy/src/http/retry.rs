@@ -33,6 +33,8 @@ pub struct Retry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
     ConnectFailure,
+    /// The endpoint turned the request away unprocessed (HTTP/2).
+    Refused,
     Reset,
     PerTryTimeout,
     Status(StatusCode),
@@ -44,6 +46,7 @@ impl Failure {
     pub fn reason(self) -> &'static str {
         match self {
             Failure::ConnectFailure => "connect-failure",
+            Failure::Refused => "refused-stream",
             Failure::Reset => "reset",
             Failure::PerTryTimeout => "per-try-timeout",
             Failure::Status(s) if s.is_server_error() => "5xx",
@@ -117,7 +120,7 @@ impl Retry {
     /// Whether the policy names this failure.
     pub fn covers(&self, failure: Failure) -> bool {
         self.on.iter().any(|on| match (on, failure) {
-            (RetryOn::ConnectFailure, Failure::ConnectFailure) => true,
+            (RetryOn::ConnectFailure, Failure::ConnectFailure | Failure::Refused) => true,
             (RetryOn::Reset, Failure::Reset) => true,
             (RetryOn::PerTryTimeout, Failure::PerTryTimeout) => true,
             (RetryOn::Status5xx, Failure::Status(s)) => s.is_server_error(),

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::AccessRecord;
 use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
+use crate::http::deadline::Deadline;
 use crate::http::errors::ProxyError;
 use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, headers, Body};
@@ -153,6 +154,7 @@ impl Inbound {
         let request_id = headers::ensure_request_id(&mut parts.headers);
         headers::ensure_traceparent(&mut parts.headers);
 
+        let deadline = Deadline::of_request(&parts.headers, started);
         let smuggled = headers::is_smuggling_attempt(&parts.headers, &parts.extensions);
         let policy = self.policy.load();
         let (response, error) = if smuggled {
@@ -172,6 +174,11 @@ impl Inbound {
                 rule: denied.rule,
             };
             (e.into_response(), Some("forbidden"))
+        } else if deadline.is_some_and(|d| d.has_passed(Instant::now())) {
+            // The caller has given up already: the app is not called.
+            self.metrics.timeouts.get_or_create(&self.labels).inc();
+            let e = ProxyError::DeadlineExceeded;
+            (e.into_response(), Some("deadline-exceeded"))
         } else if !policy.admit() {
             self.metrics.rate_limited.get_or_create(&self.labels).inc();
             let e = ProxyError::RateLimited(self.labels.service.to_string());
@@ -183,7 +190,21 @@ impl Inbound {
                 parts.headers.insert(PEER_IDENTITY, identity.clone());
             }
             let authority = authority.as_ref().unwrap_or(&self.app_authority);
-            self.forward(parts, authority, body, caller.addr).await
+            match deadline {
+                Some(d) => {
+                    d.forward(&mut parts.headers, Instant::now());
+                    let forward = self.forward(parts, authority, body, caller.addr);
+                    match tokio::time::timeout_at(d.0.into(), forward).await {
+                        Ok(answered) => answered,
+                        Err(_) => {
+                            self.metrics.timeouts.get_or_create(&self.labels).inc();
+                            let e = ProxyError::Timeout(d.0 - started);
+                            (e.into_response(), Some("timeout"))
+                        }
+                    }
+                }
+                None => self.forward(parts, authority, body, caller.addr).await,
+            }
         };
 
         let status = response.status().as_u16();
@@ -246,7 +267,9 @@ impl Inbound {
             }
             Err(e) => {
                 let reason = match classify(&e) {
-                    SendFailure::Connect(r) | SendFailure::Reset(r) => r,
+                    SendFailure::Connect(r)
+                    | SendFailure::Refused(r)
+                    | SendFailure::Reset { reason: r, .. } => r,
                     SendFailure::CallerBody(r) => {
                         return (
                             ProxyError::RequestBody(r).into_response(),

@@ -16,6 +16,7 @@ use super::balance::{Endpoint, InFlight};
 use super::breaker::{self, Fault};
 use super::snapshot::Backend;
 use crate::http::client::{classify, SendFailure};
+use crate::http::deadline::Deadline;
 use crate::http::errors::ProxyError;
 use crate::http::retry::Failure;
 use crate::http::Body;
@@ -26,6 +27,8 @@ pub struct Attempts<'a> {
     pub backend: &'a Backend,
     /// The request's authority, as the caller named the service.
     pub authority: &'a Authority,
+    /// The time left of which each try tells its endpoint.
+    pub deadline: Option<Deadline>,
     /// The route, for its `remora_timeouts_total`.
     pub route: &'a RouteLabels,
     pub per_try_timeout: Option<Duration>,
@@ -58,6 +61,32 @@ pub struct Failed {
     pub last: Result<Response<Incoming>, ProxyError>,
     /// Counts the try against its endpoint until it is let go.
     pub in_flight: InFlight,
+    /// Whether it may go to another endpoint whatever the retry policy.
+    pub resend: Resend,
+}
+
+/// Whether a failed try may be sent again whatever the retry policy says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// It never reached its endpoint, or the endpoint turned it away
+    /// unprocessed: any method may go again.
+    Always,
+    /// Its connection was closed under it with no answer (a kept-alive
+    /// connection the server timed out as the request arrived): an
+    /// idempotent method may go again (RFC 9110 §9.2.2).
+    IfIdempotent,
+    /// It got an answer, or may have been processed.
+    Never,
+}
+
+impl Resend {
+    pub fn allows(self, method: &http::Method) -> bool {
+        match self {
+            Resend::Always => true,
+            Resend::IfIdempotent => method.is_idempotent(),
+            Resend::Never => false,
+        }
+    }
 }
 
 /// Sends one try to `endpoint`. `head` is the caller's request head (its
@@ -66,7 +95,7 @@ pub async fn run(
     attempts: &Attempts<'_>,
     endpoint: &Arc<Endpoint>,
     head: &Parts,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Body,
 ) -> Tried {
     let backend = attempts.backend;
@@ -76,6 +105,9 @@ pub async fn run(
             true => ProxyError::UpgradeOverMtls,
             false => ProxyError::UpgradeOverHttp2(backend.service.to_string()),
         });
+    }
+    if let Some(deadline) = attempts.deadline {
+        deadline.forward(&mut headers, Instant::now());
     }
     let head = endpoint.request_head(&head.method, &head.uri, attempts.authority, headers);
     let req = Request::from_parts(head, body);
@@ -87,32 +119,38 @@ pub async fn run(
         None => Ok(sent.await),
     };
 
-    let (failure, last) = match result {
+    let (failure, last, resend) = match result {
         Ok(Ok(response)) => {
             let failure = Failure::of_response(response.status(), response.headers());
             let fault = response.status().is_server_error().then_some(Fault::Failed);
             feed_breaker(backend, &mut in_flight, fault, attempts.metrics);
             match failure {
-                Some(failure) => (failure, Ok(response)),
+                Some(failure) => (failure, Ok(response), Resend::Never),
                 None => return Tried::Answered(response, in_flight),
             }
         }
         Ok(Err(e)) => {
-            let (failure, fault, error) = match classify(&e) {
+            let endpoint = endpoint.label.to_string();
+            let (failure, fault, error, resend) = match classify(&e) {
                 SendFailure::Connect(reason) => (
                     Failure::ConnectFailure,
                     Fault::Unreachable,
-                    ProxyError::ConnectFailed {
-                        endpoint: endpoint.label.to_string(),
-                        reason,
-                    },
+                    ProxyError::ConnectFailed { endpoint, reason },
+                    Resend::Always,
                 ),
-                SendFailure::Reset(reason) => (
+                SendFailure::Refused(reason) => (
+                    Failure::Refused,
+                    Fault::Failed,
+                    ProxyError::UpstreamReset { endpoint, reason },
+                    Resend::Always,
+                ),
+                SendFailure::Reset { reason, closed } => (
                     Failure::Reset,
                     Fault::Failed,
-                    ProxyError::UpstreamReset {
-                        endpoint: endpoint.label.to_string(),
-                        reason,
+                    ProxyError::UpstreamReset { endpoint, reason },
+                    match closed {
+                        true => Resend::IfIdempotent,
+                        false => Resend::Never,
                     },
                 ),
                 SendFailure::CallerBody(reason) => {
@@ -120,7 +158,7 @@ pub async fn run(
                 }
             };
             feed_breaker(backend, &mut in_flight, Some(fault), attempts.metrics);
-            (failure, Err(error))
+            (failure, Err(error), resend)
         }
         Err(limit) => {
             feed_breaker(
@@ -134,13 +172,15 @@ pub async fn run(
                 .timeouts
                 .get_or_create(attempts.route)
                 .inc();
-            (Failure::PerTryTimeout, Err(ProxyError::Timeout(limit)))
+            let error = ProxyError::Timeout(limit);
+            (Failure::PerTryTimeout, Err(error), Resend::Never)
         }
     };
     Tried::Failed(Failed {
         failure,
         last,
         in_flight,
+        resend,
     })
 }
 

@@ -224,6 +224,11 @@ impl InFlight {
         &self.endpoint
     }
 
+    /// How long since the request was sent.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     /// Records the time to the response headers in the latency estimate.
     pub fn headers_received(&mut self) {
         if !self.sampled {

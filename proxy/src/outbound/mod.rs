@@ -35,9 +35,9 @@ use self::body::RequestBody;
 use self::snapshot::{Backend, Route, Snapshot};
 use crate::access_log::AccessRecord;
 use crate::discovery::{OnDemand, Presence};
+use crate::http::deadline::Deadline;
 use crate::http::errors::ProxyError;
 use crate::http::headers;
-use crate::http::retry::Failure;
 use crate::http::{boxed, Body};
 use crate::metrics::{Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics};
 
@@ -190,20 +190,30 @@ impl Outbound {
         headers::ensure_traceparent(req.headers_mut());
         let method = req.method().clone();
 
-        let outcome = match route.timeout {
-            Some(limit) => match tokio::time::timeout(
-                limit,
-                self.route_request(&service, route, req, &authority),
+        // The caller's deadline, if it sent one, within the route's timeout.
+        let asked = Deadline::of_request(req.headers(), started);
+        let deadline = Deadline::within(asked, route.timeout, started);
+        let outcome = match deadline {
+            Some(d) if d.has_passed(Instant::now()) => {
+                self.metrics.timeouts.get_or_create(&route.labels).inc();
+                Outcome::error(ProxyError::DeadlineExceeded)
+            }
+            Some(d) => match tokio::time::timeout_at(
+                d.0.into(),
+                self.route_request(&service, route, req, &authority, deadline),
             )
             .await
             {
                 Ok(outcome) => outcome,
                 Err(_) => {
                     self.metrics.timeouts.get_or_create(&route.labels).inc();
-                    Outcome::error(ProxyError::Timeout(limit))
+                    Outcome::error(ProxyError::Timeout(d.0 - started))
                 }
             },
-            None => self.route_request(&service, route, req, &authority).await,
+            None => {
+                self.route_request(&service, route, req, &authority, None)
+                    .await
+            }
         };
         self.record(&route.labels, &outcome, started);
         AccessRecord {
@@ -262,6 +272,7 @@ impl Outbound {
         route: &Route,
         req: Request<Incoming>,
         authority: &Authority,
+        deadline: Option<Deadline>,
     ) -> Outcome {
         if let Some(fault) = &route.fault {
             if let Some(delay) = fault.delay.filter(|d| chance(d.percent)) {
@@ -279,7 +290,9 @@ impl Outbound {
         let Some(backend) = route.pick_backend() else {
             return Outcome::error(ProxyError::NoEndpoints(service.name.to_string()));
         };
-        let mut outcome = self.send_with_retries(route, backend, req, authority).await;
+        let mut outcome = self
+            .send_with_retries(route, backend, req, authority, deadline)
+            .await;
         outcome.peer = outcome
             .endpoint
             .as_ref()
@@ -296,6 +309,7 @@ impl Outbound {
         backend: &Backend,
         req: Request<Incoming>,
         authority: &Authority,
+        deadline: Option<Deadline>,
     ) -> Outcome {
         let (mut head, body) = req.into_parts();
         let upgrade = crate::http::upgrade::forward_request_head(&mut head);
@@ -311,11 +325,13 @@ impl Outbound {
         route.unsent.deposit();
         let retry = retry.filter(|r| r.allows_method(&head.method));
         let (mut body, mut try_body) = RequestBody::first_try(body);
+        let per_try_timeout = retry.and_then(|r| r.per_try_timeout);
         let attempts = Attempts {
             backend,
             authority,
+            deadline,
             route: &route.labels,
-            per_try_timeout: retry.and_then(|r| r.per_try_timeout),
+            per_try_timeout,
             upgrade: upgrade.is_some(),
             metrics: &self.metrics,
         };
@@ -343,12 +359,25 @@ impl Outbound {
             // endpoint, a resend at once whatever the policy.
             let (policy, resend) = match retry.filter(|r| r.covers(failed.failure)) {
                 Some(r) => (Some(r), false),
-                None if failed.failure == Failure::ConnectFailure => (Some(&route.unsent), true),
+                None if failed.resend.allows(&head.method) => (Some(&route.unsent), true),
                 None => (None, false),
             };
             let Some(r) = policy.filter(|r| retries < r.attempts && body.can_replay()) else {
                 return give_up(failed, retries);
             };
+            let wait = match resend {
+                true => Duration::ZERO,
+                false => r.backoff(retries),
+            };
+            // A retry that could not finish in time is not started: after
+            // its wait, there must be time left for a try like the last.
+            let try_needs = failed
+                .in_flight
+                .elapsed()
+                .min(per_try_timeout.unwrap_or(Duration::MAX));
+            if deadline.is_some_and(|d| d.left(Instant::now()) <= wait + try_needs) {
+                return give_up(failed, retries);
+            }
             if !r.withdraw() {
                 self.metrics
                     .budget_exhausted
@@ -370,8 +399,8 @@ impl Outbound {
                 reason,
             };
             self.metrics.retries.get_or_create(&labels).inc();
-            if !resend {
-                tokio::time::sleep(r.backoff(retries)).await;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             (avoid, retries, try_body) = (Some(endpoint), retries + 1, next_body);
         }
