@@ -122,7 +122,12 @@ impl Retry {
         self.on.iter().any(|on| match (on, failure) {
             (RetryOn::ConnectFailure, Failure::ConnectFailure | Failure::Refused) => true,
             (RetryOn::Reset, Failure::Reset) => true,
-            (RetryOn::PerTryTimeout, Failure::PerTryTimeout) => true,
+            // The caller of a try that timed out would get a 504, as Envoy
+            // counts it too.
+            (
+                RetryOn::PerTryTimeout | RetryOn::GatewayError | RetryOn::Status5xx,
+                Failure::PerTryTimeout,
+            ) => true,
             (RetryOn::Status5xx, Failure::Status(s)) => s.is_server_error(),
             (RetryOn::GatewayError, Failure::Status(s)) => {
                 matches!(s.as_u16(), 502..=504)
@@ -178,6 +183,13 @@ mod tests {
         assert!(r.covers(Failure::ConnectFailure));
         assert!(!r.covers(Failure::Status(StatusCode::INTERNAL_SERVER_ERROR)));
         assert!(!r.covers(Failure::Reset));
+        assert!(r.covers(Failure::PerTryTimeout), "a 504 of the proxy's");
+        assert!(
+            r.covers(Failure::Refused),
+            "never processed, like a connect failure"
+        );
+        let r = Retry::new(&policy(vec![RetryOn::Retriable4xx]));
+        assert!(!r.covers(Failure::PerTryTimeout));
         let r = Retry::new(&policy(vec![RetryOn::Status5xx, RetryOn::Retriable4xx]));
         assert!(r.covers(Failure::Status(StatusCode::INTERNAL_SERVER_ERROR)));
         assert!(r.covers(Failure::Status(StatusCode::CONFLICT)));

@@ -7,7 +7,7 @@
 //! endpoint holds its [`Breaker`]; each try feeds it (`attempt`), which
 //! logs and counts an ejection in `remora_circuit_breaker_ejections_total`.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub struct Breaker {
     ejected_until: AtomicU64,
     /// Ejections since the last success, each lasting twice the one before.
     ejections: Mutex<u32>,
+    /// The current ejection is for an unreachable endpoint: one that does
+    /// not count against `max_ejected_percent`.
+    unreachable: AtomicBool,
 }
 
 impl Breaker {
@@ -74,6 +77,11 @@ impl Breaker {
                 _ => BreakerState::Probation,
             },
         }
+    }
+
+    /// Ejected for failing, not for being unreachable.
+    fn is_ejected_for_failures(&self, now: Instant) -> bool {
+        self.is_ejected(now) && !self.unreachable.load(Ordering::Relaxed)
     }
 
     /// Failures in a row so far: what a balancer charges an endpoint for.
@@ -133,6 +141,8 @@ impl Breaker {
         if self.is_ejected(now) {
             return false; // another failure got here first
         }
+        self.unreachable
+            .store(fault == Fault::Unreachable, Ordering::Relaxed);
         let factor = 1u32 << (*ejections).min(MAX_DOUBLINGS);
         let lasts = (policy.base_ejection.get() * factor).min(policy.max_ejection.get());
         self.ejected_until
@@ -144,8 +154,9 @@ impl Breaker {
 }
 
 /// Whether one more of a backend's endpoints, whose `breakers` these
-/// are, may be ejected without passing `max_ejected_percent`; never
-/// without a policy.
+/// are, may be ejected for failures without passing `max_ejected_percent`;
+/// never without a policy. Endpoints out because they cannot be reached
+/// do not count: the limit keeps answering endpoints in balancing.
 pub fn may_eject<'a>(
     policy: Option<&CircuitBreaker>,
     breakers: impl ExactSizeIterator<Item = &'a Breaker>,
@@ -155,7 +166,7 @@ pub fn may_eject<'a>(
         return false;
     };
     let total = breakers.len();
-    let ejected = breakers.filter(|b| b.is_ejected(now)).count();
+    let ejected = breakers.filter(|b| b.is_ejected_for_failures(now)).count();
     (ejected + 1) * 100 <= total * policy.max_ejected_percent as usize
 }
 
@@ -284,5 +295,11 @@ mod tests {
             "half are ejected"
         );
         assert!(may_eject(Some(&p), breakers.iter(), now + BASE));
+        // An unreachable endpoint is out whatever the limit, and does not
+        // count against it.
+        let (p, now) = (policy(1), now + BASE);
+        assert!(breakers[2].record_failure(Some(&p), Fault::Unreachable, false, now));
+        assert!(breakers[3].record_failure(Some(&p), Fault::Unreachable, false, now));
+        assert!(may_eject(Some(&p), breakers.iter(), now));
     }
 }
