@@ -894,6 +894,9 @@ async fn versions_grow_across_a_restart_on_the_same_port() {
         .await;
     let v1 = version_of(&cp, "outbound/users").await;
     assert!(v1 > v0);
+    cp.register("ghost", "g-1", r#"{"address": "127.0.0.1:6002"}"#)
+        .await;
+    let ghost = version_of(&cp, "outbound/ghost").await;
 
     let api = cp.api;
     cp.signal("TERM");
@@ -903,21 +906,34 @@ async fn versions_grow_across_a_restart_on_the_same_port() {
     // A new proxy (no version) is answered at once.
     let fresh = poll(&cp, "outbound/users", None, "20s").await;
     assert_eq!(fresh.status, 200);
-    // Soft state: the registration is gone until it is renewed. A proxy
-    // that asks with v1 (from the previous process) is told to keep its
-    // view through the restart grace, and then gets the new one.
-    let r = poll(&cp, "outbound/users", Some(v1), "0s").await;
+    // A service that only registrations named is not called unknown to a
+    // proxy from before the restart during the grace: its poll is held.
+    let r = poll(&cp, "outbound/ghost", Some(ghost), "0s").await;
     assert_eq!(r.status, 304, "{}", r.text());
-    let r = poll(&cp, "outbound/users", Some(v1), "20s").await;
-    assert_eq!(r.status, 200);
+    // Soft state: the registration is gone until it is renewed. A proxy
+    // that asks with v1 (from the previous process) gets the new view at
+    // once, marked incomplete through the restart grace (it keeps the
+    // endpoints it had), then the complete one.
+    let r = poll(&cp, "outbound/users", Some(v1), "0s").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let warm = json(&r);
+    assert_eq!(warm["incomplete"], true, "{warm}");
     assert!(version(&r) > v1, "{} <= {v1}", version(&r));
-    assert_eq!(
-        json(&r)["services"]["users"]["endpoints"]
+    let endpoints = |v: &serde_json::Value| {
+        v["services"]["users"]["endpoints"]
             .as_array()
             .unwrap()
-            .len(),
-        1
-    );
+            .len()
+    };
+    assert_eq!(endpoints(&warm), 1, "the file's only: {warm}");
+    let r = poll(&cp, "outbound/users", Some(version(&r)), "20s").await;
+    assert_eq!(r.status, 200);
+    let complete = json(&r);
+    assert!(complete.get("incomplete").is_none(), "{complete}");
+    assert_eq!(endpoints(&complete), 1);
+    // After the grace, a service no one registered again is unknown.
+    let r = poll(&cp, "outbound/ghost", Some(ghost), "0s").await;
+    assert_eq!(r.status, 404);
 }
 
 #[tokio::test]

@@ -405,6 +405,21 @@ async fn proxies_keep_serving_through_a_control_plane_restart() {
         },
     )
     .await;
+    // A change right after the restart, within its grace, reaches the
+    // connected proxy like any other: within a second.
+    control.write_config("services:\n  catalog: { timeout: 7s }\n");
+    let edited = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the edit to reach the caller",
+        || async {
+            let config = config_json(&caller).await;
+            config["mesh"]["services"]["catalog"]["timeout"] == "7s"
+        },
+    )
+    .await;
+    let took = edited.elapsed();
+    assert!(took < Duration::from_secs(1), "the edit took {took:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();

@@ -33,6 +33,12 @@ pub struct OutboundView {
     pub trust_domain: String,
     /// `service` itself and each service named by one of its splits.
     pub services: BTreeMap<String, Service>,
+    /// The control plane started moments ago and may not yet know every
+    /// registered endpoint (registrations live in its memory only): a
+    /// proxy keeps the endpoints it had that this view lacks, until a
+    /// view without this flag comes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 /// `GET /v1/inbound/{service}`: the policy `service`'s own sidecars enforce

@@ -68,9 +68,9 @@ pub struct ServeArgs {
     #[arg(long, env = "REMORA_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 
-    /// After a start, how long proxies still serving a previous control
-    /// plane's views keep them while sidecars register again (registrations
-    /// live in memory only).
+    /// After a start, how long views are marked incomplete, so that proxies
+    /// keep the endpoints they lack while sidecars register again
+    /// (registrations live in memory only).
     #[arg(long, env = "REMORA_RESTART_GRACE", default_value = DEFAULT_RESTART_GRACE)]
     pub restart_grace: remora_api::HumanDuration,
 

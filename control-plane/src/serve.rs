@@ -42,6 +42,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         until: std::time::Instant::now() + args.restart_grace.get(),
     };
     let state = Arc::new(State::new(first_version, metrics.registrations.clone()));
+    if !args.restart_grace.get().is_zero() {
+        state.warming_up();
+        let (state, grace) = (state.clone(), args.restart_grace.get());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            state.warmed_up();
+            tracing::info!("restart grace over: views are complete");
+        });
+    }
     let config = match &args.config {
         Some(path) => {
             let view = remora_server::mesh_file::watch_file(path, &metrics.config_reloads)

@@ -41,11 +41,11 @@ pub struct Api {
 
 /// Registrations are soft state: a restarted control plane knows each
 /// service from the file at once, but its endpoints only as the sidecars
-/// register again. Answering a proxy that still serves the previous
-/// process's view with a view missing those endpoints would fail its
-/// requests; so, for a while after start, a poll that presents a version
-/// from before this process is held, and the proxy keeps serving what it
-/// has. New proxies (no version) are answered at once.
+/// register again. For a while after start, outbound views are marked
+/// `incomplete`, so that proxies keep the endpoints they had (`State`
+/// does that); and a poll that presents a version from before this process
+/// for a service this process does not know yet is held rather than told
+/// the service is unknown. New proxies (no version) are answered at once.
 #[derive(Clone, Copy, Debug)]
 pub struct RestartGrace {
     /// This process's first version: anything lower is from an earlier one.

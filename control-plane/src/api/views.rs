@@ -127,9 +127,12 @@ pub async fn poll(
     let metrics = api.view_metrics(kind);
     let mut rx = views.watch(kind, service);
     let mut wait = query.wait;
-    if let Some(remaining) = api.restart.remaining(query.version) {
-        // The caller keeps its view from before the restart: nothing is
-        // news to it until the sidecars had the time to register again.
+    let absent = !rx.borrow().exists();
+    if let Some(remaining) = api.restart.remaining(query.version).filter(|_| absent) {
+        // The caller keeps its view from before the restart of a service
+        // that only registrations named: until the sidecars had the time
+        // to register again, it is not told the service is unknown. (A
+        // view that exists is answered at once, marked `incomplete`.)
         let mut drain = api.drain.clone();
         tokio::select! {
             _ = tokio::time::sleep(remaining.min(wait)) => {}

@@ -84,6 +84,7 @@ impl View {
                 a.service == b.service
                     && a.trust_domain == b.trust_domain
                     && a.services == b.services
+                    && a.incomplete == b.incomplete
             }
             (View::Inbound(a), View::Inbound(b)) => {
                 a.service == b.service
@@ -147,6 +148,9 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// Whether the change under way has published a view yet.
     published: bool,
+    /// Just started, after a previous process: registrations are still
+    /// coming back, so outbound views say they are `incomplete`.
+    warming: bool,
 }
 
 impl State {
@@ -163,6 +167,7 @@ impl State {
                 registrations_gauge,
                 changes: watch::channel(0).0,
                 published: false,
+                warming: false,
             }),
         }
     }
@@ -180,6 +185,24 @@ impl State {
         // A panic while holding the lock leaves the state as consistent as
         // the step that panicked did; serving it beats serving nothing.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks outbound views `incomplete` while the sidecars of a previous
+    /// process register again; [`State::warmed_up`] ends it.
+    pub fn warming_up(&self) {
+        let mut inner = self.lock();
+        inner.warming = true;
+        inner.refresh_all(Kind::Outbound);
+        inner.end_change();
+    }
+
+    /// Every sidecar had the time to register again: outbound views are
+    /// complete, and published anew so that proxies drop what they kept.
+    pub fn warmed_up(&self) {
+        let mut inner = self.lock();
+        inner.warming = false;
+        inner.refresh_all(Kind::Outbound);
+        inner.end_change();
     }
 
     /// Replaces the mesh from the file; the number of views that changed.
@@ -332,6 +355,19 @@ impl State {
 }
 
 impl Inner {
+    /// Recomputes every view of `kind` there is.
+    fn refresh_all(&mut self, kind: Kind) {
+        let names: Vec<String> = self
+            .resources
+            .keys()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, name)| name.clone())
+            .collect();
+        for name in names {
+            self.refresh(kind, &name);
+        }
+    }
+
     /// Tells [`State::changes`]'s receivers, if the change published a view.
     fn end_change(&mut self) {
         if std::mem::take(&mut self.published) {
@@ -414,6 +450,7 @@ impl Inner {
                     version: 0,
                     trust_domain,
                     services,
+                    incomplete: self.warming,
                 }))
             }
             Kind::Inbound => {

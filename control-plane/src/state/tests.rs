@@ -239,3 +239,20 @@ fn channels_of_unknown_services_go_when_nobody_watches() {
     s.prune_unwatched();
     assert_eq!(s.lock().resources.len(), 6);
 }
+
+#[test]
+fn views_are_incomplete_while_warming_up_and_republished_complete_after() {
+    let s = State::new(FIRST_VERSION, Gauge::default());
+    s.warming_up();
+    s.set_mesh(mesh(MESH));
+    let warm = outbound(&s, "users");
+    assert!(warm.incomplete, "registrations may still be coming back");
+    let inbound: InboundView =
+        serde_json::from_slice(s.current(Kind::Inbound, "users").body.as_ref().unwrap()).unwrap();
+    assert_eq!(inbound.service, "users", "inbound views carry no endpoints");
+    s.warmed_up();
+    let complete = outbound(&s, "users");
+    assert!(!complete.incomplete);
+    assert!(complete.version > warm.version, "published anew");
+    assert_eq!(complete.services, warm.services);
+}

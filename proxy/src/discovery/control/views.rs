@@ -190,10 +190,13 @@ impl Shared {
         let mut state = self.lock();
         let version = match resource {
             Resource::Outbound(service) => {
-                let view: OutboundView = serde_json::from_slice(body)?;
+                let mut view: OutboundView = serde_json::from_slice(body)?;
                 let version = view.version;
                 if let Some(watched) = state.outbound.get_mut(service) {
                     watched.status.received(version);
+                    if view.incomplete {
+                        keep_endpoints(&mut view, watched.view.as_ref());
+                    }
                     watched.view = Some(view);
                     watched.presence.send_replace(Presence::Known);
                 }
@@ -297,6 +300,27 @@ impl Shared {
     }
 }
 
+/// A view from a control plane that restarted moments ago lacks the
+/// endpoints whose sidecars have not registered with it again yet: until
+/// a complete view comes, those the `previous` view had are kept.
+fn keep_endpoints(view: &mut OutboundView, previous: Option<&OutboundView>) {
+    let Some(previous) = previous else { return };
+    for (name, service) in &mut view.services {
+        let Some(before) = previous.services.get(name) else {
+            continue;
+        };
+        for endpoint in &before.endpoints {
+            if !service
+                .endpoints
+                .iter()
+                .any(|e| e.address == endpoint.address)
+            {
+                service.endpoints.push(endpoint.clone());
+            }
+        }
+    }
+}
+
 fn assemble(state: &State) -> Mesh {
     let mut services = BTreeMap::new();
     let mut taken_from: BTreeMap<&str, u64> = BTreeMap::new();
@@ -357,7 +381,40 @@ mod tests {
             version,
             trust_domain: "example.org".into(),
             services: mesh.services,
+            incomplete: false,
         }
+    }
+
+    fn with_endpoints(mut view: OutboundView, ports: &[u16]) -> OutboundView {
+        let service = view.services.get_mut(&view.service).unwrap();
+        service.endpoints = ports
+            .iter()
+            .map(|p| remora_api::Endpoint {
+                address: std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
+                identity: None,
+                labels: Default::default(),
+            })
+            .collect();
+        view
+    }
+
+    #[test]
+    fn an_incomplete_view_keeps_the_endpoints_it_lacks() {
+        let before = with_endpoints(view("a", 1, 1, &[]), &[1, 2]);
+        let mut after = with_endpoints(view("a", 2, 5, &[]), &[2, 3]);
+        after.incomplete = true;
+        keep_endpoints(&mut after, Some(&before));
+        let ports: Vec<u16> = after.services["a"]
+            .endpoints
+            .iter()
+            .map(|e| e.address.port())
+            .collect();
+        assert_eq!(ports, [2, 3, 1]);
+        assert_eq!(
+            after.services["a"].timeout.map(Duration::from),
+            Some(Duration::from_secs(5)),
+            "the rest of the view is the new one's"
+        );
     }
 
     fn state_with(views: Vec<OutboundView>) -> State {
