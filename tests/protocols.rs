@@ -160,3 +160,52 @@ async fn h2load_through_the_proxy_reaches_an_http1_and_an_h2c_endpoint_without_a
         );
     }
 }
+
+#[tokio::test]
+async fn trailers_cross_between_an_http2_caller_and_an_http1_endpoint() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    use remora_e2e::client::body;
+    use remora_e2e::{Client, Upstream};
+
+    // An HTTP/1.1 endpoint (protocol: http) that answers in chunks with a
+    // trailer, as HTTP/1.1 allows when the request says `te: trailers`.
+    let endpoint = Upstream::start(|_req| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames = [
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from("data"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let mut response = http::Response::new(body);
+        response
+            .headers_mut()
+            .insert("trailer", "x-checksum".parse().unwrap());
+        response
+    })
+    .await;
+    let mesh = format!(
+        "services:\n  old:\n    endpoints: [ {{ address: {} }} ]\n",
+        endpoint.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let req = http::Request::get("http://old/stream")
+        .header("te", "trailers")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let response = Client::via(proxy.outbound, true)
+        .send_streaming(req)
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("the trailers came through");
+    assert_eq!(trailers["x-checksum"], "abc");
+    assert_eq!(collected.to_bytes(), "data");
+    assert_eq!(endpoint.last().version, http::Version::HTTP_11);
+}
