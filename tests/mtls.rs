@@ -261,34 +261,27 @@ const ORDERS_MESHED: &str =
 #[tokio::test]
 async fn sidecars_call_each_other_over_mutual_tls_in_the_apps_own_protocol() {
     // Whatever the caller speaks, the app of orders is spoken to in the
-    // version its service's protocol names.
+    // version its service's protocol names; it learns who called.
     let http2 = ORDERS_MESHED.replace("identity: orders", "identity: orders\n    protocol: http2");
-    let m = two_sidecars(&http2).await;
-    for caller_http2 in [false, true] {
-        let r = Client::via(m.frontend.outbound, caller_http2)
-            .get("http://orders/")
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert_eq!(
-            r.text(),
-            "spiffe://cluster.local/ns/default/sa/frontend HTTP/2.0 orders"
-        );
+    let mut m = None;
+    for (mesh, app_version) in [(http2.as_str(), "HTTP/2.0"), (ORDERS_MESHED, "HTTP/1.1")] {
+        drop(m.take());
+        let sidecars = two_sidecars(mesh).await;
+        for caller_http2 in [false, true] {
+            let r = Client::via(sidecars.frontend.outbound, caller_http2)
+                .get("http://orders/")
+                .await
+                .unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(
+                r.text(),
+                format!("spiffe://cluster.local/ns/default/sa/frontend {app_version} orders"),
+                "caller in HTTP/2: {caller_http2}"
+            );
+        }
+        m = Some(sidecars);
     }
-    drop(m);
-    let m = two_sidecars(ORDERS_MESHED).await;
-    for caller_http2 in [false, true] {
-        let r = Client::via(m.frontend.outbound, caller_http2)
-            .get("http://orders/")
-            .await
-            .unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        assert_eq!(
-            r.text(),
-            "spiffe://cluster.local/ns/default/sa/frontend HTTP/1.1 orders",
-            "the app of orders learns who called, in HTTP/1.1 as `protocol: http` says"
-        );
-    }
+    let m = m.expect("the second pair of sidecars");
     let outbound = m.frontend.metrics().await;
     assert!(
         outbound

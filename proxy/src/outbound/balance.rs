@@ -37,8 +37,6 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The address as a metric label, made once.
     pub label: Arc<str>,
-    /// The address as a URI authority, made once.
-    pub authority: http::uri::Authority,
     pub labels: BTreeMap<String, String>,
     /// Whom the endpoint must prove to be: a sidecar's inbound, reached
     /// over mutual TLS when this proxy has an identity too.
@@ -76,7 +74,6 @@ impl Endpoint {
         Self {
             address,
             label: address.to_string().into(),
-            authority: crate::http::authority_of(address),
             labels,
             identity: None,
             peer: None,
