@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::BodyExt;
 use remora_e2e::client::body;
-use remora_e2e::upstream::{dead_address, text};
+use remora_e2e::upstream::{closes_kept_alive_connections, dead_address, text};
 use remora_e2e::{Client, Proxy, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -369,4 +369,34 @@ async fn the_services_rate_limit_answers_429_past_its_burst() {
         async move { client.get(&url).await.is_ok_and(|r| r.status == 200) }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_get_on_a_pooled_connection_the_app_closed_is_sent_again() {
+    // The app times out each kept-alive connection just as the next
+    // request arrives on it.
+    let app = closes_kept_alive_connections().await;
+    let proxy = Proxy::start("services: {}\n", app).await;
+    let client = Client::via(proxy.inbound, false);
+    for i in 0..6 {
+        let r = client.get(&format!("http://orders/{i}")).await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "fresh"),
+            "GET {i}"
+        );
+    }
+    // A POST may have had its effect: the caller is told instead.
+    let mut failed = 0;
+    for i in 0..2 {
+        let req = Request::post("http://orders/o")
+            .body(body(format!("{i}")))
+            .unwrap();
+        let r = client.send(req).await.unwrap();
+        if r.status != 200 {
+            assert_eq!(r.header("remora-error"), Some("app-unreachable"));
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1, "one of two POSTs met a reused connection");
 }

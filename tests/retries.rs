@@ -13,7 +13,7 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use remora_e2e::client::{body, Body as ClientBody};
-use remora_e2e::upstream::{dead_address, status, text, Body};
+use remora_e2e::upstream::{closes_kept_alive_connections, dead_address, status, text, Body};
 use remora_e2e::{metric_value, Client, Proxy, Reply, Upstream};
 use socket2::{Domain, Socket, Type};
 
@@ -964,38 +964,6 @@ async fn a_refused_stream_goes_to_another_endpoint_whatever_the_method_or_policy
         refused as f64,
         "{metrics}"
     );
-}
-
-/// An HTTP/1.1 endpoint that answers the first request of each connection
-/// (keeping it alive) and closes the connection, unanswered, when the next
-/// request arrives on it: a server timing out an idle kept-alive
-/// connection just as the proxy reuses it.
-async fn closes_kept_alive_connections() -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                // The first request: its head, and the body it announces.
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
-                if socket.write_all(answer).await.is_err() {
-                    return;
-                }
-                // The next one is met with a close.
-                let _ = socket.read(&mut buf).await;
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test]

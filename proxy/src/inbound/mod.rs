@@ -253,13 +253,29 @@ impl Inbound {
         let http2 = parts.version == Version::HTTP_2 && !carried_http1;
         let headers = std::mem::take(&mut parts.headers);
         let head = attempt_head(&parts.method, &parts.uri, authority, headers, http2);
-        let body = if body.is_end_stream() {
-            crate::http::empty()
-        } else {
-            crate::http::from_caller(body)
-        };
         let client = if http2 { &self.http2 } else { &self.http1 };
-        match client.request(Request::from_parts(head, body)).await {
+        // A request with no body can go again as it is: when the app
+        // closed the pooled connection under it unanswered (its keep-alive
+        // timing out as the request arrived), an idempotent one does.
+        let resendable = body.is_end_stream() && head.method.is_idempotent();
+        let sent = if body.is_end_stream() {
+            let again = resendable.then(|| head.clone());
+            let first = client
+                .request(Request::from_parts(head, crate::http::empty()))
+                .await;
+            match (first, again) {
+                (Err(e), Some(head)) if closed_unanswered(&e) => {
+                    client
+                        .request(Request::from_parts(head, crate::http::empty()))
+                        .await
+                }
+                (first, _) => first,
+            }
+        } else {
+            let body = crate::http::from_caller(body);
+            client.request(Request::from_parts(head, body)).await
+        };
+        match sent {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 crate::http::upgrade::forward_response_head(&mut parts, downstream_upgrade);
@@ -285,6 +301,12 @@ impl Inbound {
             }
         }
     }
+}
+
+/// Whether a request failed because its pooled connection was closed
+/// under it with no answer.
+fn closed_unanswered(e: &hyper_util::client::legacy::Error) -> bool {
+    matches!(classify(e), SendFailure::Reset { closed: true, .. })
 }
 
 /// One connection's caller, as its requests need it.
