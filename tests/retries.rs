@@ -994,3 +994,94 @@ async fn a_get_on_a_pooled_connection_the_server_closed_is_resent_a_post_is_not(
     assert_eq!(failed.len(), 1, "one of two POSTs met a reused connection");
     assert_eq!(failed[0].header("remora-error"), Some("upstream-reset"));
 }
+
+/// An h2c endpoint that answers each connection's first request with a
+/// graceful `GOAWAY` that takes no stream (last stream id 0, `NO_ERROR`),
+/// as a server that starts shutting down as a request arrives does; counts
+/// the requests it turned away. Written frame by frame, since an HTTP/2
+/// library counts the stream it read as taken.
+async fn goes_away() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 4;
+    const HEADERS: u8 = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let turned_away = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = turned_away.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if socket.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Our (empty) settings.
+                let _ = socket.write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]).await;
+                loop {
+                    let mut header = [0u8; 9];
+                    if socket.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                    let mut payload = vec![0u8; len];
+                    if socket.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match header[3] {
+                        SETTINGS if header[4] & 1 == 0 => {
+                            let _ = socket.write_all(&[0, 0, 0, SETTINGS, 1, 0, 0, 0, 0]).await;
+                        }
+                        HEADERS => {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // GOAWAY: last stream id 0, NO_ERROR.
+                            let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                            let _ = socket.write_all(&goaway).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, turned_away)
+}
+
+#[tokio::test]
+async fn a_request_a_graceful_goaway_did_not_take_goes_to_another_endpoint() {
+    let (leaving, turned_away) = goes_away().await;
+    let good = echoes("good").await;
+    let mesh = format!(
+        "services:
+  h2:
+    protocol: http2
+    load_balancer: round-robin
+    circuit_breaker: {{ enabled: false }}
+    endpoints: [ {{ address: {leaving} }}, {{ address: {} }} ]
+",
+        good.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    for i in 0..6 {
+        let req = Request::post("http://h2/orders")
+            .body(body(format!("order-{i}")))
+            .unwrap();
+        let r = client.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
+        assert_eq!(r.text(), format!("good:order-{i}"));
+    }
+    let turned_away = turned_away.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        turned_away >= 3,
+        "the leaving endpoint had its turns: {turned_away}"
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        retries(&metrics, "h2", "refused-stream"),
+        turned_away as f64,
+        "{metrics}"
+    );
+}
