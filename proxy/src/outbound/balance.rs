@@ -1,7 +1,8 @@
 //! Endpoints and the balancers that choose among them. Endpoint state
-//! (in-flight count, latency estimate, health, and the circuit breaker's
-//! state, whose rules are in `breaker`) lives as long as the endpoint's
-//! address stays in the config, across reloads.
+//! (its pooled client, in-flight count, latency estimate, health, and the
+//! circuit breaker's state, whose rules are in `breaker`) lives as long as
+//! the endpoint's address and its service's client settings stay in the
+//! config, across reloads.
 //!
 //! p2c-ewma is written here rather than taken from tower's `Balance`:
 //! a retry must be able to avoid the endpoint that just failed, and an
@@ -9,13 +10,12 @@
 //! with no way to say either.
 
 use std::collections::{BTreeMap, HashMap};
-
-use http::HeaderValue;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
 use remora_api::{LoadBalancer, SpiffeId};
 
 use super::breaker::{Breaker, BreakerState};

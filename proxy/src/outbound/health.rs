@@ -24,16 +24,22 @@ struct ProbeKey {
     check: HealthCheck,
 }
 
+/// A running probe loop and the endpoint whose health it sets.
+struct Probe {
+    task: AbortHandle,
+    endpoint: Arc<Endpoint>,
+}
+
 #[derive(Default)]
 pub struct HealthChecks {
-    probes: Mutex<HashMap<ProbeKey, AbortHandle>>,
+    probes: Mutex<HashMap<ProbeKey, Probe>>,
 }
 
 impl Drop for HealthChecks {
     fn drop(&mut self) {
         let probes = self.probes.get_mut().unwrap_or_else(|e| e.into_inner());
         for (_, probe) in probes.drain() {
-            probe.abort();
+            probe.task.abort();
         }
     }
 }
@@ -56,10 +62,14 @@ impl HealthChecks {
             }
         }
         let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        // A probe stays while its endpoint is the same one: a reload that
+        // changed the endpoint's settings made a new one to probe.
         probes.retain(|key, probe| {
-            let keep = wanted.contains_key(key);
+            let keep = wanted
+                .get(key)
+                .is_some_and(|e| Arc::ptr_eq(e, &probe.endpoint));
             if !keep {
-                probe.abort();
+                probe.task.abort();
             }
             keep
         });
@@ -67,8 +77,9 @@ impl HealthChecks {
             if probes.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(probe_loop(key.clone(), endpoint));
-            probes.insert(key, task.abort_handle());
+            let task = tokio::spawn(probe_loop(key.clone(), endpoint.clone()));
+            let task = task.abort_handle();
+            probes.insert(key, Probe { task, endpoint });
         }
     }
 }
