@@ -56,6 +56,8 @@ pub struct Endpoint {
     pub breaker: Breaker,
     /// Cleared by failing health checks; endpoints start out healthy.
     healthy: AtomicBool,
+    /// Round-robin: whether a failing endpoint gave up its last turn.
+    gave_up_turn: AtomicBool,
 }
 
 struct Ewma {
@@ -86,6 +88,7 @@ impl Endpoint {
             }),
             breaker: Breaker::default(),
             healthy: AtomicBool::new(true),
+            gave_up_turn: AtomicBool::new(false),
         }
     }
 
@@ -192,6 +195,14 @@ impl Endpoint {
             status["identity"] = serde_json::json!(peer);
         }
         status
+    }
+
+    /// Round-robin's failure penalty: an endpoint whose last tries failed
+    /// gives up every other turn. It keeps the rest, so that it can get
+    /// through, or fail its way to ejection.
+    fn gives_up_turn(&self) -> bool {
+        self.breaker.consecutive_failures() != 0
+            && !self.gave_up_turn.fetch_xor(true, Ordering::Relaxed)
     }
 
     /// Returns whether the state changed.
@@ -394,10 +405,14 @@ impl Balancer {
     ) -> Option<Arc<Endpoint>> {
         let n = endpoints.len();
         match self {
-            Balancer::RoundRobin(next) => (0..n)
-                .map(|_| &endpoints[next.fetch_add(1, Ordering::Relaxed) % n])
-                .find(|e| usable(e))
-                .cloned(),
+            Balancer::RoundRobin(next) => {
+                let mut turns =
+                    (0..2 * n).map(|_| &endpoints[next.fetch_add(1, Ordering::Relaxed) % n]);
+                // The first usable endpoint that keeps its turn; a second
+                // round finds one, since an endpoint gives up only every
+                // other turn.
+                turns.find(|e| usable(e) && !e.gives_up_turn()).cloned()
+            }
             Balancer::LeastRequest => {
                 // Two random choices by outstanding requests (as Envoy's
                 // least-request does): near-best without scanning them all.
@@ -603,5 +618,18 @@ mod tests {
             let b = Balancer::new(kind, &eps);
             assert_eq!(counts(&b, &eps, 50, None).get(&9000), Some(&50), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn round_robin_gives_a_failing_endpoint_every_other_turn() {
+        let eps = endpoints(2);
+        let b = Balancer::new(LoadBalancer::RoundRobin, &eps);
+        eps[0]
+            .breaker
+            .record_failure(None, Fault::Failed, true, Instant::now());
+        let c = counts(&b, &eps, 300, None);
+        assert_eq!((c[&9000], c[&9001]), (100, 200), "{c:?}");
+        eps[0].breaker.record_success();
+        assert_eq!(counts(&b, &eps, 300, None)[&9000], 150);
     }
 }
