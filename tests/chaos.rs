@@ -21,7 +21,7 @@ const SLOW: u8 = 2;
 
 const PER_TRY_TIMEOUT: Duration = Duration::from_millis(200);
 /// Requests in flight at once, each followed by a short pause.
-const WORKERS: usize = 3;
+const WORKERS: usize = 4;
 const PAUSE: Duration = Duration::from_millis(10);
 
 /// An endpoint whose behaviour a phase sets, and that can be killed and
@@ -192,23 +192,28 @@ async fn kill_hang_slow_and_restart_cost_no_idempotent_request() {
 
     // The figures, phase by phase: all of it, and its last second.
     let mut failed = Vec::new();
-    let mut report =
-        String::from("phase              requests failed   p50      p99   p99 (last 1s)\n");
+    let mut report = String::from(
+        "phase              requests failed   p50      p99   p99 (last 1s)  waited (last 1s)\n",
+    );
     let mut recovered = Vec::new();
     for (i, name) in phases.iter().enumerate() {
         let (from, to) = (bounds[i], bounds[i + 1]);
         let (took, failures) = samples.between(from, to);
         let (last, _) = samples.between(to - Duration::from_secs(1), to);
+        // Requests that waited out a per-try timeout on a faulty endpoint.
+        let waited = last.iter().filter(|t| **t >= PER_TRY_TIMEOUT).count();
         report += &format!(
-            "{name:<18} {:>8} {:>6} {:>6.1}ms {:>6.1}ms {:>8.1}ms\n",
+            "{name:<18} {:>8} {:>6} {:>6.1}ms {:>6.1}ms {:>8.1}ms {:>11}/{}\n",
             took.len(),
             failures.len(),
             ms(percentile(&took, 0.5)),
             ms(percentile(&took, 0.99)),
             ms(percentile(&last, 0.99)),
+            waited,
+            last.len(),
         );
         failed.extend(failures.into_iter().map(|f| format!("{name}: {f}")));
-        recovered.push((name, percentile(&last, 0.99), last.len()));
+        recovered.push((name, waited, last.len()));
     }
     println!("{report}");
     assert!(
@@ -216,16 +221,18 @@ async fn kill_hang_slow_and_restart_cost_no_idempotent_request() {
         "{} failed:\n{failed:#?}\n{report}",
         failed.len()
     );
-    // Each fault's cost is gone within its phase: by its last second, no
-    // request waits out a per-try timeout on a hung or slow endpoint.
-    for (name, p99, n) in recovered {
+    // Each fault's cost is gone within its phase: by its last second,
+    // traffic stays off the hung or slow endpoint. What may remain is the
+    // probation try that follows each of its ejections (1s, 2s, 4s...):
+    // at most 1% of requests wait out a per-try timeout.
+    for (name, waited, n) in recovered {
         assert!(
             n > 20,
             "{name}: only {n} requests in its last second\n{report}"
         );
         assert!(
-            p99 < PER_TRY_TIMEOUT,
-            "{name}: p99 {p99:?} in its last second\n{report}"
+            waited * 100 <= n,
+            "{name}: {waited} of {n} requests in its last second waited out a per-try timeout\n{report}"
         );
     }
 }
