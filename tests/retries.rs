@@ -925,33 +925,43 @@ async fn refuses_every_stream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsi
     (addr, refused)
 }
 
-#[tokio::test]
-async fn a_refused_stream_goes_to_another_endpoint_whatever_the_method_or_policy() {
-    let (refusing, refused) = refuses_every_stream().await;
+/// A proxy in front of an h2c service of two endpoints: `other`, then an
+/// echoing one. No retry policy; round-robin and no breaker, so that
+/// `other` keeps its turns.
+async fn h2c_pair(other: SocketAddr) -> (Proxy, Upstream) {
     let good = echoes("good").await;
-    // No retry policy; round-robin and no breaker, so that the refusing
-    // endpoint keeps its turns.
     let mesh = format!(
         "services:
   h2:
     protocol: http2
     load_balancer: round-robin
     circuit_breaker: {{ enabled: false }}
-    endpoints: [ {{ address: {refusing} }}, {{ address: {} }} ]
+    endpoints: [ {{ address: {other} }}, {{ address: {} }} ]
 ",
         good.addr
     );
-    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    (Proxy::start(&mesh, dead_address().await).await, good)
+}
+
+/// POSTs order `i` to `h2` and asserts that the echoing endpoint took it.
+async fn post_order(client: &Client, i: usize) {
+    let req = Request::post("http://h2/orders")
+        .body(body(format!("order-{i}")))
+        .unwrap();
+    let r = client.send(req).await.unwrap();
+    assert_eq!(r.status, 200, "POST {i}: {}", r.text());
+    assert_eq!(r.text(), format!("good:order-{i}"));
+}
+
+#[tokio::test]
+async fn a_refused_stream_goes_to_another_endpoint_whatever_the_method_or_policy() {
+    let (refusing, refused) = refuses_every_stream().await;
+    let (proxy, _good) = h2c_pair(refusing).await;
     let client = Client::via(proxy.outbound, false);
     for i in 0..10 {
         let r = client.get(&format!("http://h2/{i}")).await.unwrap();
         assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "good:"));
-        let req = Request::post("http://h2/orders")
-            .body(body(format!("order-{i}")))
-            .unwrap();
-        let r = client.send(req).await.unwrap();
-        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
-        assert_eq!(r.text(), format!("good:order-{i}"));
+        post_order(&client, i).await;
     }
     let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
@@ -1052,26 +1062,10 @@ async fn goes_away() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
 #[tokio::test]
 async fn a_request_a_graceful_goaway_did_not_take_goes_to_another_endpoint() {
     let (leaving, turned_away) = goes_away().await;
-    let good = echoes("good").await;
-    let mesh = format!(
-        "services:
-  h2:
-    protocol: http2
-    load_balancer: round-robin
-    circuit_breaker: {{ enabled: false }}
-    endpoints: [ {{ address: {leaving} }}, {{ address: {} }} ]
-",
-        good.addr
-    );
-    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let (proxy, _good) = h2c_pair(leaving).await;
     let client = Client::via(proxy.outbound, false);
     for i in 0..6 {
-        let req = Request::post("http://h2/orders")
-            .body(body(format!("order-{i}")))
-            .unwrap();
-        let r = client.send(req).await.unwrap();
-        assert_eq!(r.status, 200, "POST {i}: {}", r.text());
-        assert_eq!(r.text(), format!("good:order-{i}"));
+        post_order(&client, i).await;
     }
     let turned_away = turned_away.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
