@@ -171,6 +171,42 @@ pub enum SendFailure {
     CallerBody(String),
 }
 
+impl SendFailure {
+    /// What the failure allows: the request had no effect anywhere, or
+    /// its connection closed under it unanswered, or neither.
+    pub fn resend(&self) -> Resend {
+        match self {
+            SendFailure::Connect(_) | SendFailure::Refused(_) => Resend::Always,
+            SendFailure::Reset { closed: true, .. } => Resend::IfIdempotent,
+            SendFailure::Reset { closed: false, .. } | SendFailure::CallerBody(_) => Resend::Never,
+        }
+    }
+}
+
+/// Whether a failed send may go again whatever a retry policy says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// It never reached its endpoint, or the endpoint turned it away
+    /// unprocessed: any method may go again.
+    Always,
+    /// Its connection was closed under it with no answer (a kept-alive
+    /// connection the server timed out as the request arrived): an
+    /// idempotent method may go again (RFC 9110 §9.2.2).
+    IfIdempotent,
+    /// It got an answer, or may have been processed.
+    Never,
+}
+
+impl Resend {
+    pub fn allows(self, method: &http::Method) -> bool {
+        match self {
+            Resend::Always => true,
+            Resend::IfIdempotent => method.is_idempotent(),
+            Resend::Never => false,
+        }
+    }
+}
+
 pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
     let mut reason = String::new();
     let mut caller = false;
@@ -210,5 +246,29 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
         SendFailure::Refused(reason)
     } else {
         SendFailure::Reset { reason, closed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_failure_allows_to_resend() {
+        let (get, post) = (http::Method::GET, http::Method::POST);
+        let reset = |closed| SendFailure::Reset {
+            reason: String::new(),
+            closed,
+        };
+        for never_sent in [
+            SendFailure::Connect(String::new()),
+            SendFailure::Refused(String::new()),
+        ] {
+            assert!(never_sent.resend().allows(&post), "{never_sent:?}");
+        }
+        assert!(reset(true).resend().allows(&get));
+        assert!(!reset(true).resend().allows(&post));
+        assert!(!reset(false).resend().allows(&get));
+        assert!(!SendFailure::CallerBody(String::new()).resend().allows(&get));
     }
 }

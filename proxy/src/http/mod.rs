@@ -36,11 +36,15 @@ pub fn request_authority(
     uri: &http::Uri,
     headers: &http::HeaderMap,
 ) -> Option<http::uri::Authority> {
-    let given = match uri.authority() {
-        Some(a) => a.as_str(),
-        None => headers.get(http::header::HOST)?.to_str().ok()?,
+    let authority = match uri.authority() {
+        Some(a) => a.clone(),
+        None => http::uri::Authority::try_from(headers.get(http::header::HOST)?.as_bytes()).ok()?,
     };
-    given.to_ascii_lowercase().parse().ok()
+    // Copied again only in the rare case that it needs lower-casing.
+    if authority.as_str().bytes().any(|b| b.is_ascii_uppercase()) {
+        return authority.as_str().to_ascii_lowercase().parse().ok();
+    }
+    Some(authority)
 }
 
 /// `http://AUTHORITY/path?query`: the clients pool connections by authority.

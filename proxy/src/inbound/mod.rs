@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::access_log::AccessRecord;
-use crate::http::client::{classify, ClientSettings, Clients, HttpClient, SendFailure};
+use crate::http::client::{classify, ClientSettings, Clients, HttpClient, Resend, SendFailure};
 use crate::http::deadline::Deadline;
 use crate::http::errors::ProxyError;
 use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
@@ -254,20 +254,17 @@ impl Inbound {
         let headers = std::mem::take(&mut parts.headers);
         let head = attempt_head(&parts.method, &parts.uri, authority, headers, http2);
         let client = if http2 { &self.http2 } else { &self.http1 };
-        // A request with no body can go again as it is: when the app
-        // closed the pooled connection under it unanswered (its keep-alive
-        // timing out as the request arrived), an idempotent one does.
-        let resendable = body.is_end_stream() && head.method.is_idempotent();
         let sent = if body.is_end_stream() {
-            let again = resendable.then(|| head.clone());
-            let first = client
-                .request(Request::from_parts(head, crate::http::empty()))
-                .await;
-            match (first, again) {
-                (Err(e), Some(head)) if closed_unanswered(&e) => {
-                    client
-                        .request(Request::from_parts(head, crate::http::empty()))
-                        .await
+            // A request with no body can go again as it is: an idempotent
+            // one does when the app closed the pooled connection under it
+            // unanswered (its keep-alive timing out as the request arrived).
+            // The app is the only endpoint, so a refused one is not retried.
+            let again = head.method.is_idempotent().then(|| head.clone());
+            let first = client.request(Request::from_parts(head, crate::http::empty()));
+            match (first.await, again) {
+                (Err(e), Some(head)) if classify(&e).resend() == Resend::IfIdempotent => {
+                    let again = Request::from_parts(head, crate::http::empty());
+                    client.request(again).await
                 }
                 (first, _) => first,
             }
@@ -301,12 +298,6 @@ impl Inbound {
             }
         }
     }
-}
-
-/// Whether a request failed because its pooled connection was closed
-/// under it with no answer.
-fn closed_unanswered(e: &hyper_util::client::legacy::Error) -> bool {
-    matches!(classify(e), SendFailure::Reset { closed: true, .. })
 }
 
 /// One connection's caller, as its requests need it.

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use super::balance::{Endpoint, InFlight};
 use super::breaker::{self, Fault};
 use super::snapshot::Backend;
-use crate::http::client::{classify, SendFailure};
+use crate::http::client::{classify, Resend, SendFailure};
 use crate::http::deadline::Deadline;
 use crate::http::errors::ProxyError;
 use crate::http::retry::Failure;
@@ -65,30 +65,6 @@ pub struct Failed {
     pub resend: Resend,
 }
 
-/// Whether a failed try may be sent again whatever the retry policy says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resend {
-    /// It never reached its endpoint, or the endpoint turned it away
-    /// unprocessed: any method may go again.
-    Always,
-    /// Its connection was closed under it with no answer (a kept-alive
-    /// connection the server timed out as the request arrived): an
-    /// idempotent method may go again (RFC 9110 §9.2.2).
-    IfIdempotent,
-    /// It got an answer, or may have been processed.
-    Never,
-}
-
-impl Resend {
-    pub fn allows(self, method: &http::Method) -> bool {
-        match self {
-            Resend::Always => true,
-            Resend::IfIdempotent => method.is_idempotent(),
-            Resend::Never => false,
-        }
-    }
-}
-
 /// Sends one try to `endpoint`. `head` is the caller's request head (its
 /// method, URI and version); `headers` are this try's own.
 pub async fn run(
@@ -131,27 +107,23 @@ pub async fn run(
         }
         Ok(Err(e)) => {
             let endpoint = endpoint.label.to_string();
-            let (failure, fault, error, resend) = match classify(&e) {
+            let failed = classify(&e);
+            let resend = failed.resend();
+            let (failure, fault, error) = match failed {
                 SendFailure::Connect(reason) => (
                     Failure::ConnectFailure,
                     Fault::Unreachable,
                     ProxyError::ConnectFailed { endpoint, reason },
-                    Resend::Always,
                 ),
                 SendFailure::Refused(reason) => (
                     Failure::Refused,
                     Fault::Failed,
                     ProxyError::UpstreamReset { endpoint, reason },
-                    Resend::Always,
                 ),
-                SendFailure::Reset { reason, closed } => (
+                SendFailure::Reset { reason, .. } => (
                     Failure::Reset,
                     Fault::Failed,
                     ProxyError::UpstreamReset { endpoint, reason },
-                    match closed {
-                        true => Resend::IfIdempotent,
-                        false => Resend::Never,
-                    },
                 ),
                 SendFailure::CallerBody(reason) => {
                     return Tried::CallerBody(ProxyError::RequestBody(reason))
