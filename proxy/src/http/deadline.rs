@@ -15,7 +15,7 @@ pub const REMORA_DEADLINE: &str = "remora-deadline";
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// When a request must be answered by, as its caller said.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Deadline(pub Instant);
 
 impl Deadline {
@@ -67,18 +67,6 @@ impl Deadline {
         if headers.contains_key(GRPC_TIMEOUT) {
             headers.insert(GRPC_TIMEOUT, grpc_timeout_value(left));
         }
-    }
-}
-
-impl PartialOrd for Deadline {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Deadline {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
     }
 }
 

@@ -248,9 +248,7 @@ impl Compiler<'_> {
             circuit_breaker: Some(svc.circuit_breaker).filter(|cb| cb.enabled),
         }
     }
-}
 
-impl Compiler<'_> {
     /// The state of one of `svc`'s endpoints, with its clients as the
     /// service's settings say, kept from the previous config if it had it.
     fn endpoint(
