@@ -61,6 +61,17 @@ pick_port() {
 	die "found no free port on 127.0.0.1"
 }
 
+# proxy_ports: free ports for a proxy's three listeners, in the caller's
+# outbound, inbound and admin variables.
+proxy_ports() {
+	pick_port
+	outbound=$REPLY
+	pick_port
+	inbound=$REPLY
+	pick_port
+	admin=$REPLY
+}
+
 # Waits (10s at most) until `curl ARGS...` succeeds while process $1 lives.
 wait_ok() {
 	local pid=$1 i

@@ -42,12 +42,7 @@ services:
 EOF
 ports=() proxies=()
 for i in 0 1; do
-	pick_port
-	outbound=$REPLY
-	pick_port
-	inbound=$REPLY
-	pick_port
-	admin=$REPLY
+	proxy_ports
 	"${bins[i]}" --config "$work/mesh.yaml" --outbound "127.0.0.1:$outbound" \
 		--inbound "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" --log-level warn \
 		>"$work/${builds[i]}.log" 2>&1 &

@@ -115,12 +115,8 @@ start_nginx "$BODY"
 check_body nginx "http://127.0.0.1:$nginx_port/"
 
 # --- remora-proxy, standalone, one service pointing at nginx ---
-pick_port
-remora_port=$REPLY
-pick_port
-remora_inbound=$REPLY
-pick_port
-remora_admin=$REPLY
+proxy_ports
+remora_port=$outbound remora_inbound=$inbound remora_admin=$admin
 cat >"$work/mesh.yaml" <<EOF
 services:
   $SERVICE:
@@ -205,12 +201,7 @@ if [[ $MESH == on ]]; then
 	# nginx too.
 	sidecar() {
 		local name=$1 control=$2 service=$3 app=$4 token=${5:-} outbound inbound admin identity=()
-		pick_port
-		outbound=$REPLY
-		pick_port
-		inbound=$REPLY
-		pick_port
-		admin=$REPLY
+		proxy_ports
 		[[ -n $token ]] && identity=(--token-file "$work/mesh/$token.token" --trust-anchors "$work/mesh/ca/ca.crt")
 		"$proxy_bin" --control-url "$control" --service "$service" \
 			--app "$app" --outbound "127.0.0.1:$outbound" --inbound "127.0.0.1:$inbound" \
