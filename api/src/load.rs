@@ -78,10 +78,13 @@ pub fn parse_mesh(file: &str, text: &str) -> Result<Mesh, ConfigError> {
 /// Parses and checks a mesh config, keeping the notes on a good one. A
 /// refused file's error lists its problems only: they are what to fix.
 pub fn parse_mesh_with_notes(file: &str, text: &str) -> Result<Checked, ConfigError> {
+    if let Some(problem) = services_not_given(file, text) {
+        return Err(ConfigError {
+            problems: vec![problem],
+        });
+    }
     let mesh: Mesh = match serde_yaml::from_str(text) {
         Ok(mesh) => mesh,
-        // An empty file is an empty mesh, not an error.
-        Err(_) if text.trim().is_empty() || text.trim() == "---" => Mesh::default(),
         Err(e) => {
             return Err(ConfigError {
                 problems: vec![serde_problem(file, &e)],
@@ -113,6 +116,43 @@ pub fn parse_mesh_with_notes(file: &str, text: &str) -> Result<Checked, ConfigEr
     } else {
         Err(ConfigError { problems })
     }
+}
+
+/// The one way to write a mesh with no services. A file that is empty,
+/// only comments, or leaves `services` out or blank is refused instead: it
+/// is what a crashed writer, a full disk or `: > mesh.yaml` leaves behind,
+/// and read as a mesh it would take every service away at once.
+pub const EMPTY_MESH: &str = "services: {}";
+
+/// A problem when `text` does not say which services the mesh has; `None`
+/// when it does, or when serde will find it malformed anyway.
+fn services_not_given(file: &str, text: &str) -> Option<Problem> {
+    let root: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    let say_so = format!("a mesh with no services says so: `{EMPTY_MESH}`");
+    let services = [key("services")];
+    let (key_path, position, message): (&[Segment], _, _) = match &root {
+        serde_yaml::Value::Null => (
+            &[],
+            None,
+            format!("the file holds no mesh: it is empty or only comments; {say_so}"),
+        ),
+        serde_yaml::Value::Mapping(map) => match map.get("services") {
+            None => (&services, None, format!("not given; {say_so}")),
+            Some(serde_yaml::Value::Null) => (
+                &services,
+                locate(text, &services),
+                format!("has nothing under it; {say_so}"),
+            ),
+            Some(_) => return None,
+        },
+        _ => return None,
+    };
+    Some(Problem {
+        file: file.to_string(),
+        position,
+        key: dotted(key_path),
+        message,
+    })
 }
 
 /// Reads a mesh config from disk.

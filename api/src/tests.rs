@@ -111,8 +111,47 @@ fn the_circuit_breaker_turns_off_and_its_ejections_must_fit_their_ceiling() {
 }
 
 #[test]
-fn an_empty_file_is_an_empty_mesh() {
-    assert!(parse_mesh("m", "").unwrap().services.is_empty());
+fn a_mesh_with_no_services_says_so() {
+    for text in [
+        "services: {}\n",
+        "---\ntrust_domain: example.org\nservices: {}\n",
+    ] {
+        let mesh = parse_mesh("m", text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(mesh.services.is_empty(), "{text:?}");
+    }
+    assert!(parse_mesh("m", load::EMPTY_MESH)
+        .unwrap()
+        .services
+        .is_empty());
+}
+
+#[test]
+fn a_file_that_does_not_say_what_services_it_has_is_refused() {
+    let no_mesh = "mesh.yaml: the file holds no mesh: it is empty or only comments; a mesh with no services says so: `services: {}`";
+    for text in [
+        "",
+        "\n\n",
+        "# services:\n#   orders: {}\n",
+        "---\n",
+        "null\n",
+    ] {
+        assert_eq!(problems(text), [no_mesh], "{text:?}");
+    }
+    assert_eq!(
+        problems("trust_domain: example.org\n"),
+        ["mesh.yaml: services: not given; a mesh with no services says so: `services: {}`"]
+    );
+    assert_eq!(
+        problems("trust_domain: example.org\nservices:\n# orders: {}\n"),
+        ["mesh.yaml:2:1: services: has nothing under it; a mesh with no services says so: `services: {}`"]
+    );
+    assert_eq!(problems("{}"), problems("trust_domain: example.org\n"));
+    // Other shapes are serde's to describe.
+    let p = problems("services: []\n");
+    assert!(
+        p[0].contains("invalid type: sequence, expected a map"),
+        "{p:?}"
+    );
 }
 
 #[test]
