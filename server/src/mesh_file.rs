@@ -1,7 +1,8 @@
 //! A `mesh.yaml` on disk, watched for changes (also through the symlink
 //! swap a mounted Kubernetes ConfigMap makes) and published parsed, with
 //! what became of the latest edit. The control plane serves it; a
-//! standalone proxy runs on it.
+//! standalone proxy runs on it. A file that is bad, empty, deleted or
+//! unreadable never replaces the last good one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,7 +26,8 @@ pub struct LoadedMesh {
     /// 1 for the first good version, one more for each good edit.
     pub version: u64,
     pub loaded_at: SystemTime,
-    /// The last rejected edit's problems, until a good edit replaces them.
+    /// The last rejected edit's problems (or why the file could not be
+    /// read), until a good edit replaces them.
     pub last_error: Option<String>,
     pub mesh: Arc<Mesh>,
 }
@@ -53,8 +55,7 @@ pub fn watch_file(
     let (events_tx, events) = mpsc::unbounded_channel();
     let watcher = watch_dir(path, events_tx);
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::unreadable(&source, e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| unreadable(&source, &e.to_string()))?;
     let checked = remora_api::parse_mesh_with_notes(&source, &text)?;
     warn_of(&checked.notes);
     let view = LoadedMesh {
@@ -71,7 +72,7 @@ pub fn watch_file(
     };
     tokio::spawn(follow(
         path.to_path_buf(),
-        text,
+        Ok(text),
         tx,
         reloads,
         events,
@@ -83,6 +84,26 @@ pub fn watch_file(
 struct Reloads {
     ok: Counter,
     error: Counter,
+}
+
+/// What a read of the file found: its text, or why it could not be read.
+type Read = Result<String, String>;
+
+async fn read(path: &Path) -> Read {
+    tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn unreadable(source: &str, reason: &str) -> ConfigError {
+    ConfigError::unreadable(source, format!("cannot read the file: {reason}"))
+}
+
+/// Whether a read may have caught a writer in the middle of replacing
+/// the file the hard way, by deleting or truncating it first: the file is
+/// missing, or empty.
+fn in_between(read: &Read) -> bool {
+    read.as_ref().map_or(true, String::is_empty)
 }
 
 /// A note does not stop a load, but it names a setting that takes no
@@ -167,14 +188,20 @@ async fn settle(first: Change, events: &mut mpsc::UnboundedReceiver<Change>) {
     }
 }
 
+/// Reads the file after each burst of events (and each [`RESCAN`]) and
+/// publishes what became of it: a new version when it is good and
+/// changed, the last good one with `last_error` set when it is bad,
+/// empty, missing or unreadable. Each distinct failure is logged and
+/// counted once, however many rescans see it again.
 async fn follow(
     path: PathBuf,
-    mut last_text: String,
+    mut last: Read,
     tx: watch::Sender<Arc<LoadedMesh>>,
     reloads: Reloads,
     mut events: mpsc::UnboundedReceiver<Change>,
     _watcher: Option<notify::RecommendedWatcher>,
 ) {
+    let source = path.display().to_string();
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -185,26 +212,40 @@ async fn follow(
             _ = tokio::time::sleep(RESCAN) => {}
             _ = tx.closed() => return,
         }
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
-            Err(e) => {
-                // Mid-swap, or deleted: keep serving what we have.
-                tracing::debug!(path = %path.display(), error = %e, "config unreadable; keeping the last good one");
-                continue;
-            }
-        };
-        if text == last_text {
+        let mut now = read(&path).await;
+        if now == last {
             continue;
         }
-        last_text = text;
-        match remora_api::parse_mesh_with_notes(&path.display().to_string(), &last_text) {
+        if in_between(&now) {
+            // Give such a writer the time a write in progress gets before
+            // the file is taken as missing or empty.
+            tokio::time::sleep(WRITING_QUIET).await;
+            now = read(&path).await;
+            if now == last {
+                continue;
+            }
+        }
+        last = now;
+        let parsed = match &last {
+            Ok(text) => remora_api::parse_mesh_with_notes(&source, text),
+            Err(reason) => Err(unreadable(&source, reason)),
+        };
+        match parsed {
             Ok(checked) => {
                 reloads.ok.inc();
                 warn_of(&checked.notes);
-                let version = tx.borrow().version + 1;
-                tracing::info!(path = %path.display(), version, "config reloaded");
+                let (version, had) = {
+                    let current = tx.borrow();
+                    (current.version + 1, current.mesh.services.len())
+                };
+                let services = checked.mesh.services.len();
+                if services == 0 && had > 0 {
+                    tracing::warn!(path = %source, version, had, "config reloaded with no services, as it says (`{}`)", remora_api::load::EMPTY_MESH);
+                } else {
+                    tracing::info!(path = %source, version, services, "config reloaded");
+                }
                 tx.send_replace(Arc::new(LoadedMesh {
-                    source: path.display().to_string(),
+                    source: source.clone(),
                     version,
                     loaded_at: SystemTime::now(),
                     last_error: None,
@@ -213,7 +254,7 @@ async fn follow(
             }
             Err(e) => {
                 reloads.error.inc();
-                tracing::error!(path = %path.display(), problems = %e, "config rejected; the last good config keeps serving");
+                tracing::error!(path = %source, problems = %e, "config rejected; the last good config keeps serving");
                 tx.send_modify(|view| {
                     let mut v = (**view).clone();
                     v.last_error = Some(e.to_string());
@@ -266,6 +307,89 @@ mod tests {
             Some(Change::Settled)
         );
         assert!(Change::Settled.quiet() < Change::Writing.quiet());
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_is_looked_at_again() {
+        assert!(in_between(&Err("No such file or directory".into())));
+        assert!(in_between(&Ok(String::new())));
+        assert!(!in_between(&Ok("# only a comment\n".into())));
+    }
+
+    /// A directory of its own under the system's temporary one, removed
+    /// when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir()
+                .join(format!("remora-mesh-file-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The next view published, within a bound far above the watcher's.
+    async fn next(view: &mut watch::Receiver<Arc<LoadedMesh>>) -> Arc<LoadedMesh> {
+        tokio::time::timeout(Duration::from_secs(10), view.changed())
+            .await
+            .expect("a view within 10s")
+            .expect("the watcher is alive");
+        view.borrow_and_update().clone()
+    }
+
+    fn count(reloads: &Family<ResultLabels, Counter>, result: &'static str) -> u64 {
+        reloads.get_or_create(&ResultLabels { result }).get()
+    }
+
+    #[tokio::test]
+    async fn an_emptied_or_deleted_file_keeps_the_last_good_mesh_until_a_good_one_comes() {
+        let dir = TempDir::new("emptied");
+        let path = dir.0.join("mesh.yaml");
+        let source = path.display().to_string();
+        std::fs::write(&path, "services:\n  orders: {}\n").unwrap();
+        let reloads = Family::default();
+        let mut view = watch_file(&path, &reloads).unwrap();
+
+        let truncate = || drop(std::fs::File::create(&path).unwrap());
+        let comment_out = || std::fs::write(&path, "# services:\n#   orders: {}\n").unwrap();
+        let delete = || std::fs::remove_file(&path).unwrap();
+        let rejections: [(&dyn Fn(), &str); 3] = [
+            (&truncate, "the file holds no mesh"),
+            (&comment_out, "the file holds no mesh"),
+            (&delete, "cannot read the file: No such file or directory"),
+        ];
+        for (i, (change, problem)) in rejections.iter().enumerate() {
+            change();
+            let now = next(&mut view).await;
+            let error = now.last_error.as_deref().unwrap_or_default();
+            assert!(
+                error.starts_with(&format!("{source}: {problem}")),
+                "{error}"
+            );
+            assert_eq!(now.version, 1, "{error}");
+            assert!(now.mesh.services.contains_key("orders"), "{error}");
+            assert_eq!(count(&reloads, "error"), i as u64 + 1);
+        }
+
+        std::fs::write(&path, "services:\n  users: {}\n").unwrap();
+        let now = next(&mut view).await;
+        assert_eq!((now.version, now.last_error.as_deref()), (2, None));
+        assert!(now.mesh.services.contains_key("users"));
+
+        // Only the explicit form empties the mesh.
+        std::fs::write(&path, remora_api::load::EMPTY_MESH).unwrap();
+        let now = next(&mut view).await;
+        assert_eq!((now.version, now.last_error.as_deref()), (3, None));
+        assert!(now.mesh.services.is_empty());
+        assert_eq!((count(&reloads, "ok"), count(&reloads, "error")), (2, 3));
     }
 
     #[tokio::test(start_paused = true)]
