@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use remora_e2e::process::binary;
 use remora_e2e::promtool::{have_promtool, promtool_check};
-use remora_e2e::{eventually, metric_value, Client, ControlPlane, Reply};
+use remora_e2e::{
+    eventually, metric_value, split_mesh, Client, ControlPlane, Proxy, Reply, Upstream,
+};
 use serde_json::Value;
 
 const MESH: &str = "\
@@ -206,6 +208,53 @@ async fn check_summarises_a_good_file_and_refuses_a_missing_one() {
         stderr.contains("absent.yaml: cannot read the file: No such file"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn check_and_start_refuse_a_file_that_does_not_say_what_services_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_mesh = "mesh.yaml: the file holds no mesh: it is empty or only comments; a mesh with no services says so: `services: {}`";
+    for (text, problem) in [
+        ("", no_mesh),
+        ("# services:\n#   orders: {}\n", no_mesh),
+        (
+            "trust_domain: cluster.local\n",
+            "mesh.yaml: services: not given; a mesh with no services says so: `services: {}`",
+        ),
+    ] {
+        std::fs::write(dir.path().join("mesh.yaml"), text).unwrap();
+        let (status, stdout, stderr) = run_control(dir.path(), &["check", "mesh.yaml"]).await;
+        assert_eq!(
+            (status, stdout.as_str()),
+            (Some(1), format!("{problem}\n").as_str()),
+            "{text:?}: {stderr}"
+        );
+
+        let (status, _, stderr) = run_control(
+            dir.path(),
+            &[
+                "--config",
+                "mesh.yaml",
+                "--api",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+        )
+        .await;
+        assert_eq!(status, Some(1), "{text:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the mesh config mesh.yaml has problems: {problem}"
+            )),
+            "{text:?}: {stderr}"
+        );
+    }
+
+    std::fs::write(dir.path().join("mesh.yaml"), "services: {}\n").unwrap();
+    let (status, stdout, stderr) = run_control(dir.path(), &["check", "mesh.yaml"]).await;
+    assert_eq!(status, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "mesh.yaml: ok: 0 services, 0 routes, 0 endpoints\n");
 }
 
 #[tokio::test]
@@ -811,6 +860,108 @@ async fn a_bad_edit_keeps_the_last_good_view_and_is_counted_and_shown() {
     .await;
     let ready = Client::http1().get(&cp.admin_url("/ready")).await.unwrap();
     assert_eq!(ready.text(), "ready\n");
+}
+
+#[tokio::test]
+async fn an_emptied_or_deleted_file_keeps_the_last_good_view_and_proxies_keep_routing() {
+    // The restored file moves the route rather than the endpoint: a proxy
+    // keeps endpoints a view lacks through the restart grace.
+    let (v1, v2) = (Upstream::named("v1").await, Upstream::named("v2").await);
+    let cp = ControlPlane::start(&split_mesh(v1.addr, v2.addr, "v1")).await;
+    let web = Upstream::named("web").await;
+    let proxy = Proxy::controlled(&cp.url(), "web", web.addr, &[]).await;
+    let call = || async {
+        let r = Client::http1()
+            .get_via(proxy.outbound, "orders", "/")
+            .await
+            .expect("a response through the proxy");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    };
+    assert_eq!(call().await, "v1");
+    let v0 = version_of(&cp, "outbound/orders").await;
+    let path = cp.config_path.clone();
+    let file = path.display().to_string();
+    let say_so = "a mesh with no services says so: `services: {}`";
+
+    let truncate = || drop(std::fs::File::create(&path).expect("truncating the file"));
+    let comment_out = || cp.write_config("# services:\n#   orders: {}\n");
+    let no_services = || cp.write_config("trust_domain: cluster.local\n");
+    let delete = || std::fs::remove_file(&path).expect("deleting the file");
+    let losses: [(&str, &dyn Fn(), String); 4] = [
+        (
+            "truncating it to zero bytes in place",
+            &truncate,
+            format!("{file}: the file holds no mesh: it is empty or only comments; {say_so}"),
+        ),
+        (
+            "commenting everything out",
+            &comment_out,
+            format!("{file}: the file holds no mesh"),
+        ),
+        (
+            "a document with no services",
+            &no_services,
+            format!("{file}: services: not given; {say_so}"),
+        ),
+        (
+            "deleting it",
+            &delete,
+            format!("{file}: cannot read the file: No such file or directory"),
+        ),
+    ];
+    for (i, (what, lose, problem)) in losses.iter().enumerate() {
+        lose();
+        let rejected = (i + 1) as f64;
+        eventually(
+            Duration::from_secs(10),
+            &format!("{what} to be rejected"),
+            || async {
+                metric_value(
+                    &cp.metrics().await,
+                    "remora_config_reloads_total{result=\"error\"}",
+                ) == rejected
+            },
+        )
+        .await;
+        let ready = Client::http1().get(&cp.admin_url("/ready")).await.unwrap();
+        assert_eq!(
+            ready.status, 200,
+            "{what}: the last good config still serves"
+        );
+        let body = ready.text();
+        assert!(body.contains("was rejected"), "{what}: {body}");
+        assert!(body.contains(problem.as_str()), "{what}: {body}");
+        assert!(
+            cp.logs().iter().any(|l| l.contains("\"level\":\"ERROR\"")
+                && l.contains("config rejected")
+                && l.contains(problem.as_str())),
+            "{what}: not logged"
+        );
+        let r = poll(&cp, "outbound/orders", None, "0s").await;
+        assert_eq!((r.status.as_u16(), version(&r)), (200, v0), "{what}");
+        for _ in 0..5 {
+            assert_eq!(call().await, "v1", "{what}");
+        }
+    }
+    assert_eq!(v2.hits(), 0);
+
+    // A good file where the deleted one was is served, and clears the error.
+    cp.write_config(&split_mesh(v1.addr, v2.addr, "v2"));
+    eventually(
+        Duration::from_secs(10),
+        "the restored file to reach the proxy",
+        || async { call().await == "v2" },
+    )
+    .await;
+    let ready = Client::http1().get(&cp.admin_url("/ready")).await.unwrap();
+    assert_eq!(ready.text(), "ready\n");
+    let metrics = cp.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "remora_config_reloads_total{result=\"ok\"}"),
+        1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use remora_e2e::process::binary;
 use remora_e2e::upstream::{dead_address, text};
 use remora_e2e::{
     eventually, metric_value, split_mesh, switch_without_failures, Client, Proxy, Upstream,
@@ -148,35 +149,7 @@ async fn a_bad_edit_is_rejected_and_the_last_good_config_keeps_serving() {
     ];
     for (i, (what, yaml, problem)) in bad_edits.iter().enumerate() {
         proxy.write_config(yaml);
-        let rejected = (i + 1) as f64;
-        eventually(RELOAD_LIMIT, &format!("{what} to be rejected"), || async {
-            metric_value(&proxy.metrics().await, RELOADS_ERROR) == rejected
-        })
-        .await;
-        let located = format!("{file}:{problem}");
-        let config = config_json(&proxy).await;
-        let last_error = config["last_error"].as_str().unwrap_or_default();
-        assert!(
-            last_error.starts_with(&located),
-            "{what}: /config last_error {last_error:?} does not start with {located}"
-        );
-        assert_eq!(config["version"], 1, "{what}");
-        let logged = proxy.logs().iter().any(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-            v["level"] == "ERROR"
-                && v["message"] == "config rejected; the last good config keeps serving"
-                && v["problems"]
-                    .as_str()
-                    .is_some_and(|p| p.starts_with(&located))
-        });
-        assert!(
-            logged,
-            "{what}: no error line naming {located}:\n{}",
-            proxy.logs().join("\n")
-        );
-        for _ in 0..5 {
-            assert_eq!(body_of(&proxy).await, "good", "{what}");
-        }
+        rejected(&proxy, what, i + 1, &format!("{file}:{problem}")).await;
     }
     assert_eq!(next.hits(), 0);
     assert_eq!(
@@ -195,6 +168,170 @@ async fn a_bad_edit_is_rejected_and_the_last_good_config_keeps_serving() {
     assert!(config["last_error"].is_null(), "{config}");
     assert_eq!(config["version"], 2);
     assert_eq!(metric_value(&proxy.metrics().await, RELOADS_OK), 1.0);
+}
+
+/// Waits until the proxy has rejected `count` edits, the latest being
+/// `what`, and checks that it says so where operators look (`/config`,
+/// the log) while the last good config, version 1, serves `good`.
+async fn rejected(proxy: &Proxy, what: &str, count: usize, located: &str) {
+    eventually(RELOAD_LIMIT, &format!("{what} to be rejected"), || async {
+        metric_value(&proxy.metrics().await, RELOADS_ERROR) == count as f64
+    })
+    .await;
+    let config = config_json(proxy).await;
+    let last_error = config["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last_error.starts_with(located),
+        "{what}: /config last_error {last_error:?} does not start with {located}"
+    );
+    assert_eq!(config["version"], 1, "{what}");
+    let logged = proxy.logs().iter().any(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+        v["level"] == "ERROR"
+            && v["message"] == "config rejected; the last good config keeps serving"
+            && v["problems"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(located))
+    });
+    assert!(
+        logged,
+        "{what}: no error line naming {located}:\n{}",
+        proxy.logs().join("\n")
+    );
+    for _ in 0..5 {
+        assert_eq!(body_of(proxy).await, "good", "{what}");
+    }
+}
+
+/// What `mesh.yaml` says of a file that does not say which services the
+/// mesh has.
+const SAY_SO: &str = "a mesh with no services says so: `services: {}`";
+
+#[tokio::test]
+async fn an_emptied_or_deleted_file_is_rejected_until_a_good_one_comes_back() {
+    let good = Upstream::named("good").await;
+    let next = Upstream::named("next").await;
+    let proxy = Proxy::start(&mesh(&good), dead_address().await).await;
+    assert_eq!(body_of(&proxy).await, "good");
+    let path = proxy.config_path.clone();
+    let file = path.display().to_string();
+    let no_mesh = format!("{file}: the file holds no mesh: it is empty or only comments; {SAY_SO}");
+
+    // Each is a way a file loses its services by accident; none may take
+    // `orders` away.
+    let truncate = || drop(std::fs::File::create(&path).expect("truncating the file"));
+    let comment_out = || proxy.write_config("# orders moves soon\n# services:\n#   orders: {}\n");
+    let no_services = || proxy.write_config("trust_domain: cluster.local\n");
+    let nothing_under = || proxy.write_config("services:\n#  orders: {}\n");
+    let delete = || std::fs::remove_file(&path).expect("deleting the file");
+    let losses: [(&str, &dyn Fn(), String); 5] = [
+        (
+            "truncating it to zero bytes in place",
+            &truncate,
+            no_mesh.clone(),
+        ),
+        ("commenting everything out", &comment_out, no_mesh),
+        (
+            "a document with no services",
+            &no_services,
+            format!("{file}: services: not given; {SAY_SO}"),
+        ),
+        (
+            "`services:` with nothing under it",
+            &nothing_under,
+            format!("{file}:1:1: services: has nothing under it; {SAY_SO}"),
+        ),
+        (
+            "deleting it",
+            &delete,
+            format!("{file}: cannot read the file: No such file or directory"),
+        ),
+    ];
+    for (i, (what, lose, located)) in losses.iter().enumerate() {
+        lose();
+        rejected(&proxy, what, i + 1, located).await;
+    }
+    assert_eq!(next.hits(), 0);
+    assert_eq!(metric_value(&proxy.metrics().await, RELOADS_OK), 0.0);
+
+    // A good file where the deleted one was is loaded, and clears the error.
+    proxy.write_config(&mesh(&next));
+    eventually(RELOAD_LIMIT, "the restored file to go live", || async {
+        body_of(&proxy).await == "next"
+    })
+    .await;
+    let config = config_json(&proxy).await;
+    assert!(config["last_error"].is_null(), "{config}");
+    assert_eq!(config["version"], 2);
+
+    // An empty mesh said explicitly is one.
+    proxy.write_config("services: {}\n");
+    eventually(
+        RELOAD_LIMIT,
+        "the explicit empty mesh to go live",
+        || async { config_json(&proxy).await["version"] == 3 },
+    )
+    .await;
+    let r = Client::http1()
+        .get_via(proxy.outbound, "orders", "/")
+        .await
+        .expect("a response from the proxy");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        proxy
+            .logs()
+            .iter()
+            .any(|l| l.contains("\"level\":\"WARN\"")
+                && l.contains("config reloaded with no services")),
+        "no warning of the emptied mesh:\n{}",
+        proxy.logs().join("\n")
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric_value(&metrics, RELOADS_OK), 2.0, "{metrics}");
+    assert_eq!(metric_value(&metrics, RELOADS_ERROR), 5.0, "{metrics}");
+}
+
+/// Runs `remora-proxy --config FILE` in `dir`, which must refuse to start:
+/// its status and stderr.
+async fn refused_at_start(dir: &Path, config: &str) -> (Option<i32>, String) {
+    let app = dead_address().await.to_string();
+    let run = tokio::process::Command::new(binary("remora-proxy"))
+        .args(["--config", config, "--app", &app])
+        .args(["--outbound", "127.0.0.1:0", "--inbound", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the proxy to exit")
+        .expect("running remora-proxy");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_empty_or_missing_file_at_start_is_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), "").unwrap();
+    let (status, stderr) = refused_at_start(dir.path(), "mesh.yaml").await;
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the mesh config has problems: mesh.yaml: the file holds no mesh: it is empty or only comments; {SAY_SO}"
+        )),
+        "{stderr}"
+    );
+
+    let (status, stderr) = refused_at_start(dir.path(), "absent.yaml").await;
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("absent.yaml: cannot read the file: No such file"),
+        "{stderr}"
+    );
 }
 
 /// An upstream that answers `slow` after `delay`.
