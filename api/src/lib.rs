@@ -5,6 +5,7 @@
 
 pub mod duration;
 pub mod identity;
+pub mod labels;
 pub mod load;
 pub mod locate;
 pub mod mesh;

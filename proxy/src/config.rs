@@ -70,9 +70,10 @@ pub struct Config {
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
 
-    /// A label of this instance's registration (`version=v2`); repeatable.
-    /// Routes split traffic by labels.
-    #[arg(long = "label", env = "REMORA_LABEL", value_delimiter = ',', value_parser = parse_label)]
+    /// A label of this instance's registration (`version=v2`), with a key
+    /// and value as Kubernetes allows them; repeatable. Routes split
+    /// traffic by labels.
+    #[arg(long = "label", env = "REMORA_LABEL", value_delimiter = ',', value_parser = remora_api::labels::parse_label)]
     pub labels: Vec<(String, String)>,
 
     /// This instance's name in the control plane's registry. Default: the
@@ -130,23 +131,4 @@ pub struct Config {
     /// A tracing filter: `info`, `remora=debug,hyper=info`, `remora::access=off`.
     #[arg(long, env = "REMORA_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
     pub log_level: String,
-}
-
-/// `key=value`, with a key a label could have in Kubernetes.
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (key, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not a label: write key=value"))?;
-    let valid = |t: &str, empty_ok: bool| {
-        (empty_ok || !t.is_empty())
-            && t.len() <= 253
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'))
-    };
-    if !valid(key, false) || !valid(value, true) {
-        return Err(format!(
-            "{s:?} is not a label: keys and values are letters, digits, '-', '.', '_' and '/'"
-        ));
-    }
-    Ok((key.to_string(), value.to_string()))
 }

@@ -109,6 +109,18 @@ fn bad_control_plane_flags_are_named() {
     assert!(stderr.contains("name the port"), "{stderr}");
     let stderr = run(&["--control-url", "http://127.0.0.1:1", "--label", "version"]);
     assert!(stderr.contains("key=value"), "{stderr}");
+    // Labels as Kubernetes takes them, the same check the control plane
+    // makes of a registration.
+    let stderr = run(&[
+        "--control-url",
+        "http://127.0.0.1:1",
+        "--label",
+        "version=v 1",
+    ]);
+    assert!(
+        stderr.contains(r#"label "version"="v 1": the value"#),
+        "{stderr}"
+    );
     let stderr = run(&[
         "--control-url",
         "http://127.0.0.1:1",
