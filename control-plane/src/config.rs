@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use remora_server::logs::LogFormat;
 
+use crate::state::Quotas;
+use crate::state::{DEFAULT_MAX_INSTANCES_PER_SERVICE, DEFAULT_MAX_SERVICES_PER_IDENTITY};
+
 pub const DEFAULT_API: &str = "0.0.0.0:8086";
 pub const DEFAULT_ADMIN: &str = "0.0.0.0:9990";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -106,6 +109,17 @@ pub struct ServeArgs {
     #[arg(long, env = "REMORA_INSECURE")]
     pub insecure: bool,
 
+    /// The most instances one service may have registered at once; a new
+    /// one past it is refused (403), renewals are always taken.
+    #[arg(long, env = "REMORA_MAX_INSTANCES_PER_SERVICE", default_value_t = DEFAULT_MAX_INSTANCES_PER_SERVICE)]
+    pub max_instances_per_service: NonZeroUsize,
+
+    /// The most services one identity may have instances of registered at
+    /// once (with --insecure: one caller's IP address); a new one past it
+    /// is refused (403), renewals are always taken.
+    #[arg(long, env = "REMORA_MAX_SERVICES_PER_IDENTITY", default_value_t = DEFAULT_MAX_SERVICES_PER_IDENTITY)]
+    pub max_services_per_identity: NonZeroUsize,
+
     /// Threads that serve the API, each holding its share of the proxies'
     /// connections; one per core when not given.
     #[arg(long, env = "REMORA_THREADS")]
@@ -120,6 +134,14 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The registration quotas the flags set.
+    pub fn quotas(&self) -> Quotas {
+        Quotas {
+            instances_per_service: self.max_instances_per_service,
+            services_per_registrant: self.max_services_per_identity,
+        }
+    }
+
     /// `--threads`, or one per core.
     pub fn api_threads(&self) -> NonZeroUsize {
         self.threads
@@ -146,5 +168,25 @@ mod tests {
 
         let cli = Cli::try_parse_from(["remora-control", "check", "m.yaml"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Check { .. })));
+    }
+
+    #[test]
+    fn registration_quotas_have_defaults_and_flags() {
+        let cli = Cli::try_parse_from(["remora-control"]).unwrap();
+        assert_eq!(cli.serve.quotas(), Quotas::default());
+        let cli = Cli::try_parse_from([
+            "remora-control",
+            "--max-instances-per-service",
+            "5000",
+            "--max-services-per-identity",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.serve.quotas().instances_per_service.get(), 5000);
+        assert_eq!(cli.serve.quotas().services_per_registrant.get(), 3);
+        // Zero would refuse every registration: use no control plane.
+        assert!(
+            Cli::try_parse_from(["remora-control", "--max-services-per-identity", "0"]).is_err()
+        );
     }
 }

@@ -41,7 +41,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         first_version,
         until: std::time::Instant::now() + args.restart_grace.get(),
     };
-    let state = Arc::new(State::new(first_version, metrics.registrations.clone()));
+    let state = Arc::new(State::new(
+        first_version,
+        metrics.registrations.clone(),
+        args.quotas(),
+    ));
     if !args.restart_grace.get().is_zero() {
         state.warming_up();
         let (state, grace) = (state.clone(), args.restart_grace.get());
@@ -114,14 +118,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 draining.clone(),
                 move |peer| {
                     let (api, views) = (api.clone(), views.clone());
-                    let caller = Arc::new(peer.identity);
+                    let peer = Arc::new(peer);
                     service_fn(move |req| {
-                        let (api, views, caller) = (api.clone(), views.clone(), caller.clone());
-                        async move {
-                            Ok::<_, Infallible>(
-                                api.handle(req, &views, caller.as_ref().as_ref()).await,
-                            )
-                        }
+                        let (api, views, peer) = (api.clone(), views.clone(), peer.clone());
+                        async move { Ok::<_, Infallible>(api.handle(req, &views, &peer).await) }
                     })
                 },
             )

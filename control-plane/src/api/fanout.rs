@@ -133,7 +133,7 @@ services:
 ";
 
     fn state() -> Arc<State> {
-        let s = Arc::new(State::new(1, Gauge::default()));
+        let s = Arc::new(State::new(1, Gauge::default(), Default::default()));
         s.set_mesh(Arc::new(remora_api::parse_mesh("mesh.yaml", MESH).unwrap()));
         s
     }
@@ -144,7 +144,10 @@ services:
             labels: Default::default(),
             ttl_seconds: 30,
         };
-        state.register(service, "i", &reg, Instant::now());
+        let sidecar = crate::state::Registrant::Address(std::net::Ipv4Addr::LOCALHOST.into());
+        state
+            .register(&sidecar, service, "i", &reg, Instant::now())
+            .unwrap();
     }
 
     /// Lets the relay task run.

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use remora_api::protocol::ApiError;
-use remora_server::serve::Drain;
+use remora_server::serve::{Drain, Peer};
 use remora_server::{full, Body};
 
 use crate::ca::Authority;
@@ -93,22 +93,22 @@ impl Api {
         }
     }
 
-    /// Answers `req` from `caller` (the identity of its client
+    /// Answers `req` from `peer` (with the identity of its client
     /// certificate, if it sent one), holding long-polls on `views`, this
     /// thread's.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         views: &ThreadViews,
-        caller: Option<&SpiffeId>,
+        peer: &Peer,
     ) -> Response<Body> {
         // The URI outlives the request, which is let go of while a poll is
         // held; cloning it shares its bytes.
         let uri = req.uri().clone();
         let (resource, target) = route(req.method(), uri.path());
-        let response = match self.authorize(&target, caller) {
+        let response = match self.authorize(&target, peer.identity.as_ref()) {
             Err((status, reason)) => error(status, reason),
-            Ok(()) => self.answer(target, req, &uri, views).await,
+            Ok(()) => self.answer(target, req, &uri, views, peer).await,
         };
         self.requests
             .get_or_create(&RequestLabels {
@@ -162,6 +162,7 @@ impl Api {
         req: Request<Incoming>,
         uri: &http::Uri,
         views: &ThreadViews,
+        peer: &Peer,
     ) -> Response<Body> {
         match target {
             Target::View(kind, service) => {
@@ -169,7 +170,7 @@ impl Api {
                 views::poll(self, views, kind, service, uri.query()).await
             }
             Target::Register(service, instance) => {
-                registrations::put(self, service, instance, req).await
+                registrations::put(self, service, instance, req, peer).await
             }
             Target::Deregister(service, instance) => registrations::delete(self, service, instance),
             Target::Services => services::list(self),

@@ -1,17 +1,22 @@
 //! `PUT` and `DELETE /v1/registrations/{service}/{instance}`: endpoints
-//! announcing themselves, renewing, and leaving.
+//! announcing themselves, renewing, and leaving; what a registration may
+//! carry (an address that can be dialled, Kubernetes labels) and how much
+//! one registrant may register (the quotas).
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use remora_api::labels::check_labels;
 use remora_api::load::is_valid_service_name;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
+use remora_server::serve::Peer;
 use remora_server::Body;
 use serde::Serialize;
 
 use super::{error, json, read_body, Api};
-use crate::state::Put;
+use crate::state::{OverQuota, Put, Registrant};
 
 /// A registration is a few hundred bytes; anything near this is a mistake.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -23,6 +28,19 @@ struct Registered<'a> {
     instance: &'a str,
     #[serde(flatten)]
     registration: &'a Registration,
+}
+
+/// The answer to a `PUT` past a quota: `error` says it in words, the rest
+/// for tools.
+#[derive(Serialize)]
+struct QuotaExceeded {
+    error: String,
+    /// Which quota: `instances-per-service` or `services-per-identity`.
+    quota: &'static str,
+    /// Its value, reached.
+    limit: usize,
+    /// The flag of `remora-control serve` that sets it.
+    flag: &'static str,
 }
 
 /// The answer to a `DELETE` of a registration that existed.
@@ -47,11 +65,67 @@ fn bad_names(service: &str, instance: &str) -> Option<String> {
     None
 }
 
+/// Why other sidecars could not dial `address`, if they could not.
+/// Loopback is taken: sidecars on one host (and tests) use it.
+fn undialable(address: SocketAddr) -> Option<String> {
+    let ip = address.ip().to_canonical();
+    let why = if ip.is_unspecified() {
+        format!("{ip} is the unspecified address, which a server listens on but no one dials; register the pod's own address (the proxy's --advertise or --pod-ip)")
+    } else if ip == IpAddr::from(std::net::Ipv4Addr::BROADCAST) {
+        format!("{ip} is the broadcast address")
+    } else if ip.is_multicast() {
+        format!("{ip} is a multicast address")
+    } else if address.port() == 0 {
+        "port 0 names no port".to_string()
+    } else {
+        return None;
+    };
+    Some(format!("the address {address} cannot be dialled: {why}"))
+}
+
+/// Who is registering: the identity of the caller's certificate, or, with
+/// identity off, the address it connects from (an IPv4 caller on a
+/// dual-stack listener counts by its IPv4 address).
+fn registrant(peer: &Peer) -> Registrant {
+    match &peer.identity {
+        Some(identity) => Registrant::Identity(identity.clone()),
+        None => Registrant::Address(peer.addr.ip().to_canonical()),
+    }
+}
+
+/// What the `403` of a `PUT` past a quota says. Kubernetes answers a
+/// quota the same way (`403 exceeded quota`): unlike a rate limit
+/// (`429`), waiting alone does not help; an instance must leave or the
+/// quota be raised.
+fn quota_exceeded(e: &OverQuota) -> QuotaExceeded {
+    let (quota, flag, env) = match e {
+        OverQuota::InstancesPerService { .. } => (
+            "instances-per-service",
+            "--max-instances-per-service",
+            "REMORA_MAX_INSTANCES_PER_SERVICE",
+        ),
+        OverQuota::ServicesPerRegistrant { .. } => (
+            "services-per-identity",
+            "--max-services-per-identity",
+            "REMORA_MAX_SERVICES_PER_IDENTITY",
+        ),
+    };
+    QuotaExceeded {
+        error: format!(
+            "{e} ({flag}); raise the control plane's {flag} (or {env}), or wait until some leave. Renewals of registered instances are always taken"
+        ),
+        quota,
+        limit: e.limit(),
+        flag,
+    }
+}
+
 pub async fn put(
     api: &Api,
     service: &str,
     instance: &str,
     req: Request<Incoming>,
+    peer: &Peer,
 ) -> Response<Body> {
     if let Some(e) = bad_names(service, instance) {
         return error(StatusCode::BAD_REQUEST, e);
@@ -78,14 +152,29 @@ pub async fn put(
             ),
         );
     }
-    match api.state.register(service, instance, &reg, Instant::now()) {
-        Put::New => {
-            tracing::info!(%service, %instance, address = %reg.address, ttl_seconds = reg.ttl_seconds, "registered")
+    if let Some(why) = undialable(reg.address) {
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    if let Err(e) = check_labels(&reg.labels) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let registrant = registrant(peer);
+    match api
+        .state
+        .register(&registrant, service, instance, &reg, Instant::now())
+    {
+        Ok(Put::New) => {
+            tracing::info!(%service, %instance, address = %reg.address, ttl_seconds = reg.ttl_seconds, %registrant, "registered")
         }
-        Put::Changed => {
+        Ok(Put::Changed) => {
             tracing::info!(%service, %instance, address = %reg.address, "registration changed")
         }
-        Put::Renewed => tracing::debug!(%service, %instance, "registration renewed"),
+        Ok(Put::Renewed) => tracing::debug!(%service, %instance, "registration renewed"),
+        Err(e) => {
+            tracing::warn!(%service, %instance, %registrant, error = %e, "registration refused: over quota");
+            let body = serde_json::to_vec(&quota_exceeded(&e)).unwrap_or_default();
+            return json(StatusCode::FORBIDDEN, body);
+        }
     }
     let echo = Registered {
         service,
@@ -114,5 +203,97 @@ pub fn delete(api: &Api, service: &str, instance: &str) -> Response<Body> {
             StatusCode::NOT_FOUND,
             format!("no registration of {service:?} by instance {instance:?}"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_no_one_can_dial_are_refused_with_the_reason() {
+        for (address, why) in [
+            ("0.0.0.0:4143", "unspecified"),
+            ("[::]:4143", "unspecified"),
+            ("[::ffff:0.0.0.0]:4143", "unspecified"),
+            ("127.0.0.1:0", "port 0"),
+            ("10.0.0.7:0", "port 0"),
+            ("255.255.255.255:80", "broadcast"),
+            ("224.0.0.1:80", "multicast"),
+            ("239.255.255.250:1900", "multicast"),
+            ("[ff02::1]:80", "multicast"),
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            let e = undialable(address).unwrap_or_else(|| panic!("{address} was taken"));
+            assert!(
+                e.starts_with(&format!("the address {address} cannot be dialled: ")),
+                "{e}"
+            );
+            assert!(e.contains(why), "{address}: {e}");
+        }
+        for address in [
+            "127.0.0.1:4143",
+            "[::1]:4143",
+            "10.0.0.7:4143",
+            "192.168.1.255:80",
+            "[fd00::7]:4143",
+        ] {
+            assert_eq!(undialable(address.parse().unwrap()), None, "{address}");
+        }
+    }
+
+    #[test]
+    fn callers_count_by_identity_or_else_by_address() {
+        let id = remora_api::SpiffeId::resolve("orders", "cluster.local").unwrap();
+        let peer = |addr: &str, identity: Option<remora_api::SpiffeId>| Peer {
+            addr: addr.parse().unwrap(),
+            identity,
+        };
+        assert_eq!(
+            registrant(&peer("10.0.0.7:50000", Some(id.clone()))),
+            Registrant::Identity(id)
+        );
+        // Another port of the same address is the same caller, and so is
+        // an IPv4 caller on a dual-stack listener.
+        let v4 = Registrant::Address("10.0.0.7".parse().unwrap());
+        assert_eq!(registrant(&peer("10.0.0.7:50001", None)), v4);
+        assert_eq!(registrant(&peer("[::ffff:10.0.0.7]:50002", None)), v4);
+    }
+
+    #[test]
+    fn a_quota_answer_names_the_limit_its_value_and_its_flag() {
+        let answer = |e: &OverQuota| serde_json::to_value(quota_exceeded(e)).unwrap();
+        let e = OverQuota::InstancesPerService {
+            service: "orders".to_string(),
+            limit: 1000,
+        };
+        assert_eq!(
+            answer(&e),
+            serde_json::json!({
+                "error": "orders already has 1000 registered instances, the most allowed (--max-instances-per-service); raise the control plane's --max-instances-per-service (or REMORA_MAX_INSTANCES_PER_SERVICE), or wait until some leave. Renewals of registered instances are always taken",
+                "quota": "instances-per-service",
+                "limit": 1000,
+                "flag": "--max-instances-per-service",
+            })
+        );
+        let e = OverQuota::ServicesPerRegistrant {
+            registrant: Registrant::Address("10.0.0.7".parse().unwrap()),
+            limit: 100,
+        };
+        let a = answer(&e);
+        assert_eq!(
+            (&a["quota"], &a["limit"], &a["flag"]),
+            (
+                &serde_json::json!("services-per-identity"),
+                &serde_json::json!(100),
+                &serde_json::json!("--max-services-per-identity")
+            )
+        );
+        assert!(
+            a["error"].as_str().unwrap().starts_with(
+                "the caller at 10.0.0.7 already has instances of 100 services registered, the most allowed (--max-services-per-identity); raise the control plane's --max-services-per-identity (or REMORA_MAX_SERVICES_PER_IDENTITY)"
+            ),
+            "{a}"
+        );
     }
 }

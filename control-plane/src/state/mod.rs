@@ -18,8 +18,11 @@ use remora_api::protocol::{
 use remora_api::{Endpoint, Mesh, Service};
 use tokio::sync::watch;
 
-pub use self::registrations::Put;
 use self::registrations::Table;
+pub use self::registrations::{
+    OverQuota, Put, Quotas, Registrant, DEFAULT_MAX_INSTANCES_PER_SERVICE,
+    DEFAULT_MAX_SERVICES_PER_IDENTITY,
+};
 
 mod registrations;
 #[cfg(test)]
@@ -155,12 +158,13 @@ struct Inner {
 
 impl State {
     /// An empty mesh. Versions start at `first_version` (the process's
-    /// start time in Unix milliseconds, so they grow across restarts).
-    pub fn new(first_version: u64, registrations_gauge: Gauge) -> Self {
+    /// start time in Unix milliseconds, so they grow across restarts);
+    /// registrations are bounded by `quotas`.
+    pub fn new(first_version: u64, registrations_gauge: Gauge, quotas: Quotas) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 mesh: Arc::default(),
-                registrations: Table::default(),
+                registrations: Table::new(quotas),
                 resources: HashMap::new(),
                 dependents: HashMap::new(),
                 next_version: first_version,
@@ -222,16 +226,26 @@ impl State {
         changed
     }
 
-    /// Registers or renews an endpoint; what the `PUT` did.
-    pub fn register(&self, service: &str, instance: &str, reg: &Registration, now: Instant) -> Put {
+    /// Registers or renews an endpoint for `registrant`; what the `PUT`
+    /// did, or the quota a new endpoint would pass.
+    pub fn register(
+        &self,
+        registrant: &Registrant,
+        service: &str,
+        instance: &str,
+        reg: &Registration,
+        now: Instant,
+    ) -> Result<Put, OverQuota> {
         let mut inner = self.lock();
-        let put = inner.registrations.put(service, instance, reg, now);
+        let put = inner
+            .registrations
+            .put(registrant, service, instance, reg, now)?;
         inner.count_registrations();
         if put != Put::Renewed {
             inner.endpoints_changed(service);
             inner.end_change();
         }
-        put
+        Ok(put)
     }
 
     /// Removes an endpoint; whether it was registered.

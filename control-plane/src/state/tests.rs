@@ -14,9 +14,15 @@ fn mesh(text: &str) -> Arc<Mesh> {
 }
 
 fn state(text: &str) -> State {
-    let s = State::new(FIRST_VERSION, Gauge::default());
+    let s = State::new(FIRST_VERSION, Gauge::default(), Quotas::default());
     s.set_mesh(mesh(text));
     s
+}
+
+/// Registers as one sidecar would, under the default quotas.
+fn register(s: &State, service: &str, instance: &str, reg: &Registration, now: Instant) -> Put {
+    let sidecar = Registrant::Address(std::net::Ipv4Addr::LOCALHOST.into());
+    s.register(&sidecar, service, instance, reg, now).unwrap()
 }
 
 fn reg(address: &str, ttl_seconds: u64) -> Registration {
@@ -54,14 +60,21 @@ fn versions_start_at_the_first_and_grow_with_each_change() {
     assert_eq!(versions.len(), 6, "every view has its own version");
     assert!(versions.iter().all(|v| *v >= FIRST_VERSION), "{versions:?}");
     let before = s.current(Kind::Outbound, "orders-next").version;
-    s.register("orders-next", "a", &reg("127.0.0.1:1", 30), Instant::now());
+    register(
+        &s,
+        "orders-next",
+        "a",
+        &reg("127.0.0.1:1", 30),
+        Instant::now(),
+    );
     assert!(s.current(Kind::Outbound, "orders-next").version > before);
 }
 
 #[test]
 fn the_outbound_view_holds_the_service_and_its_split_targets_with_their_endpoints() {
     let s = state(MESH);
-    s.register(
+    register(
+        &s,
         "orders",
         "pod-1",
         &reg("127.0.0.1:4143", 30),
@@ -82,7 +95,13 @@ fn the_outbound_view_holds_the_service_and_its_split_targets_with_their_endpoint
     assert_eq!(view.version, s.current(Kind::Outbound, "orders").version);
 
     // Static endpoints first, then registered ones.
-    s.register("orders-next", "b", &reg("127.0.0.1:2", 30), Instant::now());
+    register(
+        &s,
+        "orders-next",
+        "b",
+        &reg("127.0.0.1:2", 30),
+        Instant::now(),
+    );
     let next = &outbound(&s, "orders").services["orders-next"];
     let addresses: Vec<String> = next
         .endpoints
@@ -105,12 +124,12 @@ fn versions_do_not_move_when_the_content_does_not() {
         "trust_domain: cluster.local\n{MESH}\n# a comment\n"
     )));
     assert_eq!(changed, 0);
-    s.register("users", "u1", &reg("127.0.0.1:7", 30), Instant::now());
+    register(&s, "users", "u1", &reg("127.0.0.1:7", 30), Instant::now());
     let after_register = s.current(Kind::Outbound, "users").version;
     assert!(after_register > before[1]);
     // A renewal changes nothing.
     assert_eq!(
-        s.register("users", "u1", &reg("127.0.0.1:7", 30), Instant::now()),
+        register(&s, "users", "u1", &reg("127.0.0.1:7", 30), Instant::now()),
         Put::Renewed
     );
     assert_eq!(s.current(Kind::Outbound, "users").version, after_register);
@@ -128,7 +147,13 @@ fn a_change_wakes_exactly_the_watchers_of_what_it_changed() {
 
     // An endpoint of orders-next: its own view and that of orders, which
     // splits to it.
-    s.register("orders-next", "n1", &reg("127.0.0.1:5", 30), Instant::now());
+    register(
+        &s,
+        "orders-next",
+        "n1",
+        &reg("127.0.0.1:5", 30),
+        Instant::now(),
+    );
     assert!(next.has_changed().unwrap());
     assert!(orders.has_changed().unwrap());
     assert!(!orders_in.has_changed().unwrap());
@@ -165,7 +190,7 @@ fn a_change_wakes_exactly_the_watchers_of_what_it_changed() {
     assert_eq!(view.policy.mtls, remora_api::MtlsMode::Permissive);
 
     // A service that appears wakes those who waited for it.
-    s.register("billing", "b1", &reg("127.0.0.1:6", 30), Instant::now());
+    register(&s, "billing", "b1", &reg("127.0.0.1:6", 30), Instant::now());
     assert!(unknown.has_changed().unwrap());
     assert!(unknown.borrow_and_update().exists());
     assert!(!users.has_changed().unwrap());
@@ -176,8 +201,8 @@ fn a_registration_only_service_lives_until_its_last_endpoint_leaves() {
     let s = state(MESH);
     assert!(!s.current(Kind::Outbound, "billing").exists());
     let now = Instant::now();
-    s.register("billing", "b1", &reg("127.0.0.1:1", 30), now);
-    s.register("billing", "b2", &reg("127.0.0.1:2", 1), now);
+    register(&s, "billing", "b1", &reg("127.0.0.1:1", 30), now);
+    register(&s, "billing", "b2", &reg("127.0.0.1:2", 1), now);
     assert_eq!(
         outbound(&s, "billing").services["billing"].endpoints.len(),
         2
@@ -211,7 +236,7 @@ fn a_registration_only_service_lives_until_its_last_endpoint_leaves() {
 fn the_listing_tells_each_endpoint_source_and_health() {
     let s = state(MESH);
     let now = Instant::now();
-    s.register("orders", "pod-1", &reg("127.0.0.1:4143", 30), now);
+    register(&s, "orders", "pod-1", &reg("127.0.0.1:4143", 30), now);
     let listing = s.listing(now);
     assert_eq!(listing.services.len(), 3);
     let orders = &listing.services["orders"];
@@ -242,7 +267,7 @@ fn channels_of_unknown_services_go_when_nobody_watches() {
 
 #[test]
 fn views_are_incomplete_while_warming_up_and_republished_complete_after() {
-    let s = State::new(FIRST_VERSION, Gauge::default());
+    let s = State::new(FIRST_VERSION, Gauge::default(), Quotas::default());
     s.warming_up();
     s.set_mesh(mesh(MESH));
     let warm = outbound(&s, "users");
