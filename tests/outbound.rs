@@ -51,8 +51,12 @@ async fn every_form_of_authority_names_the_service() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with("orders"), "{out}");
     assert_eq!(orders.last().path, "/abs");
-    // The upstream sees the name the app used, not the endpoint address.
-    assert_eq!(orders.last().headers["host"], "orders");
+    // The upstream sees the name that routed the request (the absolute
+    // URI's, which outranks Host), not the endpoint address.
+    assert_eq!(
+        orders.last().headers["host"],
+        "orders.default.svc.cluster.local"
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use remora_server::connections::ConnectionFlags;
 use remora_server::logs::LogFormat;
 
 use crate::state::Quotas;
@@ -41,8 +42,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the mesh: long-poll views, registrations and the admin port
-    /// (the default when no subcommand is given).
-    Serve(ServeArgs),
+    /// (the default when no subcommand is given). Boxed: the other
+    /// subcommands are far smaller.
+    Serve(Box<ServeArgs>),
     /// Check a mesh config: print every problem as FILE:LINE:COLUMN: KEY:
     /// message and exit 1, or print a summary and exit 0.
     Check {
@@ -124,6 +126,9 @@ pub struct ServeArgs {
     /// connections; one per core when not given.
     #[arg(long, env = "REMORA_THREADS")]
     pub threads: Option<NonZeroUsize>,
+
+    #[command(flatten)]
+    pub connections: ConnectionFlags,
 
     #[arg(long, env = "REMORA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,

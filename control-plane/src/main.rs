@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { file }) => remora_control::check::run(&file),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         Some(Command::Demo(options)) => match remora_demo::run(options) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -12,9 +12,8 @@ use anyhow::Context as _;
 use hyper::service::service_fn;
 use remora_certs::leaf::CredentialStore;
 use remora_certs::verify::ClientAuth;
-use remora_server::serve::{
-    self as server, drain_channel, ServerSettings, DEFAULT_HEADER_READ_TIMEOUT,
-};
+use remora_server::connections::{self, Limits};
+use remora_server::serve::{self as server, drain_channel, ServerSettings};
 use remora_server::signals::Signals;
 use remora_server::tls::{ServerTls, TlsOnly};
 use tokio::net::TcpListener;
@@ -34,7 +33,7 @@ use crate::threads;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    raise_open_files_limit();
+    connections::raise_open_files_limit();
     let metrics = Metrics::new();
     let first_version = unix_millis_now();
     let restart = RestartGrace {
@@ -88,6 +87,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (api_addr, admin_addr) = (api_listener.local_addr()?, admin_listener.local_addr()?);
     let threads = args.api_threads();
     tracing::info!(api = %api_addr, admin = %admin_addr, threads, "listening");
+    // The API dials nothing per request: most of the open files are its
+    // connections', shared by its threads, each listening on its own.
+    let mut api_limits = args
+        .connections
+        .limits(connections::default_max_connections(1, 0.75));
+    api_limits.max_connections = api_limits.max_connections.div_ceil(threads.get());
+    let admin_limits = args.connections.admin_limits();
 
     let metrics = Arc::new(metrics);
     let ready = Arc::new(AtomicBool::new(true));
@@ -113,7 +119,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listener,
                 ServerSettings {
                     tls: api_tls.clone(),
-                    ..settings()
+                    ..settings(api_limits)
                 },
                 draining.clone(),
                 move |peer| {
@@ -135,7 +141,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
-        settings(),
+        settings(admin_limits),
         admin_draining,
         move |_peer| {
             let admin = admin.clone();
@@ -226,9 +232,9 @@ fn api_tls(authority: Arc<Authority>, trust_domain: &str) -> anyhow::Result<Serv
     Ok(tls)
 }
 
-fn settings() -> ServerSettings {
+fn settings(limits: Limits) -> ServerSettings {
     ServerSettings {
-        header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        limits,
         // Pushes answer many streams of a connection at once; unvectored,
         // their answers coalesce into one write (see `api::chunks`).
         vectored_writes: false,
@@ -242,15 +248,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for {what} on {addr}"))
-}
-
-/// One control plane holds a connection from every proxy: raise the soft
-/// limit on open files to the hard limit.
-fn raise_open_files_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
-    }
 }
 
 /// The first version of this process: its start time in Unix milliseconds,

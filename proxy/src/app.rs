@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use hyper::service::service_fn;
 use remora_api::protocol::{is_valid_instance_name, Registration, MAX_REGISTRATION_TTL_SECONDS};
 use remora_api::SpiffeId;
+use remora_server::connections;
 use remora_server::logs::LogLevel;
 use remora_server::serve::{self as server, drain_channel, DrainTrigger, ServerSettings};
 use remora_server::signals::Signals;
@@ -36,6 +37,7 @@ use crate::outbound::{self, Discovery, Outbound};
 const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config, log_level: LogLevel) -> anyhow::Result<()> {
+    connections::raise_open_files_limit();
     let proxy = Proxy::build(&config, log_level).await?;
     // Caught from before the proxy says it is ready, so that no signal in
     // between kills it without a drain.
@@ -100,12 +102,14 @@ impl Proxy {
             client: Arc::new(client.clone()),
             timeout: config.discovery_timeout.get(),
         });
-        let outbound = Outbound::build(&mut metrics, discovery);
+        let caller_body_idle = config.connections.stream_idle_timeout.get();
+        let outbound = Outbound::build(&mut metrics, discovery, caller_body_idle);
         let inbound = Arc::new(Inbound::new(
             config.app,
             &config.service,
             &clients,
             metrics.http.clone(),
+            caller_body_idle,
         ));
         let control = match control {
             Some(client) => Some((client, registration(config, inbound_addr)?)),
@@ -152,8 +156,13 @@ impl Proxy {
     /// control plane, once the inbound view is in, the instance is
     /// registered, and (with an identity) the certificate is in hand.
     fn serve(self, config: &Config) -> anyhow::Result<Serving> {
+        // The outbound and the inbound share half of the open files: a
+        // proxied connection often needs one upstream too.
+        let traffic_limits = config
+            .connections
+            .limits(connections::default_max_connections(2, 0.5));
         let settings = ServerSettings {
-            header_read_timeout: config.header_read_timeout.get(),
+            limits: traffic_limits,
             vectored_writes: true,
             tls: None,
             metrics: None,
@@ -181,7 +190,10 @@ impl Proxy {
         let admin = self.admin;
         let admin_server = tokio::spawn(server::serve(
             self.listeners.admin,
-            settings,
+            ServerSettings {
+                limits: config.connections.admin_limits(),
+                ..settings
+            },
             admin_draining,
             move |peer| {
                 let admin = admin.clone();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use remora_api::HumanDuration;
 
+use remora_server::connections::ConnectionFlags;
 use remora_server::logs::LogFormat;
 
 pub const DEFAULT_OUTBOUND: &str = "127.0.0.1:4140";
@@ -14,7 +15,6 @@ pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
 pub const DEFAULT_ADMIN: &str = "0.0.0.0:4191";
 pub const DEFAULT_APP: &str = "127.0.0.1:8080";
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
-pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_SERVICE: &str = "app";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_THREADS: &str = "1";
@@ -115,10 +115,8 @@ pub struct Config {
     #[arg(long, env = "REMORA_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT)]
     pub drain_timeout: HumanDuration,
 
-    /// How long a client may take to send a request's headers; also how
-    /// long an HTTP/1 connection may sit idle between two requests.
-    #[arg(long, env = "REMORA_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT)]
-    pub header_read_timeout: HumanDuration,
+    #[command(flatten)]
+    pub connections: ConnectionFlags,
 
     /// Threads that serve traffic. One is right for most sidecars; raise it
     /// for a busy service on a node with cores to spare.

@@ -1,8 +1,9 @@
-//! The HTTP server of every listener of both binaries: accept, detect TLS
-//! or plaintext (where the listener takes TLS), detect HTTP/1.1 or HTTP/2
-//! (prior knowledge) per connection, enforce header limits and the header
-//! read timeout, count connections, handshakes and bytes where the
-//! listener's owner asks, and drain gracefully.
+//! The HTTP server of every listener of both binaries: accept within the
+//! listener's connection cap, detect TLS or plaintext (where the listener
+//! takes TLS), detect HTTP/1.1 or HTTP/2 (prior knowledge) per connection,
+//! enforce header limits and every connection's time limits (see
+//! [`crate::connections`]), count connections, handshakes and bytes where
+//! the listener's owner asks, and drain gracefully.
 
 use std::convert::Infallible;
 use std::io;
@@ -17,25 +18,26 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use remora_certs::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
+use crate::body::IdleTimeout;
+use crate::connections::{Activity, Admitted, InFlight, Limits, Table, Verdict};
 use crate::smuggling::{AmbiguousFraming, Framing};
 use crate::tls::ServerTls;
-use crate::{Body, MAX_HEADER_BYTES};
+use crate::{Body, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_HEADER_BYTES};
 
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one HTTP/2 client may have open at once.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
-    pub header_read_timeout: Duration,
+    pub limits: Limits,
     /// Whether connections may write with `writev`. The proxy's do: a large
     /// body goes out beside its frame header without a copy. A server of
     /// many small HTTP/2 responses is better off without: h2 then copies
@@ -121,7 +123,7 @@ pub async fn serve<S, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(settings.limits.header_read)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder
@@ -129,13 +131,19 @@ pub async fn serve<S, F>(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .keep_alive_interval(Some(Duration::from_secs(20)));
-    let graceful = GracefulShutdown::new();
+    let table = Table::new(settings.limits.max_connections);
     let connections = Arc::new(Connections {
         builder,
         make_service,
+        limits: settings.limits,
         settings,
+        drain: drain.clone(),
     });
+    // Every connection holds a sender: when the last is gone, all have ended.
+    let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -149,14 +157,21 @@ pub async fn serve<S, F>(
             },
             _ = drain.signaled() => break,
         };
+        // Refused: every connection has a request in flight. Closed at
+        // once, so that the client hears it rather than waiting.
+        let Some(admitted) = table.admit(Instant::now()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        // Made here, before the task, so that a drain waits for this
-        // connection too, even while it is still in its handshake.
-        let watcher = graceful.watcher();
-        tokio::spawn(connections.clone().serve(stream, addr, watcher));
+        tokio::spawn(
+            connections
+                .clone()
+                .serve(stream, addr, admitted, open_tx.clone()),
+        );
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(open_tx);
+    let _ = all_closed.recv().await;
 }
 
 /// What every connection of one listener shares.
@@ -164,6 +179,8 @@ struct Connections<F> {
     builder: auto::Builder<TokioExecutor>,
     make_service: F,
     settings: ServerSettings,
+    limits: Limits,
+    drain: Drain,
 }
 
 impl<S, F> Connections<F>
@@ -173,40 +190,75 @@ where
     S::Future: Send + 'static,
 {
     /// One accepted connection: TLS or plaintext as the settings say, then
-    /// HTTP until it closes.
-    async fn serve(self: Arc<Self>, stream: TcpStream, addr: SocketAddr, watcher: Watcher) {
+    /// HTTP until it closes, is closed by its limits, or is shed.
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        admitted: Admitted,
+        _open: mpsc::Sender<()>,
+    ) {
+        let activity = admitted.activity.clone();
+        tokio::select! {
+            () = self.handshake_and_serve(stream, addr, &activity) => {}
+            () = activity.shed() => {
+                tracing::debug!(peer = %addr, "connection shed for a newcomer");
+            }
+        }
+        drop(admitted);
+    }
+
+    async fn handshake_and_serve(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        activity: &Arc<Activity>,
+    ) {
         let Some(tls) = &self.settings.tls else {
             let peer = Peer {
                 addr,
                 identity: None,
             };
-            return self.http(stream, peer, watcher).await;
+            return self.http(stream, peer, activity).await;
         };
         let metrics = self.settings.metrics.as_ref();
-        match crate::tls::starts_tls(&stream, self.settings.header_read_timeout).await {
-            Some(true) => match tls.acceptor.accept(stream).await {
-                Ok(stream) => {
-                    if let Some(m) = metrics {
-                        m.handshakes_ok.inc();
+        // The handshake is part of the time to the first request.
+        let deadline = activity.opened() + self.limits.header_read;
+        let starts_tls =
+            crate::tls::starts_tls(&stream, deadline.saturating_duration_since(Instant::now()));
+        match starts_tls.await {
+            Some(true) => {
+                match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        if let Some(m) = metrics {
+                            m.handshakes_ok.inc();
+                        }
+                        let identity = remora_certs::verify::peer_identity(
+                            stream.get_ref().1.peer_certificates(),
+                        );
+                        let peer = Peer { addr, identity };
+                        self.http(stream, peer, activity).await;
                     }
-                    let identity =
-                        remora_certs::verify::peer_identity(stream.get_ref().1.peer_certificates());
-                    let peer = Peer { addr, identity };
-                    self.http(stream, peer, watcher).await;
-                }
-                Err(e) => {
-                    if let Some(m) = metrics {
-                        m.handshakes_failed.inc();
+                    Ok(Err(e)) => {
+                        if let Some(m) = metrics {
+                            m.handshakes_failed.inc();
+                        }
+                        tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
                     }
-                    tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
+                    Err(_) => {
+                        if let Some(m) = metrics {
+                            m.handshakes_failed.inc();
+                        }
+                        tracing::info!(peer = %addr, limit = ?self.limits.header_read, "TLS handshake not finished in time");
+                    }
                 }
-            },
+            }
             Some(false) if tls.plaintext.allows_plaintext() => {
                 let peer = Peer {
                     addr,
                     identity: None,
                 };
-                self.http(stream, peer, watcher).await;
+                self.http(stream, peer, activity).await;
             }
             Some(false) => {
                 if let Some(m) = metrics {
@@ -214,12 +266,12 @@ where
                 }
                 tracing::info!(peer = %addr, "plaintext refused: this service's inbound is mtls: strict");
             }
-            // Closed, or silent past the header read timeout.
+            // Closed, or silent past the first-request limit.
             None => {}
         }
     }
 
-    async fn http<IO>(&self, io: IO, peer: Peer, watcher: Watcher)
+    async fn http<IO>(&self, io: IO, peer: Peer, activity: &Arc<Activity>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -238,24 +290,107 @@ where
         let io = TokioIo::new(Counted {
             inner: io,
             bytes: metrics.map(|m| (m.read_bytes.clone(), m.written_bytes.clone())),
+            activity: activity.clone(),
             framing,
             vectored: self.settings.vectored_writes,
         });
         let addr = peer.addr;
         let service = (self.make_service)(peer);
+        let stream_idle = self.limits.stream_idle;
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             if verdicts.next_is_ambiguous() {
                 req.extensions_mut().insert(AmbiguousFraming);
             }
-            service.call(req)
+            let in_flight = requests.request_started();
+            let response = service.call(req);
+            async move {
+                let response = response.await?;
+                Ok::<_, Infallible>(response.map(|body| Answer {
+                    body: IdleTimeout::new(body, stream_idle),
+                    _in_flight: in_flight,
+                }))
+            }
         });
         let conn = self.builder.serve_connection_with_upgrades(io, service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
+        let mut conn = std::pin::pin!(conn);
+        let mut drain = self.drain.clone();
+        let mut last_progress = Instant::now();
+        let mut check = std::pin::pin!(tokio::time::sleep_until(activity.opened()));
+        // Set once the connection is told to finish: by a drain, or idle.
+        let mut closing_since: Option<Instant> = None;
+        let ended = loop {
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                () = drain.signaled(), if closing_since.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
+                () = &mut check => {
+                    let now = Instant::now();
+                    if let Some(since) = closing_since {
+                        // An idle close that the peer does not finish.
+                        if !drain.is_draining() && now >= since + self.limits.header_read {
+                            break Ok(());
+                        }
+                    }
+                    match activity.verdict(now, &self.limits, &mut last_progress) {
+                        Verdict::CheckAt(at) => check.as_mut().reset(at),
+                        Verdict::Idle if closing_since.is_none() => {
+                            tracing::debug!(peer = %addr, limit = ?self.limits.idle, "idle connection closed");
+                            conn.as_mut().graceful_shutdown();
+                            closing_since = Some(now);
+                            check.as_mut().reset(now + self.limits.header_read);
+                        }
+                        Verdict::Idle => check.as_mut().reset(now + self.limits.header_read),
+                        Verdict::Silent => {
+                            tracing::debug!(peer = %addr, limit = ?self.limits.header_read, "connection cut: no request in time");
+                            break Ok(());
+                        }
+                        Verdict::Stalled => {
+                            tracing::debug!(peer = %addr, limit = ?self.limits.stream_idle, "connection cut: its requests made no progress");
+                            break Ok(());
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
         }
         if let Some(open) = open {
             open.dec();
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response on its way out: its body cut if it stops making
+    /// progress, and its request counted in flight until it ends.
+    struct Answer {
+        #[pin]
+        body: IdleTimeout<Body>,
+        _in_flight: InFlight,
+    }
+}
+
+impl http_body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::BoxError>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -267,6 +402,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: IO,
         bytes: Option<(Counter, Counter)>,
+        activity: Arc<Activity>,
         framing: Framing,
         vectored: bool,
     }
@@ -283,6 +419,7 @@ impl<IO: AsyncRead> AsyncRead for Counted<IO> {
         let result = this.inner.poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
+            this.activity.moved();
             if let Some((read, _)) = this.bytes {
                 read.inc_by(n as u64);
             }
@@ -300,6 +437,11 @@ impl<IO: AsyncWrite> AsyncWrite for Counted<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &result {
+            if *n > 0 {
+                this.activity.moved();
+            }
+        }
         if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, this.bytes) {
             written.inc_by(*n as u64);
         }
@@ -313,6 +455,11 @@ impl<IO: AsyncWrite> AsyncWrite for Counted<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let result = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &result {
+            if *n > 0 {
+                this.activity.moved();
+            }
+        }
         if let (Poll::Ready(Ok(n)), Some((_, written))) = (&result, this.bytes) {
             written.inc_by(*n as u64);
         }

@@ -32,6 +32,38 @@ impl Proxy {
         Self::start_from(dir, config_path, app, extra).await
     }
 
+    /// As `start_with`, with the proxy's open-files limit (soft and hard)
+    /// set to `files` by util-linux's `prlimit`.
+    pub async fn start_with_open_files(
+        mesh: &str,
+        app: SocketAddr,
+        extra: &[&str],
+        files: u64,
+    ) -> Proxy {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_path = dir.path().join("mesh.yaml");
+        std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+        let plain = command(app);
+        let prlimit =
+            crate::tools::find("prlimit", "util-linux").expect("prlimit is on every Debian");
+        let mut command = Command::new(prlimit);
+        command
+            .arg(format!("--nofile={files}:{files}"))
+            .arg("--")
+            .arg(plain.as_std().get_program())
+            .args(plain.as_std().get_args())
+            .arg("--config")
+            .arg(&config_path)
+            .args(extra);
+        let proxy = Proxy::spawned(
+            Running::spawn(command, "remora-proxy").await,
+            config_path,
+            dir,
+        );
+        proxy.wait_ready().await;
+        proxy
+    }
+
     /// Starts a proxy on a config the caller has laid out in `dir` (a
     /// symlinked ConfigMap, say); the proxy keeps `dir` until it ends.
     pub async fn start_from(

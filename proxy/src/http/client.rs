@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 
 use remora_certs::SpiffeId;
+use remora_server::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
 
 use super::tls::MeshConnector;
 use super::Body;
@@ -151,6 +152,8 @@ fn builder(s: ClientSettings, http2: bool) -> hyper_util::client::legacy::Builde
             None
         })
         .http2_keep_alive_timeout(Duration::from_secs(10))
+        .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .set_host(false);
     builder
 }

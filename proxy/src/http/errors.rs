@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use super::Body;
+use super::{Body, BoxError};
 
 pub const REMORA_ERROR: &str = "remora-error";
 
@@ -60,7 +60,7 @@ pub enum ProxyError {
 /// caller went away): the caller's fault, never the endpoint's.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body could not be read")]
-pub struct CallerBodyError(#[source] pub hyper::Error);
+pub struct CallerBodyError(#[source] pub BoxError);
 
 impl ProxyError {
     /// The short, stable name carried in `remora-error`.

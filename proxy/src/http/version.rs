@@ -15,7 +15,8 @@ pub const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
 /// the version spoken there, for `authority` (the service as the caller
 /// named it) and the path of `uri`. In HTTP/2 the authority is
 /// `:authority` and no `host` may disagree with it (RFC 9113 §8.3.1); in
-/// HTTP/1.1 it is `Host`, kept as the caller sent it if it did.
+/// HTTP/1.1 it is `Host`, replacing any the caller sent: the next hop acts
+/// on the name that routed and authorized the request.
 pub fn attempt_head(
     method: &Method,
     uri: &Uri,
@@ -31,10 +32,8 @@ pub fn attempt_head(
         headers.remove(header::HOST);
     } else {
         *req.version_mut() = Version::HTTP_11;
-        if !headers.contains_key(header::HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, host);
-            }
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            headers.insert(header::HOST, host);
         }
     }
     *req.headers_mut() = headers;
@@ -71,8 +70,8 @@ mod tests {
         let head = attempt_head(&Method::GET, &uri, &web, headers, false);
         assert_eq!(
             head.headers[header::HOST],
-            "elsewhere",
-            "the caller's Host stays"
+            "web:8080",
+            "the name that routed replaces the caller's Host"
         );
         let head = attempt_head(&Method::GET, &uri, &web, HeaderMap::new(), false);
         assert_eq!(head.headers[header::HOST], "web:8080");

@@ -97,11 +97,20 @@ pub struct Inbound {
     http2: HttpClient,
     labels: RouteLabels,
     metrics: HttpMetrics,
+    caller_body_idle: Duration,
     unmeshed: Arc<str>,
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, service: &str, clients: &Clients, metrics: HttpMetrics) -> Self {
+    /// `caller_body_idle`: how long a caller's request body may go without
+    /// progress.
+    pub fn new(
+        app: SocketAddr,
+        service: &str,
+        clients: &Clients,
+        metrics: HttpMetrics,
+        caller_body_idle: Duration,
+    ) -> Self {
         let settings = |http2| ClientSettings {
             connect_timeout: APP_CONNECT_TIMEOUT,
             idle_timeout: APP_IDLE_TIMEOUT,
@@ -115,6 +124,7 @@ impl Inbound {
             http2: clients.to(settings(true), app, None),
             labels: RouteLabels::new(Direction::Inbound, service, INBOUND_ROUTE),
             metrics,
+            caller_body_idle,
             unmeshed: "unmeshed".into(),
         }
     }
@@ -150,7 +160,11 @@ impl Inbound {
         let method = parts.method.clone();
         // A clone of the URI shares its bytes; the log reads the path from it.
         let uri = parts.uri.clone();
-        let authority = crate::http::request_authority(&parts.uri, &parts.headers);
+        let (authority, two_authorities) =
+            match crate::http::request_authority(&parts.uri, parts.version, &parts.headers) {
+                Ok(authority) => (authority, None),
+                Err(e) => (None, Some(e)),
+            };
         let request_id = headers::ensure_request_id(&mut parts.headers);
         headers::ensure_traceparent(&mut parts.headers);
 
@@ -159,6 +173,8 @@ impl Inbound {
         let policy = self.policy.load();
         let (response, error) = if smuggled {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
+            (e.into_response(), Some("bad-request"))
+        } else if let Some(e) = two_authorities {
             (e.into_response(), Some("bad-request"))
         } else if let Err(denied) = policy.authorize(caller.identity.as_ref()) {
             self.metrics
@@ -269,7 +285,7 @@ impl Inbound {
                 (first, _) => first,
             }
         } else {
-            let body = crate::http::from_caller(body);
+            let body = crate::http::from_caller(body, self.caller_body_idle);
             client.request(Request::from_parts(head, body)).await
         };
         match sent {

@@ -1,6 +1,8 @@
 //! The caller's request body across the tries of one request: sent once,
 //! or kept (up to `MAX_REPLAY_BYTES`) so that a retry can send it again.
 
+use std::time::Duration;
+
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -22,14 +24,14 @@ impl RequestBody {
     /// unless the body is known to be larger than a replay may keep. Any
     /// request may have to go again, if only because its first endpoint
     /// could not be reached.
-    pub fn first_try(body: Incoming) -> (Self, Body) {
+    pub fn first_try(body: Incoming, idle_limit: Duration) -> (Self, Body) {
         if body.is_end_stream() {
             return (RequestBody::Empty, empty());
         }
         if body.size_hint().lower() > MAX_REPLAY_BYTES as u64 {
-            return (RequestBody::Once, from_caller(body));
+            return (RequestBody::Once, from_caller(body, idle_limit));
         }
-        let replay = ReplayBody::new(from_caller(body));
+        let replay = ReplayBody::new(from_caller(body, idle_limit));
         // The copy exists: the length was just found to fit. Were it not,
         // the body would go once, uncopied.
         match replay.try_clone() {

@@ -88,7 +88,10 @@ mod tests {
             clients: &clients,
             previous: None,
         };
-        let outbound = Arc::new(Outbound::new(Metrics::new().http));
+        let outbound = Arc::new(Outbound::new(
+            Metrics::new().http,
+            std::time::Duration::from_secs(300),
+        ));
         outbound.update(compiler.compile(&mesh));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(EndpointGauges(outbound.clone())));

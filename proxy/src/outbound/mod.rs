@@ -77,6 +77,8 @@ pub struct Outbound {
     applied: tokio::sync::watch::Sender<u64>,
     discovery: Option<Discovery>,
     metrics: HttpMetrics,
+    /// How long the app's request body may go without progress.
+    caller_body_idle: Duration,
     unmeshed: Arc<str>,
 }
 
@@ -128,8 +130,12 @@ impl Outcome {
 impl Outbound {
     /// The outbound, its endpoint gauges registered in `metrics`; services
     /// the mesh view lacks are looked up through `discovery`, if any.
-    pub fn build(metrics: &mut Metrics, discovery: Option<Discovery>) -> Arc<Outbound> {
-        let mut outbound = Outbound::new(metrics.http.clone());
+    pub fn build(
+        metrics: &mut Metrics,
+        discovery: Option<Discovery>,
+        caller_body_idle: Duration,
+    ) -> Arc<Outbound> {
+        let mut outbound = Outbound::new(metrics.http.clone(), caller_body_idle);
         outbound.discovery = discovery;
         let outbound = Arc::new(outbound);
         metrics
@@ -138,12 +144,13 @@ impl Outbound {
         outbound
     }
 
-    fn new(metrics: HttpMetrics) -> Self {
+    fn new(metrics: HttpMetrics, caller_body_idle: Duration) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: tokio::sync::watch::channel(0).0,
             discovery: None,
             metrics,
+            caller_body_idle,
             unmeshed: UNMESHED.into(),
         }
     }
@@ -164,8 +171,10 @@ impl Outbound {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             return self.finish_unrouted(&req, "", e, started);
         }
-        let Some(authority) = target::authority(&req) else {
-            return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started);
+        let authority = match target::authority(&req) {
+            Ok(Some(authority)) => authority,
+            Ok(None) => return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started),
+            Err(e) => return self.finish_unrouted(&req, "", e, started),
         };
         let known = self.snapshot.load().lookup(authority.as_str()).cloned();
         let service = match known {
@@ -324,7 +333,7 @@ impl Outbound {
         }
         route.unsent.deposit();
         let retry = retry.filter(|r| r.allows_method(&head.method));
-        let (mut body, mut try_body) = RequestBody::first_try(body);
+        let (mut body, mut try_body) = RequestBody::first_try(body, self.caller_body_idle);
         let per_try_timeout = retry.and_then(|r| r.per_try_timeout);
         let attempts = Attempts {
             backend,

@@ -5,11 +5,13 @@
 use http::uri::Authority;
 use http::Request;
 
+use crate::http::errors::ProxyError;
+
 /// The authority the request is for, lower-cased: the absolute-form URI's
 /// (as `http_proxy` clients send), the HTTP/2 `:authority`, or `Host`
-/// when that is a valid authority.
-pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
-    crate::http::request_authority(req.uri(), req.headers())
+/// when that is a valid authority; an error when it names two.
+pub fn authority<B>(req: &Request<B>) -> Result<Option<Authority>, ProxyError> {
+    crate::http::request_authority(req.uri(), req.version(), req.headers())
 }
 
 /// The service an authority names: `orders`, `orders:80`,
@@ -53,18 +55,38 @@ mod tests {
         req.body(()).unwrap()
     }
 
+    fn named(req: &Request<()>) -> Option<String> {
+        authority(req).unwrap().map(|a| a.to_string())
+    }
+
     #[test]
     fn the_absolute_uri_wins_over_host_and_both_are_lower_cased() {
         let req = request("http://Orders:8080/x", Some("payments"));
-        assert_eq!(authority(&req).unwrap(), "orders:8080");
+        assert_eq!(named(&req).unwrap(), "orders:8080");
         let req = request("/x", Some("Payments.Default"));
-        assert_eq!(authority(&req).unwrap(), "payments.default");
+        assert_eq!(named(&req).unwrap(), "payments.default");
     }
 
     #[test]
     fn no_authority_without_an_absolute_uri_or_a_host() {
-        assert_eq!(authority(&request("/x", None)), None);
-        assert_eq!(authority(&request("/x", Some(""))), None);
+        assert_eq!(named(&request("/x", None)), None);
+        assert_eq!(named(&request("/x", Some(""))), None);
+    }
+
+    #[test]
+    fn a_request_that_names_two_authorities_is_refused() {
+        let mut two_hosts = request("/x", Some("orders"));
+        two_hosts
+            .headers_mut()
+            .append(http::header::HOST, "evil".parse().unwrap());
+        assert!(authority(&two_hosts).is_err());
+        // HTTP/2: `Host` may repeat `:authority`, never contradict it.
+        let mut h2 = request("http://orders/x", Some("evil"));
+        *h2.version_mut() = http::Version::HTTP_2;
+        assert!(authority(&h2).is_err());
+        h2.headers_mut()
+            .insert(http::header::HOST, "Orders".parse().unwrap());
+        assert_eq!(named(&h2).unwrap(), "orders");
     }
 
     #[test]

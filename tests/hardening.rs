@@ -1,0 +1,364 @@
+//! The listeners of both binaries against clients that hold what they can
+//! for free: connections that never send a request, floods of them under a
+//! low open-files limit, idle and stalled connections, requests that name
+//! two authorities, and HTTP/2 readers that never open their window.
+//! (Oversized headers, smuggling, slow heads and malformed bytes are in
+//! `inbound.rs`.)
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use remora_e2e::identity::grant_tokens;
+use remora_e2e::upstream::text;
+use remora_e2e::{Client, ControlPlane, Proxy, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// How long an exchange may take before the test calls it a hang.
+const NO_HANG: Duration = Duration::from_secs(10);
+
+fn mesh(service: &str, upstream: &Upstream) -> String {
+    format!(
+        "services:\n  {service}:\n    endpoints: [ {{ address: {} }} ]\n",
+        upstream.addr
+    )
+}
+
+/// Reads until the peer closes the connection (or resets it); how long that
+/// took, and what was read.
+async fn time_to_close(s: &mut TcpStream, limit: Duration) -> (Duration, String) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("still open after {limit:?}; read so far: {out:?}"),
+        }
+    }
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&out).into_owned(),
+    )
+}
+
+/// The first bytes of a TLS ClientHello, and no more.
+const HALF_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
+/// Half of the HTTP/2 connection preface.
+const HALF_PREFACE: &[u8] = b"PRI * HT";
+
+#[tokio::test]
+async fn connections_without_a_request_are_cut_on_every_listener_of_both_binaries() {
+    let app = Upstream::named("app").await;
+    let proxy = Proxy::start_with(
+        &mesh("orders", &app),
+        app.addr,
+        &["--header-read-timeout", "1s"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = grant_tokens(dir.path(), &[("orders", "t")]);
+    let control = ControlPlane::start_with(
+        "services: {}\n",
+        &["--tokens", &tokens, "--header-read-timeout", "1s"],
+    )
+    .await;
+    let listeners = [
+        ("proxy outbound", proxy.outbound),
+        ("proxy inbound", proxy.inbound),
+        ("proxy admin", proxy.admin),
+        ("control plane API (TLS)", control.api),
+        ("control plane admin", control.admin),
+    ];
+    let openings: [(&str, &[u8]); 4] = [
+        ("nothing", b""),
+        ("half an HTTP/2 preface", HALF_PREFACE),
+        ("half a TLS ClientHello", HALF_CLIENT_HELLO),
+        (
+            "a head a byte at a time",
+            b"GET / HTTP/1.1\r\nHost: orders\r\nx-slow: ",
+        ),
+    ];
+    let mut attempts = JoinSet::new();
+    for (listener, addr) in listeners {
+        for (opening, bytes) in openings {
+            attempts.spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let trickle = opening.starts_with("a head");
+                if trickle {
+                    // A byte every 200ms: each one in time for hyper's
+                    // per-read patience, none of them a whole head.
+                    for b in bytes {
+                        if s.write_all(&[*b]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                } else {
+                    s.write_all(bytes).await.unwrap();
+                }
+                let (took, _) = time_to_close(&mut s, NO_HANG).await;
+                (listener, opening, took)
+            });
+        }
+    }
+    while let Some(done) = attempts.join_next().await {
+        let (listener, opening, took) = done.unwrap();
+        // The limit is 1s from accept; a trickled head may be cut by the
+        // header read timeout too, never later than the limit.
+        assert!(
+            took < Duration::from_secs(4),
+            "{listener}, {opening}: closed after {took:?}"
+        );
+        println!("{listener}, {opening}: closed after {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_silent_connections_does_not_lock_out_real_clients() {
+    rlimit::increase_nofile_limit(u64::MAX).expect("raising the open files limit");
+    let app = Upstream::named("app").await;
+    let orders = Upstream::named("orders").await;
+    // 256 open files, as the issue found them: 300 silent connections on
+    // each traffic listener locked every client out. The header read
+    // timeout is long, so that only the cap can make room.
+    let proxy = Proxy::start_with_open_files(
+        &mesh("orders", &orders),
+        app.addr,
+        &["--header-read-timeout", "60s"],
+        256,
+    )
+    .await;
+    let mut silent = Vec::new();
+    for addr in [proxy.outbound, proxy.inbound] {
+        for _ in 0..300 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    // Accepted, and the oldest shed as the newest arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
+        let client = Client::via(addr, false);
+        for i in 0..5 {
+            let reply = tokio::time::timeout(NO_HANG, client.get("http://orders/real"))
+                .await
+                .unwrap_or_else(|_| panic!("{listener}: request {i} locked out"))
+                .unwrap_or_else(|e| panic!("{listener}: request {i}: {e}"));
+            assert_eq!(reply.status, 200, "{listener}: {}", reply.text());
+        }
+    }
+    assert_eq!(orders.hits(), 5);
+    assert_eq!(app.hits(), 5);
+
+    // The flood itself was shed: most of it reads its end.
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 400,
+        "only {closed} of 600 silent connections shed"
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_stalled_requests_cut() {
+    let app = Upstream::named("app").await;
+    // Answers its head at once, then one chunk of the body, then nothing.
+    let stuck = Upstream::start(|_req| async move {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, hyper::Error>>(1);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"part"))))
+                .await;
+            // Held open, never finished.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let body = http_body_util::StreamBody::new(tokio_stream(rx));
+        http::Response::new(body.boxed())
+    })
+    .await;
+    let mesh = format!(
+        "services:\n  orders:\n    endpoints: [ {{ address: {} }} ]\n  stuck:\n    endpoints: [ {{ address: {} }} ]\n",
+        app.addr, stuck.addr
+    );
+    let proxy = Proxy::start_with(
+        &mesh,
+        app.addr,
+        &["--idle-timeout", "1s", "--stream-idle-timeout", "1s"],
+    )
+    .await;
+
+    // Kept alive after a response, then idle: closed after about 1s.
+    let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: orders\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let (took, _) = time_to_close(&mut s, NO_HANG).await;
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(4)).contains(&took),
+        "an idle connection closed after {took:?}"
+    );
+
+    // A request body that stops halfway: cut, on both listeners.
+    for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: orders\r\nContent-Length: 1000\r\n\r\nten bytes.",
+        )
+        .await
+        .unwrap();
+        let (took, out) = time_to_close(&mut s, NO_HANG).await;
+        assert!(
+            took < Duration::from_secs(4),
+            "{listener}: a stalled upload held for {took:?}: {out}"
+        );
+    }
+
+    // A response body that stops halfway: the caller's read fails.
+    let client = Client::via(proxy.outbound, false);
+    let req = Request::get("http://stuck/stream")
+        .body(remora_e2e::client::body(""))
+        .unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(NO_HANG, client.send_streaming(req))
+        .await
+        .expect("the head arrives")
+        .expect("the head arrives");
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(NO_HANG, response.into_body().collect()).await;
+    assert!(
+        matches!(body, Ok(Err(_))),
+        "a stalled response body must fail, not {body:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+/// A `Stream` over an mpsc receiver, without another dependency.
+fn tokio_stream<T>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static
+where
+    T: Send + 'static,
+{
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
+}
+
+#[tokio::test]
+async fn a_request_names_one_authority_and_the_app_receives_it() {
+    let app = Upstream::named("app").await;
+    let orders = Upstream::named("orders").await;
+    let proxy = Proxy::start(&mesh("orders", &orders), app.addr).await;
+    for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
+        // Two Host headers: refused (RFC 9112 §3.2).
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"GET /two HTTP/1.1\r\nHost: orders\r\nHost: evil\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (_, out) = time_to_close(&mut s, NO_HANG).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400") && out.contains("remora-error: bad-request"),
+            "{listener}: {out}"
+        );
+
+        // An absolute URI outranks Host, which the next hop receives
+        // replaced.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"GET http://orders/absolute HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (_, out) = time_to_close(&mut s, NO_HANG).await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{listener}: {out}");
+
+        // HTTP/2: a `host` that contradicts `:authority` is refused.
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut h2 = h2.ready().await.unwrap();
+        let req = Request::get("http://orders/contradicted")
+            .header("host", "evil")
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(req, true).unwrap();
+        let response = tokio::time::timeout(NO_HANG, response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 400, "{listener}");
+        assert_eq!(response.headers()["remora-error"], "bad-request");
+    }
+    for upstream in [&orders, &app] {
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 1, "only the absolute-form request arrives");
+        assert_eq!(seen[0].path, "/absolute");
+        assert_eq!(seen[0].headers["host"], "orders");
+    }
+}
+
+#[tokio::test]
+async fn an_http2_reader_that_never_opens_its_window_stalls_only_itself() {
+    const BIG: usize = 4 << 20;
+    let orders = Upstream::start(|_req| async move { text(vec![b'x'; BIG]) }).await;
+    // One HTTP/2 connection to the endpoint carries every caller's streams.
+    let mesh = format!(
+        "services:\n  orders:\n    protocol: http2\n    endpoints: [ {{ address: {} }} ]\n",
+        orders.addr
+    );
+    let proxy = Proxy::start(&mesh, orders.addr).await;
+
+    // Three streams for large responses, with a window of zero that is
+    // never opened.
+    let tcp = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (h2, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut stalled = Vec::new();
+    for i in 0..3 {
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let req = Request::get(format!("http://orders/stalled-{i}"))
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(req, true).unwrap();
+        let response = tokio::time::timeout(NO_HANG, response)
+            .await
+            .unwrap()
+            .unwrap();
+        // Head in hand, body never read.
+        stalled.push(response);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Beside them, normal clients read whole large responses.
+    for http2 in [false, true] {
+        let client = Client::via(proxy.outbound, http2);
+        let reply = tokio::time::timeout(NO_HANG, client.get("http://orders/normal"))
+            .await
+            .unwrap_or_else(|_| panic!("http2={http2}: stalled behind the zero-window reader"))
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body.len(), BIG);
+    }
+    drop(stalled);
+}
