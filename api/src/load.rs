@@ -357,6 +357,17 @@ fn check(mesh: &Mesh) -> Checker {
                     "give at most one of path, path_prefix and path_regex",
                 );
             }
+            for (header, value) in &m.headers {
+                // A value no request can carry would be dropped from the
+                // match, which would then take requests without it.
+                if value.chars().any(|c| c.is_ascii_control() && c != '\t') {
+                    c.problem(
+                        &at,
+                        &[key("match"), key("headers"), key(header.as_str())],
+                        "a header value cannot hold control characters",
+                    );
+                }
+            }
             for (k, p) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
                 if p.as_deref().is_some_and(|p| !p.starts_with('/')) {
                     c.problem(&at, &[key("match"), key(k)], "must start with '/'");

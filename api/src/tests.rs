@@ -206,6 +206,19 @@ fn split_weights_must_add_up_to_a_u32() {
 }
 
 #[test]
+fn a_header_value_no_request_can_carry_is_refused() {
+    let text = "services:\n  a:\n    routes:\n      - match: { headers: { x-a: \"1\\n\", x-b: \"\\t1\" } }\n";
+    let p = problems(text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].contains(
+            "services.a.routes[0].match.headers.x-a: a header value cannot hold control characters"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn path_regex_is_anchored_and_round_trips() {
     let mesh = parse_mesh(
         "m",
