@@ -17,4 +17,6 @@ pub use load::{parse_mesh, parse_mesh_with_notes, read_mesh, Checked, ConfigErro
 pub use mesh::*;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

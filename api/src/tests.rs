@@ -5,7 +5,7 @@ use super::*;
 
 /// The example of the design document, less the split to a service it
 /// does not define, plus that service.
-const FULL: &str = r#"
+pub(crate) const FULL: &str = r#"
 trust_domain: cluster.local
 services:
   orders-next:

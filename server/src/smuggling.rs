@@ -263,4 +263,93 @@ mod tests {
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n";
         assert_eq!(ambiguous(&[preface], 3), [false, false, false]);
     }
+
+    /// Pieces of HTTP/1 requests, so that generated streams are mostly
+    /// requests and reach every state; raw bytes for the rest.
+    #[derive(Clone, Copy, Debug, bolero::TypeGenerator)]
+    enum Token {
+        Piece(u8),
+        Byte(u8),
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\n",
+        b"POST /a HTTP/1.1\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"Host: a\r\n",
+        b"Content-Length: ",
+        b"content-length: 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"transfer-encoding: x\r\n",
+        b"\r\n",
+        b"0",
+        b"3",
+        b"a",
+        b";x=y",
+        b"abc",
+        b"0\r\n\r\n",
+        b"3\r\nabc\r\n",
+    ];
+
+    fn stream(tokens: &[Token]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for t in tokens {
+            match *t {
+                Token::Piece(i) => out.extend_from_slice(PIECES[usize::from(i) % PIECES.len()]),
+                Token::Byte(b) => out.push(b),
+            }
+        }
+        // A head larger than hyper takes ends the connection (431) however
+        // it arrives, but only one split into reads is refused here; under
+        // the limit, where hyper serves requests, the reads must not matter.
+        out.truncate(MAX_HEADER_BYTES);
+        out
+    }
+
+    /// What following `reads` found: the first ambiguous head and the
+    /// number of heads.
+    fn follow<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (u64, u64) {
+        let (mut framing, verdicts) = Framing::new();
+        for read in reads {
+            framing.feed(read);
+        }
+        let first = verdicts.first_ambiguous.load(Ordering::Relaxed);
+        (first, framing.heads)
+    }
+
+    #[test]
+    fn any_bytes_in_any_reads_are_followed_the_same_way() {
+        // A short random run here; `cargo bolero test` runs this target
+        // under a coverage-guided fuzzer for as long as it is given
+        // (docs/reliability.md).
+        bolero::check!()
+            .with_type::<(Vec<Token>, Vec<u16>)>()
+            .with_test_time(std::time::Duration::from_millis(500))
+            .for_each(|(tokens, cuts)| {
+                let bytes = stream(tokens);
+                let whole = follow([bytes.as_slice()]);
+                if whole.0 != NONE {
+                    assert!(whole.0 < whole.1, "an ambiguous head that was not counted");
+                }
+                let mut cuts: Vec<usize> = cuts
+                    .iter()
+                    .map(|c| usize::from(*c) % (bytes.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                let mut reads = Vec::new();
+                let mut start = 0;
+                for cut in cuts.into_iter().chain([bytes.len()]) {
+                    reads.push(&bytes[start..cut]);
+                    start = cut;
+                }
+                assert_eq!(
+                    follow(reads),
+                    whole,
+                    "{:?}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                // One byte at a time, the most a slow client splits.
+                assert_eq!(follow(bytes.chunks(1)), whole);
+            });
+    }
 }

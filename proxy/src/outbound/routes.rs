@@ -114,4 +114,118 @@ mod tests {
         assert!(!m.matches(&Method::GET, "/", &headers(&[("x-canary", "0")])));
         assert!(!m.matches(&Method::GET, "/", &http::HeaderMap::new()));
     }
+
+    mod properties {
+        //! The matching rules of docs/config.md under generated paths,
+        //! methods and headers.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Cases per property; `PROPTEST_CASES` in the environment runs
+        /// as many as it says.
+        fn config() -> ProptestConfig {
+            match std::env::var_os("PROPTEST_CASES") {
+                Some(_) => ProptestConfig::default(),
+                None => ProptestConfig::with_cases(128),
+            }
+        }
+
+        /// Paths from a small alphabet, so that one often starts with,
+        /// or equals, another.
+        fn path() -> impl Strategy<Value = String> {
+            "/[ab/]{0,5}"
+        }
+
+        /// Characters a regex takes literally.
+        fn literal_path() -> impl Strategy<Value = String> {
+            "/[a-zA-Z0-9/_-]{0,12}"
+        }
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop::sample::select(vec![
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+            ])
+        }
+
+        fn quoted(s: &str) -> String {
+            serde_yaml::to_string(s).unwrap().trim_end().to_string()
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn a_prefix_matches_exactly_the_paths_that_start_with_it(
+                prefix in path(),
+                suffix in "[ab/]{0,4}",
+                other in path(),
+                method in method(),
+            ) {
+                let none = http::HeaderMap::new();
+                let m = matcher(&format!("path_prefix: {}", quoted(&prefix)));
+                let longer = format!("{prefix}{suffix}");
+                prop_assert!(m.matches(&method, &longer, &none));
+                prop_assert_eq!(m.matches(&method, &other, &none), other.starts_with(&prefix));
+            }
+
+            #[test]
+            fn a_path_matches_itself_only(path in path(), other in path()) {
+                let none = http::HeaderMap::new();
+                let m = matcher(&format!("path: {}", quoted(&path)));
+                prop_assert!(m.matches(&Method::GET, &path, &none));
+                prop_assert_eq!(m.matches(&Method::GET, &other, &none), other == path);
+            }
+
+            #[test]
+            fn a_regex_matches_the_whole_path_only(
+                literal in literal_path(),
+                extra in "[a-z0-9/]{1,4}",
+            ) {
+                let none = http::HeaderMap::new();
+                let m = matcher(&format!("path_regex: {}", quoted(&literal)));
+                prop_assert!(m.matches(&Method::GET, &literal, &none));
+                let longer = format!("{literal}{extra}");
+                prop_assert!(!m.matches(&Method::GET, &longer, &none));
+                let after = format!("{extra}{literal}");
+                prop_assert!(!m.matches(&Method::GET, &after, &none));
+                prop_assert!(!m.matches(&Method::GET, &literal[..literal.len() - 1], &none));
+            }
+
+            #[test]
+            fn methods_listed_are_the_only_ones_matched(
+                listed in prop::collection::vec(method(), 0..4),
+                method in method(),
+            ) {
+                let names: Vec<&str> = listed.iter().map(Method::as_str).collect();
+                let m = matcher(&format!("methods: [{}]", names.join(", ")));
+                let want = listed.is_empty() || listed.contains(&method);
+                prop_assert_eq!(m.matches(&method, "/", &http::HeaderMap::new()), want);
+            }
+
+            #[test]
+            fn every_listed_header_must_carry_its_value(
+                wanted in prop::collection::btree_map("x-[ab]", "[01]", 0..3),
+                sent in prop::collection::vec(("x-[abc]", "[01]"), 0..5),
+            ) {
+                let conditions: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}: '{v}'")).collect();
+                let m = matcher(&format!("headers: {{ {} }}", conditions.join(", ")));
+                let mut request = http::HeaderMap::new();
+                for (k, v) in &sent {
+                    request.append(
+                        HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+                // A header sent twice matches if either value does.
+                let want = wanted.iter().all(|(k, v)| sent.iter().any(|s| (&s.0, &s.1) == (k, v)));
+                prop_assert_eq!(m.matches(&Method::GET, "/", &request), want);
+            }
+        }
+    }
 }

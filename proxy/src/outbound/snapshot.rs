@@ -370,4 +370,120 @@ mod tests {
         drop(one);
         assert!(svc.admit().is_some());
     }
+
+    mod properties {
+        //! A service's routes are tried in order and the first that
+        //! matches takes the request, checked against a model of the
+        //! rules docs/config.md gives.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A route's match, written from small alphabets so that routes
+        /// often overlap.
+        #[derive(Clone, Debug)]
+        struct Match {
+            path: Option<(&'static str, String)>,
+            method: Option<&'static str>,
+            header: Option<&'static str>,
+        }
+
+        impl Match {
+            fn yaml(&self) -> String {
+                let mut parts = Vec::new();
+                if let Some((kind, p)) = &self.path {
+                    parts.push(format!("{kind}: '{p}'"));
+                }
+                if let Some(m) = self.method {
+                    parts.push(format!("methods: [{m}]"));
+                }
+                if let Some(v) = self.header {
+                    parts.push(format!("headers: {{ x-a: '{v}' }}"));
+                }
+                format!("{{ {} }}", parts.join(", "))
+            }
+
+            /// The documented rules, written out for this alphabet.
+            fn holds(&self, method: &str, path: &str, header: Option<&str>) -> bool {
+                let path_ok = match &self.path {
+                    None => true,
+                    Some(("path", p)) => path == p,
+                    Some(("path_prefix", p)) => path.starts_with(p.as_str()),
+                    // `/[ab]*` anchored: a slash, then only a and b.
+                    Some(_) => path
+                        .strip_prefix('/')
+                        .is_some_and(|rest| rest.chars().all(|c| c == 'a' || c == 'b')),
+                };
+                path_ok
+                    && self.method.is_none_or(|m| m == method)
+                    && self.header.is_none_or(|v| header == Some(v))
+            }
+        }
+
+        /// Cases per property; `PROPTEST_CASES` in the environment runs
+        /// as many as it says.
+        fn config() -> ProptestConfig {
+            match std::env::var_os("PROPTEST_CASES") {
+                Some(_) => ProptestConfig::default(),
+                None => ProptestConfig::with_cases(128),
+            }
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            "/[ab/]{0,4}"
+        }
+
+        fn a_match() -> impl Strategy<Value = Match> {
+            let path = prop_oneof![
+                Just(None),
+                path().prop_map(|p| Some(("path", p))),
+                path().prop_map(|p| Some(("path_prefix", p))),
+                Just(Some(("path_regex", "/[ab]*".to_string()))),
+            ];
+            let method = prop::option::of(prop::sample::select(vec!["GET", "POST"]));
+            let header = prop::option::of(prop::sample::select(vec!["0", "1"]));
+            (path, method, header).prop_map(|(path, method, header)| Match {
+                path,
+                method,
+                header,
+            })
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn the_first_matching_route_takes_the_request(
+                matches in prop::collection::vec(a_match(), 0..5),
+                method in prop::sample::select(vec!["GET", "POST"]),
+                path in path(),
+                header in prop::option::of(prop::sample::select(vec!["0", "1"])),
+            ) {
+                let routes: String = matches.iter().map(|m| format!("      - match: {}\n", m.yaml())).collect();
+                let yaml = if matches.is_empty() {
+                    "services:\n  a: {}\n".to_string()
+                } else {
+                    format!("services:\n  a:\n    routes:\n{routes}")
+                };
+                let snapshot = compile(&yaml);
+                let mut headers = http::HeaderMap::new();
+                if let Some(v) = header {
+                    headers.insert("x-a", http::HeaderValue::from_static(v));
+                }
+                let taken = snapshot.services["a"]
+                    .route(&method.parse().unwrap(), &path, &headers)
+                    .map(|r| r.labels.route.to_string());
+                let want = if matches.is_empty() {
+                    Some(DEFAULT_ROUTE.to_string())
+                } else {
+                    matches
+                        .iter()
+                        .position(|m| m.holds(method, &path, header))
+                        .map(|i| format!("route-{i}"))
+                };
+                prop_assert_eq!(taken, want, "{}", yaml);
+            }
+        }
+    }
 }
