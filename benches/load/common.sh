@@ -50,7 +50,9 @@ used_ports=()
 pick_port() {
 	local p i
 	for ((i = 0; i < 200; i++)); do
-		p=$((20000 + RANDOM % 30000))
+		# Below the ephemeral range (32768 up), where the many client
+		# connections of a run take their local ports.
+		p=$((10000 + RANDOM % 22000))
 		[[ " ${used_ports[*]} " == *" $p "* ]] && continue
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 			used_ports+=("$p")

@@ -214,13 +214,29 @@ where
         addr: SocketAddr,
         activity: &Arc<Activity>,
     ) {
-        let Some(tls) = &self.settings.tls else {
-            let peer = Peer {
-                addr,
-                identity: None,
-            };
-            return self.http(stream, peer, activity).await;
-        };
+        match &self.settings.tls {
+            None => {
+                let peer = Peer {
+                    addr,
+                    identity: None,
+                };
+                self.http(stream, peer, activity).await
+            }
+            // Boxed: a TLS connection's state is several times a plaintext
+            // one's, and every connection's task would be sized for it.
+            Some(tls) => Box::pin(self.tls_or_plaintext(tls, stream, addr, activity)).await,
+        }
+    }
+
+    /// A connection to a listener that takes TLS: served over mutual TLS
+    /// when it starts a handshake, else as the plaintext policy says.
+    async fn tls_or_plaintext(
+        &self,
+        tls: &ServerTls,
+        stream: TcpStream,
+        addr: SocketAddr,
+        activity: &Arc<Activity>,
+    ) {
         let metrics = self.settings.metrics.as_ref();
         // The handshake is part of the time to the first request.
         let deadline = activity.opened() + self.limits.header_read;
