@@ -387,9 +387,10 @@ impl Balancer {
         }
         let now = Instant::now();
         let usable = |e: &Arc<Endpoint>| {
-            avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && e.is_healthy() && !e.breaker.is_ejected(now)
+            avoid.is_none_or(|a| !Arc::ptr_eq(a, e)) && e.is_healthy() && e.breaker.admits(now)
         };
         if let Some(e) = self.pick_where(endpoints, hash_key, &usable) {
+            e.breaker.sent(now);
             return Some(e);
         }
         let not_avoided = |e: &Arc<Endpoint>| avoid.is_none_or(|a| !Arc::ptr_eq(a, e));

@@ -2,8 +2,9 @@
 //! An endpoint leaves balancing when a connection to it cannot be made, or
 //! after `consecutive_failures` failed tries in a row (within the backend's
 //! `max_ejected_percent`). It stays out for `base_ejection`, then comes
-//! back on probation: its next failure ejects it again for twice as long
-//! (up to `max_ejection`), its next success restores it in full. Each
+//! back on probation: one request at a time (its probe) goes to it, and
+//! the probe's failure ejects it again for twice as long (up to
+//! `max_ejection`), its success restores it in full. Each
 //! endpoint holds its [`Breaker`]; each try feeds it (`attempt`), which
 //! logs and counts an ejection in `remora_circuit_breaker_ejections_total`.
 
@@ -16,6 +17,10 @@ use remora_api::CircuitBreaker;
 /// Repeat ejections double at most this many times before `max_ejection`
 /// caps them anyway; it keeps the arithmetic from overflowing.
 const MAX_DOUBLINGS: u32 = 16;
+/// A probe that has reported nothing for this long (its caller gave up
+/// and the try was dropped) no longer holds the endpoint's probation: the
+/// next request may probe.
+const PROBE_LOST: Duration = Duration::from_secs(10);
 
 /// Where an endpoint stands with its breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +29,8 @@ pub enum BreakerState {
     Active,
     /// Out of balancing for this long yet.
     Ejected(Duration),
-    /// Back in balancing after an ejection; one failure sends it out again.
+    /// Back in balancing after an ejection, one request at a time; one
+    /// failure sends it out again.
     Probation,
 }
 
@@ -62,11 +68,41 @@ pub struct Breaker {
     /// The current ejection is for an unreachable endpoint: one that does
     /// not count against `max_ejected_percent`.
     unreachable: AtomicBool,
+    /// When the probe of the current probation was sent, as nanoseconds
+    /// since [`epoch`]; 0 = none yet.
+    probe_sent: AtomicU64,
 }
 
 impl Breaker {
     pub fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > nanos_since_epoch(now)
+    }
+
+    /// Whether a request may go to the endpoint now: always when active,
+    /// never while ejected, and on probation only when no probe is out.
+    /// Without it, every request that picked the endpoint before its probe
+    /// failed would wait out the same failure.
+    pub fn admits(&self, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = nanos_since_epoch(now);
+        if until > now {
+            return false;
+        }
+        let probe = self.probe_sent.load(Ordering::Relaxed);
+        probe == 0 || now.saturating_sub(probe) > PROBE_LOST.as_nanos() as u64
+    }
+
+    /// A request was sent to the endpoint: on probation, it is the probe.
+    pub fn sent(&self, now: Instant) {
+        if self.ejected_until.load(Ordering::Relaxed) != 0
+            && self.state(now) == BreakerState::Probation
+        {
+            self.probe_sent
+                .store(nanos_since_epoch(now).max(1), Ordering::Relaxed);
+        }
     }
 
     pub fn state(&self, now: Instant) -> BreakerState {
@@ -107,6 +143,7 @@ impl Breaker {
         let mut ejections = self.ejections.lock().unwrap_or_else(|e| e.into_inner());
         if !self.is_ejected(now) {
             self.ejected_until.store(0, Ordering::Relaxed);
+            self.probe_sent.store(0, Ordering::Relaxed);
             *ejections = 0;
         }
     }
@@ -147,6 +184,7 @@ impl Breaker {
         let lasts = (policy.base_ejection.get() * factor).min(policy.max_ejection.get());
         self.ejected_until
             .store(nanos_since_epoch(now + lasts).max(1), Ordering::Relaxed);
+        self.probe_sent.store(0, Ordering::Relaxed);
         *ejections += 1;
         self.consecutive_failures.store(0, Ordering::Relaxed);
         true
@@ -240,6 +278,33 @@ mod tests {
             // On probation, one failure is enough.
             assert!(fail(&b, &p, 1, now), "ejection {}", doubling + 1);
         }
+    }
+
+    #[test]
+    fn on_probation_one_probe_at_a_time_is_admitted() {
+        let (b, p) = (Breaker::default(), policy(1));
+        let mut now = Instant::now();
+        assert!(b.admits(now));
+        b.sent(now); // active: no probe
+        assert!(b.admits(now));
+        assert!(fail(&b, &p, 1, now));
+        assert!(!b.admits(now), "ejected");
+        now += BASE;
+        assert!(b.admits(now), "on probation, the first request probes");
+        b.sent(now);
+        assert!(!b.admits(now), "no second request while the probe is out");
+        // The probe fails: out again, and the next probation probes anew.
+        assert!(fail(&b, &p, 1, now));
+        now += 2 * BASE;
+        assert!(b.admits(now));
+        b.sent(now);
+        // A probe that never reports stops holding the endpoint.
+        assert!(b.admits(now + PROBE_LOST + Duration::from_millis(1)));
+        // Its success restores the endpoint: every request is admitted.
+        b.record_success();
+        b.end_probation(now);
+        b.sent(now);
+        assert!(b.admits(now));
     }
 
     #[test]
