@@ -119,6 +119,46 @@ async fn connections_without_a_request_are_cut_on_every_listener_of_both_binarie
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_outlives_the_header_read_timeout_but_not_a_slow_head() {
+    let app = Upstream::named("app").await;
+    let proxy = Proxy::start_with(
+        &mesh("orders", &app),
+        app.addr,
+        &["--header-read-timeout", "1s"],
+    )
+    .await;
+    let request = b"GET /again HTTP/1.1\r\nHost: orders\r\n\r\n";
+    let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
+    let mut buf = [0u8; 1024];
+    s.write_all(request).await.unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Idle for twice the header read timeout: a client's pool may keep a
+    // connection that long, and its next request must not meet a close.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.write_all(request).await.unwrap();
+    let n = tokio::time::timeout(NO_HANG, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // A head begun and never finished has the header read timeout.
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: ord")
+        .await
+        .unwrap();
+    let (took, _) = time_to_close(&mut s, NO_HANG).await;
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&took),
+        "a slow head closed after {took:?}"
+    );
+    assert_eq!(app.hits(), 2);
+}
+
+#[tokio::test]
 async fn a_flood_of_silent_connections_does_not_lock_out_real_clients() {
     rlimit::increase_nofile_limit(u64::MAX).expect("raising the open files limit");
     let app = Upstream::named("app").await;

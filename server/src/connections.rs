@@ -34,9 +34,12 @@ pub struct Limits {
 
 /// Tighter than Envoy's 15s listener timeout.
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
-/// Well past the 4s a remora client keeps an idle connection (and the 5s
-/// of Node.js), so that a client's pool lets go first.
-pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// Envoy's: a client that keeps an idle connection longer than the
+/// server meets, now and then, a connection closed under its next request;
+/// clients' pools let go long before (remora's after 4s, Go's after 90s).
+/// Idle connections cost the listener little: at its cap they are the
+/// first to go.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "1h";
 /// Envoy's stream idle timeout.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: &str = "5m";
 /// The admin listeners serve probes and scrapes, a few at a time.
@@ -131,8 +134,14 @@ pub struct Activity {
     last_response_ms: AtomicU64,
     /// Set by every read and write, taken by the watchdog.
     moved: AtomicBool,
+    /// When an HTTP/1 head that arrives in parts began, in milliseconds
+    /// after `opened` (plus one, so that 0 means none).
+    head_begun_ms: AtomicU64,
     /// Told when the listener sheds this connection.
     shed: Notify,
+    /// Wakes the watchdog when a head begins to arrive in parts, so that
+    /// its limit is kept however long the connection was idle before.
+    head_begun: Notify,
 }
 
 impl Activity {
@@ -143,7 +152,9 @@ impl Activity {
             started: AtomicBool::new(false),
             last_response_ms: AtomicU64::new(0),
             moved: AtomicBool::new(false),
+            head_begun_ms: AtomicU64::new(0),
             shed: Notify::new(),
+            head_begun: Notify::new(),
         }
     }
 
@@ -155,6 +166,9 @@ impl Activity {
     /// with its response.
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.started.store(true, Ordering::Relaxed);
+        if self.head_begun_ms.load(Ordering::Relaxed) != 0 {
+            self.head_begun_ms.store(0, Ordering::Relaxed);
+        }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.moved.store(true, Ordering::Relaxed);
         InFlight(self.clone())
@@ -165,9 +179,25 @@ impl Activity {
         self.moved.store(true, Ordering::Relaxed);
     }
 
+    /// An HTTP/1 head is arriving in parts: from now it has the header
+    /// read limit to be whole.
+    pub fn head_in_parts(&self) {
+        if self.head_begun_ms.load(Ordering::Relaxed) == 0 {
+            let since_open = Instant::now().duration_since(self.opened);
+            let ms = u64::try_from(since_open.as_millis()).unwrap_or(u64::MAX - 1);
+            self.head_begun_ms.store(ms + 1, Ordering::Relaxed);
+            self.head_begun.notify_one();
+        }
+    }
+
     /// Resolves when the listener sheds this connection.
     pub async fn shed(&self) {
         self.shed.notified().await
+    }
+
+    /// Resolves when a head begins to arrive in parts.
+    pub async fn head_begun(&self) {
+        self.head_begun.notified().await
     }
 
     fn is_idle(&self) -> bool {
@@ -205,11 +235,18 @@ impl Activity {
             };
         }
         *last_progress = now;
+        let head_deadline = match self.head_begun_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.opened + Duration::from_millis(ms - 1) + limits.header_read),
+        };
+        if head_deadline.is_some_and(|d| now >= d) {
+            return Verdict::Silent;
+        }
         let deadline = self.idle_since() + limits.idle;
         if now >= deadline {
             Verdict::Idle
         } else {
-            Verdict::CheckAt(deadline)
+            Verdict::CheckAt(head_deadline.map_or(deadline, |d| d.min(deadline)))
         }
     }
 }
@@ -219,7 +256,8 @@ impl Activity {
 pub enum Verdict {
     /// Nothing yet: look again then.
     CheckAt(Instant),
-    /// No request head within the first-request limit: cut.
+    /// No request head within the first-request limit, or a later head
+    /// not whole within the header read limit of its first part: cut.
     Silent,
     /// Nothing to do for the idle limit: closed gracefully.
     Idle,
@@ -389,6 +427,38 @@ mod tests {
             activity.verdict(ended + Duration::from_secs(60), &limits(), &mut progress),
             Verdict::Idle
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_head_in_parts_has_the_header_read_limit_from_its_first_part() {
+        let table = Table::new(2);
+        let admitted = table.admit(Instant::now()).unwrap();
+        let activity = &admitted.activity;
+        let mut progress = Instant::now();
+        drop(activity.request_started());
+        // Idle long past the header read limit: still open.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let now = Instant::now();
+        assert_eq!(
+            activity.verdict(now, &limits(), &mut progress),
+            Verdict::CheckAt(now + Duration::from_secs(30))
+        );
+        activity.head_in_parts();
+        let begun = Instant::now();
+        assert_eq!(
+            activity.verdict(begun, &limits(), &mut progress),
+            Verdict::CheckAt(begun + Duration::from_secs(10))
+        );
+        assert_eq!(
+            activity.verdict(begun + Duration::from_secs(10), &limits(), &mut progress),
+            Verdict::Silent
+        );
+        // A head that completes ends the timer.
+        drop(activity.request_started());
+        assert!(matches!(
+            activity.verdict(begun + Duration::from_secs(10), &limits(), &mut progress),
+            Verdict::CheckAt(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]

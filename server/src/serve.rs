@@ -123,7 +123,11 @@ pub async fn serve<S, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.limits.header_read)
+        // hyper's own header timer runs from the end of a response, so it
+        // closes a kept-alive connection idle for that long, under the
+        // client's next request as likely as not. Heads are timed here
+        // instead: the first from accept, a later one from its first part.
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     builder
@@ -342,6 +346,7 @@ where
                     conn.as_mut().graceful_shutdown();
                     closing_since = Some(Instant::now());
                 }
+                () = activity.head_begun() => check.as_mut().reset(Instant::now()),
                 () = &mut check => {
                     let now = Instant::now();
                     if let Some(since) = closing_since {
@@ -440,6 +445,9 @@ impl<IO: AsyncRead> AsyncRead for Counted<IO> {
                 read.inc_by(n as u64);
             }
             this.framing.feed(&buf.filled()[before..]);
+            if this.framing.head_in_parts() {
+                this.activity.head_in_parts();
+            }
         }
         result
     }

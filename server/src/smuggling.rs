@@ -84,6 +84,13 @@ impl Framing {
         (framing, verdicts)
     }
 
+    /// Whether a request head has begun to arrive and is not whole yet: a
+    /// client that sends its head in parts. A head whole in one read never
+    /// is.
+    pub fn head_in_parts(&self) -> bool {
+        matches!(self.state, State::Head) && !self.partial.is_empty()
+    }
+
     /// Follows `data`, the next bytes read from the connection.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
