@@ -1079,3 +1079,69 @@ async fn a_request_a_graceful_goaway_did_not_take_goes_to_another_endpoint() {
         "{metrics}"
     );
 }
+
+/// An HTTP/1.1 endpoint that reads each request's head and then resets
+/// the connection unanswered, as an endpoint killed mid-request does;
+/// counts the requests it took.
+async fn resets_mid_request() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Closed with a RST rather than a FIN.
+                let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    (addr, taken)
+}
+
+#[tokio::test]
+async fn a_get_whose_endpoint_resets_mid_request_goes_to_another_a_post_does_not() {
+    let (resets, taken) = resets_mid_request().await;
+    let live = Upstream::named("live").await;
+    let mesh = format!(
+        "services:\n  orders:\n    load_balancer: round-robin\n    circuit_breaker: {{ enabled: false }}\n    endpoints: [ {{ address: {resets} }}, {{ address: {} }} ]\n",
+        live.addr
+    );
+    let proxy = Proxy::start(&mesh, dead_address().await).await;
+    let client = Client::via(proxy.outbound, false);
+    for i in 0..6 {
+        let r = client.get(&format!("http://orders/{i}")).await.unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "live"),
+            "GET {i}"
+        );
+    }
+    assert!(taken.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    let metrics = proxy.metrics().await;
+    assert!(retries(&metrics, "orders", "reset") >= 3.0, "{metrics}");
+    // A POST may have had its effect: the caller is told instead.
+    let mut failed = 0;
+    for i in 0..4 {
+        let req = Request::post("http://orders/orders")
+            .body(body(format!("{i}")))
+            .unwrap();
+        let r = client.send(req).await.unwrap();
+        if r.status != 200 {
+            assert_eq!(r.header("remora-error"), Some("upstream-reset"));
+            failed += 1;
+        }
+    }
+    assert!(failed >= 1, "no POST met the endpoint that resets");
+}

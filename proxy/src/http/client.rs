@@ -166,22 +166,23 @@ pub enum SendFailure {
     /// The endpoint turned the request away unprocessed: an HTTP/2
     /// `REFUSED_STREAM`, or a graceful `GOAWAY` that did not include it.
     Refused(String),
-    /// The connection broke before a response arrived. `closed` when it
-    /// was closed under the request with no answer, as a server does to a
-    /// kept-alive connection it times out just as a request arrives.
-    Reset { reason: String, closed: bool },
+    /// The connection broke before a response arrived: closed under the
+    /// request with no answer (as a server does to a kept-alive connection
+    /// it times out just as a request arrives), or reset (an endpoint
+    /// killed mid-request), or the stream reset.
+    Reset(String),
     /// The caller's request body failed while it was being sent.
     CallerBody(String),
 }
 
 impl SendFailure {
     /// What the failure allows: the request had no effect anywhere, or
-    /// its connection closed under it unanswered, or neither.
+    /// it went unanswered, or the caller's body failed.
     pub fn resend(&self) -> Resend {
         match self {
             SendFailure::Connect(_) | SendFailure::Refused(_) => Resend::Always,
-            SendFailure::Reset { closed: true, .. } => Resend::IfIdempotent,
-            SendFailure::Reset { closed: false, .. } | SendFailure::CallerBody(_) => Resend::Never,
+            SendFailure::Reset(_) => Resend::IfIdempotent,
+            SendFailure::CallerBody(_) => Resend::Never,
         }
     }
 }
@@ -192,9 +193,10 @@ pub enum Resend {
     /// It never reached its endpoint, or the endpoint turned it away
     /// unprocessed: any method may go again.
     Always,
-    /// Its connection was closed under it with no answer (a kept-alive
-    /// connection the server timed out as the request arrived): an
-    /// idempotent method may go again (RFC 9110 §9.2.2).
+    /// Its connection broke before an answer (a kept-alive connection the
+    /// server timed out as the request arrived, an endpoint killed
+    /// mid-request): an idempotent method may go again, as RFC 9110
+    /// §9.2.2 allows after a communication failure.
     IfIdempotent,
     /// It got an answer, or may have been processed.
     Never,
@@ -215,7 +217,6 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
     let mut caller = false;
     let mut timed_out = false;
     let mut refused = false;
-    let mut closed = false;
     let mut source = err.source();
     while let Some(s) = source {
         reason = s.to_string();
@@ -223,14 +224,10 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
         timed_out |= s
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
-        if let Some(e) = s.downcast_ref::<hyper::Error>() {
-            closed |= e.is_incomplete_message();
-        }
         if let Some(e) = s.downcast_ref::<h2::Error>() {
             refused |= e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM);
             // A graceful GOAWAY fails only the streams it did not take.
             refused |= e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR);
-            closed |= e.is_go_away() && e.is_remote();
         }
         source = s.source();
     }
@@ -248,7 +245,7 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> SendFailure {
     } else if refused {
         SendFailure::Refused(reason)
     } else {
-        SendFailure::Reset { reason, closed }
+        SendFailure::Reset(reason)
     }
 }
 
@@ -259,19 +256,15 @@ mod tests {
     #[test]
     fn what_each_failure_allows_to_resend() {
         let (get, post) = (http::Method::GET, http::Method::POST);
-        let reset = |closed| SendFailure::Reset {
-            reason: String::new(),
-            closed,
-        };
+        let reset = SendFailure::Reset(String::new());
         for never_sent in [
             SendFailure::Connect(String::new()),
             SendFailure::Refused(String::new()),
         ] {
             assert!(never_sent.resend().allows(&post), "{never_sent:?}");
         }
-        assert!(reset(true).resend().allows(&get));
-        assert!(!reset(true).resend().allows(&post));
-        assert!(!reset(false).resend().allows(&get));
+        assert!(reset.resend().allows(&get));
+        assert!(!reset.resend().allows(&post));
         assert!(!SendFailure::CallerBody(String::new()).resend().allows(&get));
     }
 }

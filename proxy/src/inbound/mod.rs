@@ -272,8 +272,8 @@ impl Inbound {
         let client = if http2 { &self.http2 } else { &self.http1 };
         let sent = if body.is_end_stream() {
             // A request with no body can go again as it is: an idempotent
-            // one does when the app closed the pooled connection under it
-            // unanswered (its keep-alive timing out as the request arrived).
+            // one does when its connection broke unanswered (the app's
+            // keep-alive timing out as the request arrived, say).
             // The app is the only endpoint, so a refused one is not retried.
             let again = head.method.is_idempotent().then(|| head.clone());
             let first = client.request(Request::from_parts(head, crate::http::empty()));
@@ -296,9 +296,7 @@ impl Inbound {
             }
             Err(e) => {
                 let reason = match classify(&e) {
-                    SendFailure::Connect(r)
-                    | SendFailure::Refused(r)
-                    | SendFailure::Reset { reason: r, .. } => r,
+                    SendFailure::Connect(r) | SendFailure::Refused(r) | SendFailure::Reset(r) => r,
                     SendFailure::CallerBody(r) => {
                         return (
                             ProxyError::RequestBody(r).into_response(),

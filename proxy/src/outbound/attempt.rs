@@ -120,7 +120,7 @@ pub async fn run(
                     Fault::Failed,
                     ProxyError::UpstreamReset { endpoint, reason },
                 ),
-                SendFailure::Reset { reason, .. } => (
+                SendFailure::Reset(reason) => (
                     Failure::Reset,
                     Fault::Failed,
                     ProxyError::UpstreamReset { endpoint, reason },
