@@ -402,3 +402,284 @@ async fn an_http2_reader_that_never_opens_its_window_stalls_only_itself() {
     }
     drop(stalled);
 }
+
+/// The HTTP/2 connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// One HTTP/2 frame, as written on the wire.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK integer with a prefix of `bits` bits, its first byte or'ed
+/// with `first`.
+fn hpack_int(first: u8, bits: u32, value: usize) -> Vec<u8> {
+    let max = (1usize << bits) - 1;
+    if value < max {
+        return vec![first | value as u8];
+    }
+    let mut out = vec![first | max as u8];
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+    out
+}
+
+/// A header field as an HPACK literal without indexing, not Huffman-coded.
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend(hpack_int(0, 7, name.len()));
+    out.extend_from_slice(name.as_bytes());
+    out.extend(hpack_int(0, 7, value.len()));
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// The header block of `GET path` for `orders`.
+fn get_block(path: &str) -> Vec<u8> {
+    [
+        literal(":method", "GET"),
+        literal(":scheme", "http"),
+        literal(":path", path),
+        literal(":authority", "orders"),
+    ]
+    .concat()
+}
+
+/// Writes `frames` on a new HTTP/2 connection to `addr`, reading all the
+/// while; whether the proxy ended the connection (closed it, or sent
+/// GOAWAY) by `wait` after the last frame, and how much had been written
+/// by then.
+async fn flood(
+    addr: std::net::SocketAddr,
+    frames: impl Iterator<Item = Vec<u8>>,
+    wait: Duration,
+) -> (bool, usize) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = s.into_split();
+    // Reads the proxy's frames until it closes the connection or sends
+    // GOAWAY.
+    let ended = tokio::spawn(async move {
+        let mut header = [0u8; 9];
+        loop {
+            if reader.read_exact(&mut header).await.is_err() {
+                return true;
+            }
+            if header[3] == GOAWAY {
+                return true;
+            }
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if reader.read_exact(&mut payload).await.is_err() {
+                return true;
+            }
+        }
+    });
+    let mut written = 0;
+    let mut ended = std::pin::pin!(ended);
+    let _ = writer.write_all(PREFACE).await;
+    let _ = writer.write_all(&frame(SETTINGS, 0, 0, &[])).await;
+    for f in frames {
+        tokio::select! {
+            biased;
+            done = &mut ended => return (done.unwrap_or(false), written),
+            sent = writer.write_all(&f) => {
+                if sent.is_err() {
+                    break;
+                }
+                written += f.len();
+            }
+        }
+    }
+    let done = tokio::time::timeout(wait, ended).await;
+    (done.is_ok_and(|r| r.unwrap_or(false)), written)
+}
+
+#[tokio::test]
+async fn http2_floods_end_the_attacking_connection_and_spare_everyone_else() {
+    let app = Upstream::named("app").await;
+    let orders = Upstream::named("orders").await;
+    let proxy = Proxy::start(&mesh("orders", &orders), app.addr).await;
+    let served = |addr| async move {
+        let reply = tokio::time::timeout(NO_HANG, Client::via(addr, true).get("http://orders/ok"))
+            .await
+            .expect("a normal client is served")
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    };
+    for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
+        // A header list that never ends: HEADERS, then CONTINUATION after
+        // CONTINUATION (16 KiB each), up to 64 MiB.
+        let filler = literal("x-flood", &"a".repeat(16_000));
+        let continuation = std::iter::once(frame(HEADERS, 0, 1, &get_block("/flood")))
+            .chain(std::iter::repeat_with(|| frame(CONTINUATION, 0, 1, &filler)).take(4096));
+        let (ended, written) = flood(addr, continuation, NO_HANG).await;
+        println!("{listener}: CONTINUATION flood ended={ended} after {written} bytes");
+        assert!(ended, "{listener}: a CONTINUATION flood was read for ever");
+        assert!(
+            written < 8 << 20,
+            "{listener}: {written} bytes of header list read"
+        );
+        served(addr).await;
+
+        // Rapid reset: a stream opened and cancelled at once, 20,000 times.
+        let hits_before = orders.hits() + app.hits();
+        let rapid_reset = (0..20_000u32).flat_map(|i| {
+            let stream = 2 * i + 1;
+            [
+                frame(
+                    HEADERS,
+                    END_HEADERS | END_STREAM,
+                    stream,
+                    &get_block("/reset"),
+                ),
+                frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()),
+            ]
+        });
+        let (ended, written) = flood(addr, rapid_reset, NO_HANG).await;
+        let reached = orders.hits() + app.hits() - hits_before;
+        println!("{listener}: rapid reset ended={ended} after {written} bytes, {reached} reached");
+        assert!(ended, "{listener}: rapid reset was taken for ever");
+        assert!(
+            reached < 2_000,
+            "{listener}: {reached} reset streams reached the app"
+        );
+        served(addr).await;
+
+        // A SETTINGS flood: each is acknowledged, on the attacker's own
+        // connection, while everyone else is served.
+        let settings = std::iter::repeat_with(|| frame(SETTINGS, 0, 0, &[])).take(200_000);
+        let (ended, written) = flood(addr, settings, Duration::from_millis(200)).await;
+        println!("{listener}: SETTINGS flood ended={ended} after {written} bytes");
+        served(addr).await;
+
+        // 1 MiB of headers in one list: refused, the connection ended or
+        // the stream reset, and the proxy goes on.
+        let big = literal("x-big", &"b".repeat(1 << 20));
+        let mut block = get_block("/big");
+        block.extend_from_slice(&big);
+        let mut frames = Vec::new();
+        let mut chunks = block.chunks(16_384).peekable();
+        let first = chunks.next().unwrap();
+        let flags = if chunks.peek().is_none() {
+            END_HEADERS | END_STREAM
+        } else {
+            END_STREAM
+        };
+        frames.push(frame(HEADERS, flags, 1, first));
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            frames.push(frame(
+                CONTINUATION,
+                if last { END_HEADERS } else { 0 },
+                1,
+                chunk,
+            ));
+        }
+        let (ended, written) = flood(addr, frames.into_iter(), NO_HANG).await;
+        println!("{listener}: 1 MiB header list ended={ended} after {written} bytes");
+        served(addr).await;
+        assert!(
+            orders
+                .seen()
+                .iter()
+                .chain(app.seen().iter())
+                .all(|s| s.path != "/big" && s.path != "/flood"),
+            "{listener}: a refused header list reached the app"
+        );
+    }
+}
+
+#[tokio::test]
+async fn obs_fold_and_nul_bytes_in_headers_are_refused() {
+    let app = Upstream::named("app").await;
+    let orders = Upstream::named("orders").await;
+    let proxy = Proxy::start(&mesh("orders", &orders), app.addr).await;
+    let heads: [&[u8]; 3] = [
+        b"GET /folded HTTP/1.1\r\nHost: orders\r\nX-A: a\r\n folded\r\nConnection: close\r\n\r\n",
+        b"GET /nul HTTP/1.1\r\nHost: orders\r\nX-A: a\0b\r\nConnection: close\r\n\r\n",
+        b"GET /nul-name HTTP/1.1\r\nHost: orders\r\nX-\0A: a\r\nConnection: close\r\n\r\n",
+    ];
+    for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
+        for head in heads {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let _ = s.write_all(head).await;
+            let (_, out) = time_to_close(&mut s, NO_HANG).await;
+            assert!(
+                out.is_empty() || out.starts_with("HTTP/1.1 400"),
+                "{listener}, {:?}: {out}",
+                String::from_utf8_lossy(head).lines().next()
+            );
+        }
+    }
+    assert_eq!(
+        orders.hits() + app.hits(),
+        0,
+        "no such request reaches anyone"
+    );
+}
+
+/// The proxy's peak resident memory so far, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_100_mb_body_streams_through_in_constant_memory() {
+    const MIB: usize = 1 << 20;
+    let app = Upstream::named("app").await;
+    // Drains the body and says how much it read.
+    let orders = Upstream::start(|req: Request<hyper::body::Incoming>| async move {
+        let mut body = req.into_body();
+        let mut read = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                read += data.len();
+            }
+        }
+        text(read.to_string())
+    })
+    .await;
+    let proxy = Proxy::start(&mesh("orders", &orders), app.addr).await;
+    // Warm: the connections and buffers of an ordinary request.
+    let client = Client::via(proxy.outbound, false);
+    client.get("http://orders/warm").await.unwrap();
+    let before = peak_rss_kib(proxy.pid());
+    let chunk = Bytes::from(vec![b'x'; MIB]);
+    let frames = (0..100).map(move |_| {
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk.clone()))
+    });
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )));
+    let req = Request::post("http://orders/upload").body(body).unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(60), client.send(req))
+        .await
+        .expect("100 MB within a minute")
+        .unwrap();
+    assert_eq!(reply.text(), (100 * MIB).to_string());
+    let grew = peak_rss_kib(proxy.pid()).saturating_sub(before);
+    assert!(
+        grew < 16 * 1024,
+        "the proxy's peak RSS grew by {grew} KiB for a 100 MB body"
+    );
+}
