@@ -27,6 +27,11 @@ fn mesh(service: &str, upstream: &Upstream) -> String {
     )
 }
 
+/// A proxy whose app is `app`, which is also the one endpoint of `orders`.
+async fn orders_is_the_app(app: &Upstream, extra: &[&str]) -> Proxy {
+    Proxy::start_with(&mesh("orders", app), app.addr, extra).await
+}
+
 /// Reads until the peer closes the connection (or resets it); how long that
 /// took, and what was read.
 async fn time_to_close(s: &mut TcpStream, limit: Duration) -> (Duration, String) {
@@ -46,6 +51,15 @@ async fn time_to_close(s: &mut TcpStream, limit: Duration) -> (Duration, String)
     )
 }
 
+/// Writes `bytes` on a new connection to `addr` and reads until the
+/// proxy closes it: how long that took, and what it answered.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> (Duration, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The proxy may refuse and close before it has read everything.
+    let _ = s.write_all(bytes).await;
+    time_to_close(&mut s, NO_HANG).await
+}
+
 /// The first bytes of a TLS ClientHello, and no more.
 const HALF_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03];
 /// Half of the HTTP/2 connection preface.
@@ -54,12 +68,7 @@ const HALF_PREFACE: &[u8] = b"PRI * HT";
 #[tokio::test]
 async fn connections_without_a_request_are_cut_on_every_listener_of_both_binaries() {
     let app = Upstream::named("app").await;
-    let proxy = Proxy::start_with(
-        &mesh("orders", &app),
-        app.addr,
-        &["--header-read-timeout", "1s"],
-    )
-    .await;
+    let proxy = orders_is_the_app(&app, &["--header-read-timeout", "1s"]).await;
     let dir = tempfile::tempdir().unwrap();
     let tokens = grant_tokens(dir.path(), &[("orders", "t")]);
     let control = ControlPlane::start_with(
@@ -121,12 +130,7 @@ async fn connections_without_a_request_are_cut_on_every_listener_of_both_binarie
 #[tokio::test]
 async fn a_kept_alive_connection_outlives_the_header_read_timeout_but_not_a_slow_head() {
     let app = Upstream::named("app").await;
-    let proxy = Proxy::start_with(
-        &mesh("orders", &app),
-        app.addr,
-        &["--header-read-timeout", "1s"],
-    )
-    .await;
+    let proxy = orders_is_the_app(&app, &["--header-read-timeout", "1s"]).await;
     let request = b"GET /again HTTP/1.1\r\nHost: orders\r\n\r\n";
     let mut s = TcpStream::connect(proxy.outbound).await.unwrap();
     let mut buf = [0u8; 1024];
@@ -257,13 +261,11 @@ async fn idle_connections_are_closed_and_stalled_requests_cut() {
 
     // A request body that stops halfway: cut, on both listeners.
     for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
+        let (took, out) = exchange(
+            addr,
             b"POST /upload HTTP/1.1\r\nHost: orders\r\nContent-Length: 1000\r\n\r\nten bytes.",
         )
-        .await
-        .unwrap();
-        let (took, out) = time_to_close(&mut s, NO_HANG).await;
+        .await;
         assert!(
             took < Duration::from_secs(4),
             "{listener}: a stalled upload held for {took:?}: {out}"
@@ -306,13 +308,11 @@ async fn a_request_names_one_authority_and_the_app_receives_it() {
     let proxy = Proxy::start(&mesh("orders", &orders), app.addr).await;
     for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
         // Two Host headers: refused (RFC 9112 §3.2).
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
+        let (_, out) = exchange(
+            addr,
             b"GET /two HTTP/1.1\r\nHost: orders\r\nHost: evil\r\nConnection: close\r\n\r\n",
         )
-        .await
-        .unwrap();
-        let (_, out) = time_to_close(&mut s, NO_HANG).await;
+        .await;
         assert!(
             out.starts_with("HTTP/1.1 400") && out.contains("remora-error: bad-request"),
             "{listener}: {out}"
@@ -320,13 +320,11 @@ async fn a_request_names_one_authority_and_the_app_receives_it() {
 
         // An absolute URI outranks Host, which the next hop receives
         // replaced.
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
+        let (_, out) = exchange(
+            addr,
             b"GET http://orders/absolute HTTP/1.1\r\nHost: evil\r\nConnection: close\r\n\r\n",
         )
-        .await
-        .unwrap();
-        let (_, out) = time_to_close(&mut s, NO_HANG).await;
+        .await;
         assert!(out.starts_with("HTTP/1.1 200"), "{listener}: {out}");
 
         // HTTP/2: a `host` that contradicts `:authority` is refused.
@@ -616,9 +614,7 @@ async fn obs_fold_and_nul_bytes_in_headers_are_refused() {
     ];
     for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {
         for head in heads {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            let _ = s.write_all(head).await;
-            let (_, out) = time_to_close(&mut s, NO_HANG).await;
+            let (_, out) = exchange(addr, head).await;
             assert!(
                 out.is_empty() || out.starts_with("HTTP/1.1 400"),
                 "{listener}, {:?}: {out}",

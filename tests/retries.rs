@@ -13,7 +13,9 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use remora_e2e::client::{body, Body as ClientBody};
-use remora_e2e::upstream::{closes_kept_alive_connections, dead_address, status, text, Body};
+use remora_e2e::upstream::{
+    closes_kept_alive_connections, dead_address, read_head, status, text, Body,
+};
 use remora_e2e::{metric_value, Client, Proxy, Reply, Upstream};
 use socket2::{Domain, Socket, Type};
 
@@ -1084,7 +1086,6 @@ async fn a_request_a_graceful_goaway_did_not_take_goes_to_another_endpoint() {
 /// the connection unanswered, as an endpoint killed mid-request does;
 /// counts the requests it took.
 async fn resets_mid_request() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1093,13 +1094,8 @@ async fn resets_mid_request() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize
         while let Ok((mut socket, _)) = listener.accept().await {
             let counter = counter.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut socket).await {
+                    return;
                 }
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Closed with a RST rather than a FIN.

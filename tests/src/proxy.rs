@@ -26,9 +26,7 @@ impl Proxy {
     }
 
     pub async fn start_with(mesh: &str, app: SocketAddr, extra: &[&str]) -> Proxy {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let config_path = dir.path().join("mesh.yaml");
-        std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+        let (dir, config_path) = mesh_file(mesh);
         Self::start_from(dir, config_path, app, extra).await
     }
 
@@ -40,28 +38,17 @@ impl Proxy {
         extra: &[&str],
         files: u64,
     ) -> Proxy {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let config_path = dir.path().join("mesh.yaml");
-        std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+        let (dir, config_path) = mesh_file(mesh);
         let plain = command(app);
         let prlimit =
             crate::tools::find("prlimit", "util-linux").expect("prlimit is on every Debian");
-        let mut command = Command::new(prlimit);
-        command
+        let mut limited = Command::new(prlimit);
+        limited
             .arg(format!("--nofile={files}:{files}"))
             .arg("--")
             .arg(plain.as_std().get_program())
-            .args(plain.as_std().get_args())
-            .arg("--config")
-            .arg(&config_path)
-            .args(extra);
-        let proxy = Proxy::spawned(
-            Running::spawn(command, "remora-proxy").await,
-            config_path,
-            dir,
-        );
-        proxy.wait_ready().await;
-        proxy
+            .args(plain.as_std().get_args());
+        Self::run_on_file(limited, dir, config_path, extra).await
     }
 
     /// Starts a proxy on a config the caller has laid out in `dir` (a
@@ -72,7 +59,17 @@ impl Proxy {
         app: SocketAddr,
         extra: &[&str],
     ) -> Proxy {
-        let mut command = command(app);
+        Self::run_on_file(command(app), dir, config_path, extra).await
+    }
+
+    /// Runs `command` on the config at `config_path` and waits until the
+    /// proxy is ready.
+    async fn run_on_file(
+        mut command: Command,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        extra: &[&str],
+    ) -> Proxy {
         command.arg("--config").arg(&config_path).args(extra);
         let proxy = Proxy::spawned(
             Running::spawn(command, "remora-proxy").await,
@@ -204,6 +201,14 @@ impl Proxy {
 }
 
 /// The proxy's command line with every listener on an ephemeral loopback port.
+/// `mesh` written to `mesh.yaml` in a new temporary directory.
+fn mesh_file(mesh: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config_path = dir.path().join("mesh.yaml");
+    std::fs::write(&config_path, mesh).expect("writing mesh.yaml");
+    (dir, config_path)
+}
+
 fn command(app: SocketAddr) -> Command {
     let mut command = Command::new(binary("remora-proxy"));
     command

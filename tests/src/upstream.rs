@@ -148,6 +148,21 @@ pub async fn dead_address() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// Reads an HTTP/1.1 request head from `socket`, written raw by a test's
+/// endpoint; false when the connection ends first.
+pub async fn read_head(socket: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An HTTP/1.1 endpoint that answers the first request of each connection
 /// (keeping it alive) and closes the connection, unanswered, when the next
 /// request arrives on it: a server timing out an idle kept-alive
@@ -159,21 +174,16 @@ pub async fn closes_kept_alive_connections() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                // The first request: its head, and the body it announces.
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                // The first request's head.
+                if !read_head(&mut socket).await {
+                    return;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh";
                 if socket.write_all(answer).await.is_err() {
                     return;
                 }
                 // The next one is met with a close.
-                let _ = socket.read(&mut buf).await;
+                let _ = socket.read(&mut [0u8; 4096]).await;
             });
         }
     });
