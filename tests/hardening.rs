@@ -218,6 +218,13 @@ async fn a_flood_of_silent_connections_does_not_lock_out_real_clients() {
         closed >= 400,
         "only {closed} of 600 silent connections shed"
     );
+    let metrics = proxy.metrics().await;
+    for direction in ["outbound", "inbound"] {
+        let series =
+            format!("remora_connections_closed_total{{direction=\"{direction}\",reason=\"shed\"}}");
+        let shed = remora_e2e::metric_value(&metrics, &series);
+        assert!(shed >= 200.0, "{direction}: {shed} shed\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -263,6 +270,11 @@ async fn idle_connections_are_closed_and_stalled_requests_cut() {
         (Duration::from_millis(900)..Duration::from_secs(4)).contains(&took),
         "an idle connection closed after {took:?}"
     );
+    let idle = remora_e2e::metric_value(
+        &proxy.metrics().await,
+        "remora_connections_closed_total{direction=\"outbound\",reason=\"idle\"}",
+    );
+    assert_eq!(idle, 1.0);
 
     // A request body that stops halfway: cut, on both listeners.
     for (listener, addr) in [("outbound", proxy.outbound), ("inbound", proxy.inbound)] {

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use remora_server::metrics::{
     encode_openmetrics, to_prometheus_text, ProcessCollector, ResultLabels,
 };
-use remora_server::serve::ConnectionMetrics;
+use remora_server::serve::{ClosedConnections, ConnectionMetrics};
 
 /// Latency buckets in seconds: sub-millisecond proxy hops to slow upstreams.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -139,6 +139,13 @@ pub struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub direction: Direction,
+    /// `header-timeout`, `idle`, `stalled`, `shed` or `refused`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
     pub direction: Direction,
     pub rw: &'static str,
@@ -218,6 +225,7 @@ pub struct TransportMetrics {
     pub total: Family<ConnectionLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
     pub handshakes: Family<HandshakeLabels, Counter>,
+    pub closed: Family<ClosedLabels, Counter>,
 }
 
 impl TransportMetrics {
@@ -241,7 +249,18 @@ impl TransportMetrics {
                 .get_or_create_owned(&HandshakeLabels { direction, result }),
             false => Counter::default(),
         };
+        let closed = |reason| {
+            self.closed
+                .get_or_create_owned(&ClosedLabels { direction, reason })
+        };
         ConnectionMetrics {
+            closed: ClosedConnections {
+                header_timeout: closed("header-timeout"),
+                idle: closed("idle"),
+                stalled: closed("stalled"),
+                shed: closed("shed"),
+                refused: closed("refused"),
+            },
             plain: pair(false),
             tls: pair(true),
             read_bytes: bytes("read"),
@@ -331,6 +350,11 @@ impl Metrics {
             "bytes",
             "Bytes read and written on proxied connections",
             transport.bytes.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections a traffic listener closed by its limits, by reason",
+            transport.closed.clone(),
         );
         r.register(
             "tls_handshakes",

@@ -67,6 +67,20 @@ pub struct ConnectionMetrics {
     pub handshakes_ok: Counter,
     pub handshakes_failed: Counter,
     pub plaintext_refused: Counter,
+    pub closed: ClosedConnections,
+}
+
+/// Connections the listener closed by its limits, by why.
+#[derive(Clone, Debug, Default)]
+pub struct ClosedConnections {
+    /// No request head (or a later HTTP/1 head not whole) in time.
+    pub header_timeout: Counter,
+    pub idle: Counter,
+    pub stalled: Counter,
+    /// Closed, idle, to make room for a newcomer at the cap.
+    pub shed: Counter,
+    /// A newcomer closed at once: the cap reached, every connection busy.
+    pub refused: Counter,
 }
 
 /// Tells servers to stop accepting and finish what they have.
@@ -164,6 +178,9 @@ pub async fn serve<S, F>(
         // Refused: every connection has a request in flight. Closed at
         // once, so that the client hears it rather than waiting.
         let Some(admitted) = table.admit(Instant::now()) else {
+            if let Some(m) = &connections.settings.metrics {
+                m.closed.refused.inc();
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -207,6 +224,9 @@ where
             () = self.handshake_and_serve(stream, addr, &activity) => {}
             () = activity.shed() => {
                 tracing::debug!(peer = %addr, "connection shed for a newcomer");
+                if let Some(m) = &self.settings.metrics {
+                    m.closed.shed.inc();
+                }
             }
         }
         drop(admitted);
@@ -268,6 +288,7 @@ where
                     Err(_) => {
                         if let Some(m) = metrics {
                             m.handshakes_failed.inc();
+                            m.closed.header_timeout.inc();
                         }
                         tracing::info!(peer = %addr, limit = ?self.limits.header_read, "TLS handshake not finished in time");
                     }
@@ -286,8 +307,14 @@ where
                 }
                 tracing::info!(peer = %addr, "plaintext refused: this service's inbound is mtls: strict");
             }
-            // Closed, or silent past the first-request limit.
-            None => {}
+            // Silent past the first-request limit, or closed.
+            None => {
+                if Instant::now() >= deadline {
+                    if let Some(m) = metrics {
+                        m.closed.header_timeout.inc();
+                    }
+                }
+            }
         }
     }
 
@@ -359,6 +386,9 @@ where
                         Verdict::CheckAt(at) => check.as_mut().reset(at),
                         Verdict::Idle if closing_since.is_none() => {
                             tracing::debug!(peer = %addr, limit = ?self.limits.idle, "idle connection closed");
+                            if let Some(m) = metrics {
+                                m.closed.idle.inc();
+                            }
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(now);
                             check.as_mut().reset(now + self.limits.header_read);
@@ -366,10 +396,16 @@ where
                         Verdict::Idle => check.as_mut().reset(now + self.limits.header_read),
                         Verdict::Silent => {
                             tracing::debug!(peer = %addr, limit = ?self.limits.header_read, "connection cut: no request in time");
+                            if let Some(m) = metrics {
+                                m.closed.header_timeout.inc();
+                            }
                             break Ok(());
                         }
                         Verdict::Stalled => {
                             tracing::debug!(peer = %addr, limit = ?self.limits.stream_idle, "connection cut: its requests made no progress");
+                            if let Some(m) = metrics {
+                                m.closed.stalled.inc();
+                            }
                             break Ok(());
                         }
                     }
