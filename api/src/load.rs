@@ -331,6 +331,14 @@ fn check(mesh: &Mesh) -> Checker {
                     format!("{} is listed twice", ep.address),
                 );
             }
+            // As a registration's labels are: the same labels select both.
+            if let Err(e) = crate::labels::check_labels(&ep.labels) {
+                c.problem(
+                    &at,
+                    &[key("endpoints"), Segment::Index(i), key("labels")],
+                    e.to_string(),
+                );
+            }
         }
         let mut route_names = BTreeSet::new();
         for (i, route) in svc.routes.iter().enumerate() {

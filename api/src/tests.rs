@@ -100,6 +100,16 @@ fn defaults_fill_what_is_left_out() {
 }
 
 #[test]
+fn static_endpoint_labels_follow_the_kubernetes_rules() {
+    let ok = "services:\n  a:\n    endpoints:\n      - { address: 127.0.0.1:1, labels: { app.kubernetes.io/version: v1, tier: \"\" } }\n";
+    parse_mesh("m", ok).unwrap();
+    let bad = "services:\n  a:\n    endpoints:\n      - { address: 127.0.0.1:1 }\n      - { address: 127.0.0.1:2, labels: { version: \"v 1\" } }\n";
+    let p = problems(bad);
+    assert!(p[0].contains("services.a.endpoints[1].labels"), "{p:?}");
+    assert!(p[0].contains("\"version\"=\"v 1\""), "{p:?}");
+}
+
+#[test]
 fn the_circuit_breaker_turns_off_and_its_ejections_must_fit_their_ceiling() {
     let text = "services:\n  a:\n    circuit_breaker: { enabled: false }\n";
     let mesh = parse_mesh("m", text).unwrap();
