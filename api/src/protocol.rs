@@ -131,6 +131,24 @@ pub struct ApiError {
     pub error: String,
 }
 
+/// Why other sidecars could not dial `address`, if they could not.
+/// Loopback is taken: sidecars on one host (and tests) use it.
+pub fn undialable(address: SocketAddr) -> Option<String> {
+    let ip = address.ip().to_canonical();
+    let why = if ip.is_unspecified() {
+        format!("{ip} is the unspecified address, which a server listens on but no one dials; register the pod's own address (the proxy's --advertise or --pod-ip)")
+    } else if ip == std::net::IpAddr::from(std::net::Ipv4Addr::BROADCAST) {
+        format!("{ip} is the broadcast address")
+    } else if ip.is_multicast() {
+        format!("{ip} is a multicast address")
+    } else if address.port() == 0 {
+        "port 0 names no port".to_string()
+    } else {
+        return None;
+    };
+    Some(format!("the address {address} cannot be dialled: {why}"))
+}
+
 /// Instance names appear in URL paths and in `/v1/services`: a DNS-like
 /// token (pod names, host names, `10.0.0.7-4143`).
 pub fn is_valid_instance_name(name: &str) -> bool {
@@ -139,4 +157,41 @@ pub fn is_valid_instance_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_no_one_can_dial_are_refused_with_the_reason() {
+        for (address, why) in [
+            ("0.0.0.0:4143", "unspecified"),
+            ("[::]:4143", "unspecified"),
+            ("[::ffff:0.0.0.0]:4143", "unspecified"),
+            ("127.0.0.1:0", "port 0"),
+            ("10.0.0.7:0", "port 0"),
+            ("255.255.255.255:80", "broadcast"),
+            ("224.0.0.1:80", "multicast"),
+            ("239.255.255.250:1900", "multicast"),
+            ("[ff02::1]:80", "multicast"),
+        ] {
+            let address: SocketAddr = address.parse().unwrap();
+            let e = undialable(address).unwrap_or_else(|| panic!("{address} was taken"));
+            assert!(
+                e.starts_with(&format!("the address {address} cannot be dialled: ")),
+                "{e}"
+            );
+            assert!(e.contains(why), "{address}: {e}");
+        }
+        for address in [
+            "127.0.0.1:4143",
+            "[::1]:4143",
+            "10.0.0.7:4143",
+            "192.168.1.255:80",
+            "[fd00::7]:4143",
+        ] {
+            assert_eq!(undialable(address.parse().unwrap()), None, "{address}");
+        }
+    }
 }

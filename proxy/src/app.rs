@@ -375,6 +375,10 @@ fn registration(config: &Config, inbound: SocketAddr) -> anyhow::Result<(String,
         }
         (None, None) => inbound,
     };
+    // Refused here rather than by the control plane at every renewal.
+    if let Some(why) = remora_api::protocol::undialable(advertise) {
+        anyhow::bail!("--advertise (or --pod-ip): {why}");
+    }
     let instance = config
         .instance
         .clone()

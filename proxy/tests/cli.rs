@@ -128,6 +128,20 @@ fn bad_control_plane_flags_are_named() {
         "2h",
     ]);
     assert!(stderr.contains("--registration-ttl"), "{stderr}");
+    // An address no sidecar could dial is refused at start, as the control
+    // plane would refuse it at every renewal.
+    for advertise in ["0.0.0.0:4143", "10.0.0.7:0"] {
+        let stderr = run(&[
+            "--control-url",
+            "http://127.0.0.1:1",
+            "--advertise",
+            advertise,
+        ]);
+        assert!(
+            stderr.contains(&format!("the address {advertise} cannot be dialled")),
+            "{stderr}"
+        );
+    }
     // An identity needs the anchors to check peers with, and a control plane.
     let stderr = run(&["--control-url", "http://127.0.0.1:1", "--token-file", "t"]);
     assert!(stderr.contains("--trust-anchors"), "{stderr}");

@@ -3,7 +3,6 @@
 //! carry (an address that can be dialled, Kubernetes labels) and how much
 //! one registrant may register (the quotas).
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
@@ -63,24 +62,6 @@ fn bad_names(service: &str, instance: &str) -> Option<String> {
         ));
     }
     None
-}
-
-/// Why other sidecars could not dial `address`, if they could not.
-/// Loopback is taken: sidecars on one host (and tests) use it.
-fn undialable(address: SocketAddr) -> Option<String> {
-    let ip = address.ip().to_canonical();
-    let why = if ip.is_unspecified() {
-        format!("{ip} is the unspecified address, which a server listens on but no one dials; register the pod's own address (the proxy's --advertise or --pod-ip)")
-    } else if ip == IpAddr::from(std::net::Ipv4Addr::BROADCAST) {
-        format!("{ip} is the broadcast address")
-    } else if ip.is_multicast() {
-        format!("{ip} is a multicast address")
-    } else if address.port() == 0 {
-        "port 0 names no port".to_string()
-    } else {
-        return None;
-    };
-    Some(format!("the address {address} cannot be dialled: {why}"))
 }
 
 /// Who is registering: the identity of the caller's certificate, or, with
@@ -152,7 +133,7 @@ pub async fn put(
             ),
         );
     }
-    if let Some(why) = undialable(reg.address) {
+    if let Some(why) = remora_api::protocol::undialable(reg.address) {
         return error(StatusCode::BAD_REQUEST, why);
     }
     if let Err(e) = check_labels(&reg.labels) {
@@ -209,38 +190,6 @@ pub fn delete(api: &Api, service: &str, instance: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_no_one_can_dial_are_refused_with_the_reason() {
-        for (address, why) in [
-            ("0.0.0.0:4143", "unspecified"),
-            ("[::]:4143", "unspecified"),
-            ("[::ffff:0.0.0.0]:4143", "unspecified"),
-            ("127.0.0.1:0", "port 0"),
-            ("10.0.0.7:0", "port 0"),
-            ("255.255.255.255:80", "broadcast"),
-            ("224.0.0.1:80", "multicast"),
-            ("239.255.255.250:1900", "multicast"),
-            ("[ff02::1]:80", "multicast"),
-        ] {
-            let address: SocketAddr = address.parse().unwrap();
-            let e = undialable(address).unwrap_or_else(|| panic!("{address} was taken"));
-            assert!(
-                e.starts_with(&format!("the address {address} cannot be dialled: ")),
-                "{e}"
-            );
-            assert!(e.contains(why), "{address}: {e}");
-        }
-        for address in [
-            "127.0.0.1:4143",
-            "[::1]:4143",
-            "10.0.0.7:4143",
-            "192.168.1.255:80",
-            "[fd00::7]:4143",
-        ] {
-            assert_eq!(undialable(address.parse().unwrap()), None, "{address}");
-        }
-    }
 
     #[test]
     fn callers_count_by_identity_or_else_by_address() {
