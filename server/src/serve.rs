@@ -156,7 +156,6 @@ pub async fn serve<S, F>(
     let connections = Arc::new(Connections {
         builder,
         make_service,
-        limits: settings.limits,
         settings,
         drain: drain.clone(),
     });
@@ -200,7 +199,6 @@ struct Connections<F> {
     builder: auto::Builder<TokioExecutor>,
     make_service: F,
     settings: ServerSettings,
-    limits: Limits,
     drain: Drain,
 }
 
@@ -263,7 +261,7 @@ where
     ) {
         let metrics = self.settings.metrics.as_ref();
         // The handshake is part of the time to the first request.
-        let deadline = activity.opened() + self.limits.header_read;
+        let deadline = activity.opened() + self.settings.limits.header_read;
         let starts_tls =
             crate::tls::starts_tls(&stream, deadline.saturating_duration_since(Instant::now()));
         match starts_tls.await {
@@ -290,7 +288,7 @@ where
                             m.handshakes_failed.inc();
                             m.closed.header_timeout.inc();
                         }
-                        tracing::info!(peer = %addr, limit = ?self.limits.header_read, "TLS handshake not finished in time");
+                        tracing::info!(peer = %addr, limit = ?self.settings.limits.header_read, "TLS handshake not finished in time");
                     }
                 }
             }
@@ -343,7 +341,7 @@ where
         });
         let addr = peer.addr;
         let service = (self.make_service)(peer);
-        let stream_idle = self.limits.stream_idle;
+        let stream_idle = self.settings.limits.stream_idle;
         let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             if verdicts.next_is_ambiguous() {
@@ -378,31 +376,31 @@ where
                     let now = Instant::now();
                     if let Some(since) = closing_since {
                         // An idle close that the peer does not finish.
-                        if !drain.is_draining() && now >= since + self.limits.header_read {
+                        if !drain.is_draining() && now >= since + self.settings.limits.header_read {
                             break Ok(());
                         }
                     }
-                    match activity.verdict(now, &self.limits, &mut last_progress) {
+                    match activity.verdict(now, &self.settings.limits, &mut last_progress) {
                         Verdict::CheckAt(at) => check.as_mut().reset(at),
                         Verdict::Idle if closing_since.is_none() => {
-                            tracing::debug!(peer = %addr, limit = ?self.limits.idle, "idle connection closed");
+                            tracing::debug!(peer = %addr, limit = ?self.settings.limits.idle, "idle connection closed");
                             if let Some(m) = metrics {
                                 m.closed.idle.inc();
                             }
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(now);
-                            check.as_mut().reset(now + self.limits.header_read);
+                            check.as_mut().reset(now + self.settings.limits.header_read);
                         }
-                        Verdict::Idle => check.as_mut().reset(now + self.limits.header_read),
+                        Verdict::Idle => check.as_mut().reset(now + self.settings.limits.header_read),
                         Verdict::Silent => {
-                            tracing::debug!(peer = %addr, limit = ?self.limits.header_read, "connection cut: no request in time");
+                            tracing::debug!(peer = %addr, limit = ?self.settings.limits.header_read, "connection cut: no request in time");
                             if let Some(m) = metrics {
                                 m.closed.header_timeout.inc();
                             }
                             break Ok(());
                         }
                         Verdict::Stalled => {
-                            tracing::debug!(peer = %addr, limit = ?self.limits.stream_idle, "connection cut: its requests made no progress");
+                            tracing::debug!(peer = %addr, limit = ?self.settings.limits.stream_idle, "connection cut: its requests made no progress");
                             if let Some(m) = metrics {
                                 m.closed.stalled.inc();
                             }
