@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
+use remora_e2e::client::channel_body;
 use remora_e2e::identity::grant_tokens;
 use remora_e2e::upstream::text;
 use remora_e2e::{Client, ControlPlane, Proxy, Upstream};
@@ -232,8 +233,7 @@ async fn idle_connections_are_closed_and_stalled_requests_cut() {
     let app = Upstream::named("app").await;
     // Answers its head at once, then one chunk of the body, then nothing.
     let stuck = Upstream::start(|_req| async move {
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, hyper::Error>>(1);
+        let (tx, body) = channel_body::<hyper::Error>(1);
         tokio::spawn(async move {
             let _ = tx
                 .send(Ok(hyper::body::Frame::data(Bytes::from_static(b"part"))))
@@ -242,8 +242,7 @@ async fn idle_connections_are_closed_and_stalled_requests_cut() {
             tokio::time::sleep(Duration::from_secs(60)).await;
             drop(tx);
         });
-        let body = http_body_util::StreamBody::new(tokio_stream(rx));
-        http::Response::new(body.boxed())
+        http::Response::new(body)
     })
     .await;
     let mesh = format!(
@@ -306,16 +305,6 @@ async fn idle_connections_are_closed_and_stalled_requests_cut() {
         "a stalled response body must fail, not {body:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(4));
-}
-
-/// A `Stream` over an mpsc receiver, without another dependency.
-fn tokio_stream<T>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static
-where
-    T: Send + 'static,
-{
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
 }
 
 #[tokio::test]

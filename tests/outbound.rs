@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use remora_e2e::client::body;
 use remora_e2e::upstream::{dead_address, text};
@@ -129,14 +129,8 @@ async fn request_and_response_bodies_stream_without_being_buffered_whole() {
     })
     .await;
     let proxy = Proxy::start(&mesh("echo", &echo), dead_address().await).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-    >(1);
-    let frames =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
-    let req = Request::post("http://echo/stream")
-        .body(BodyExt::boxed(StreamBody::new(frames)))
-        .unwrap();
+    let (tx, frames) = remora_e2e::client::channel_body(1);
+    let req = Request::post("http://echo/stream").body(frames).unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
         .await
         .unwrap();

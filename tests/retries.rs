@@ -621,16 +621,12 @@ async fn a_retry_goes_on_reading_the_body_past_what_it_kept() {
     let tries = Tries::default();
     let (_a, _b, proxy) = replay_setup(&tries, "{ base: 1s, max: 1s }").await;
     let data = payload(101 * 1024);
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-    >(4);
-    let frames =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    let (tx, frames) = remora_e2e::client::channel_body(4);
     let req = Request::put("http://store/late")
         .header("x-key", "late")
         .header("x-fail", "503")
         .header("x-early", "1")
-        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .body(frames)
         .unwrap();
     let client = Client::via(proxy.outbound, false);
     let reply = tokio::spawn(async move { client.send(req).await });

@@ -56,6 +56,20 @@ impl Reply {
     }
 }
 
+/// Where a test sends the frames of a [`channel_body`].
+pub type FrameSender<E> = tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, E>>;
+
+/// A body whose frames are sent through the returned channel as the test
+/// goes; it ends when the sender is dropped.
+pub fn channel_body<E: Send + Sync + 'static>(
+    buffer: usize,
+) -> (FrameSender<E>, BoxBody<Bytes, E>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(buffer);
+    let frames =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+    (tx, BodyExt::boxed(http_body_util::StreamBody::new(frames)))
+}
+
 pub fn body(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
