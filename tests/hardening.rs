@@ -288,23 +288,45 @@ async fn idle_connections_are_closed_and_stalled_requests_cut() {
         );
     }
 
-    // A response body that stops halfway: the caller's read fails.
-    let client = Client::via(proxy.outbound, false);
-    let req = Request::get("http://stuck/stream")
-        .body(remora_e2e::client::body(""))
-        .unwrap();
+    // The same over HTTP/2, where the stream is cut and its connection
+    // stays: an upload that stops halfway is answered, not held.
+    let client = Client::via(proxy.outbound, true);
+    let (tx, upload) = channel_body(1);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(
+        b"ten bytes.",
+    ))))
+    .await
+    .unwrap();
+    let req = Request::post("http://orders/upload").body(upload).unwrap();
     let started = Instant::now();
-    let response = tokio::time::timeout(NO_HANG, client.send_streaming(req))
-        .await
-        .expect("the head arrives")
-        .expect("the head arrives");
-    assert_eq!(response.status(), 200);
-    let body = tokio::time::timeout(NO_HANG, response.into_body().collect()).await;
+    let reply = tokio::time::timeout(NO_HANG, client.send(req)).await;
     assert!(
-        matches!(body, Ok(Err(_))),
-        "a stalled response body must fail, not {body:?}"
+        started.elapsed() < Duration::from_secs(4),
+        "an HTTP/2 upload stalled for {:?}: {reply:?}",
+        started.elapsed()
     );
-    assert!(started.elapsed() < Duration::from_secs(4));
+    drop(tx);
+
+    // A response body that stops halfway: the caller's read fails, over
+    // either protocol.
+    for http2 in [false, true] {
+        let client = Client::via(proxy.outbound, http2);
+        let req = Request::get("http://stuck/stream")
+            .body(remora_e2e::client::body(""))
+            .unwrap();
+        let started = Instant::now();
+        let response = tokio::time::timeout(NO_HANG, client.send_streaming(req))
+            .await
+            .expect("the head arrives")
+            .expect("the head arrives");
+        assert_eq!(response.status(), 200);
+        let body = tokio::time::timeout(NO_HANG, response.into_body().collect()).await;
+        assert!(
+            matches!(body, Ok(Err(_))),
+            "http2={http2}: a stalled response body must fail, not {body:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4), "http2={http2}");
+    }
 }
 
 #[tokio::test]
