@@ -51,6 +51,11 @@ pub enum Command {
         /// The mesh config to check.
         file: PathBuf,
     },
+    /// Add the sidecar to Kubernetes workloads: reads YAML (one or many
+    /// documents) on stdin and writes it on stdout with a remora-proxy in
+    /// every Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and
+    /// CronJob; everything else is left byte for byte as it was.
+    Inject(crate::inject::Settings),
     /// Run a demo on loopback: a control plane and a small shop of five
     /// services, each behind its own remora-proxy, with steady traffic and
     /// each service's rate, success rate and latency printed once a second.

@@ -9,6 +9,7 @@ pub mod api;
 pub mod ca;
 pub mod check;
 pub mod config;
+pub mod inject;
 pub mod metrics;
 pub mod serve;
 pub mod sources;

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { file }) => remora_control::check::run(&file),
         Some(Command::Serve(args)) => serve(*args),
+        Some(Command::Inject(settings)) => remora_control::inject::run(&settings),
         Some(Command::Demo(options)) => match remora_demo::run(options) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

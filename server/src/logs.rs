@@ -17,9 +17,9 @@ pub struct LogLevel(reload::Handle<EnvFilter, Registry>);
 
 impl LogLevel {
     pub fn set(&self, directives: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(directives)
-            .map_err(|e| format!("invalid log level {directives:?}: {e}"))?;
-        self.0.reload(filter).map_err(|e| e.to_string())
+        self.0
+            .reload(filter(directives)?)
+            .map_err(|e| e.to_string())
     }
 
     pub fn current(&self) -> String {
@@ -27,11 +27,19 @@ impl LogLevel {
     }
 }
 
+/// Checks a log filter (`info`, `remora=debug,hyper=info`) as the
+/// binaries will read it, for those who write one down for them.
+pub fn check_directives(directives: &str) -> Result<(), String> {
+    filter(directives).map(drop)
+}
+
+fn filter(directives: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(directives).map_err(|e| format!("invalid log level {directives:?}: {e}"))
+}
+
 /// Installs the global subscriber. Logs go to stderr.
 pub fn init(format: LogFormat, directives: &str) -> Result<LogLevel, String> {
-    let filter = EnvFilter::try_new(directives)
-        .map_err(|e| format!("invalid --log-level {directives:?}: {e}"))?;
-    let (filter, handle) = reload::Layer::new(filter);
+    let (filter, handle) = reload::Layer::new(filter(directives)?);
     let registry = tracing_subscriber::registry().with(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {

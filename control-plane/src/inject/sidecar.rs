@@ -1,0 +1,692 @@
+//! What a meshed pod gets: the `remora-proxy` container, the volumes it
+//! mounts and the scrape annotations, decided from the inject settings and
+//! the pod's own `remora.io/*` annotations, as a list of edits.
+
+use serde_yaml::{Mapping, Value};
+
+use super::edit::Edit;
+use super::text::Step;
+use super::{Settings, SidecarMode};
+
+/// The name of the sidecar container, in `initContainers` (native) or
+/// `containers` (classic).
+pub const CONTAINER: &str = "remora-proxy";
+pub const TOKEN_VOLUME: &str = "remora-token";
+pub const TRUST_ANCHORS_VOLUME: &str = "remora-trust-anchors";
+pub const TOKEN_DIR: &str = "/var/run/secrets/remora.io";
+pub const TRUST_ANCHORS_DIR: &str = "/var/run/remora.io/trust-anchors";
+/// The proxy's uid: not root, not the app's usual 1000 or 65532.
+pub const PROXY_UID: i64 = 2102;
+pub const INBOUND_PORT: u16 = 4143;
+pub const ADMIN_PORT: u16 = 4191;
+const OUTBOUND_PORT: u16 = 4140;
+/// Where the app listens when no annotation says and no container
+/// declares a port: the proxy's own default.
+const DEFAULT_APP_PORT: u16 = 8080;
+/// A projected token lives an hour; the kubelet renews it at 80%.
+const TOKEN_LIFETIME_SECONDS: i64 = 3600;
+
+pub const DEFAULT_CPU_REQUEST: &str = "10m";
+pub const DEFAULT_MEMORY_REQUEST: &str = "20Mi";
+pub const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
+
+/// The annotations that steer injection, on the pod template (or on the
+/// workload itself; the pod template's win).
+pub mod annotation {
+    pub const INJECT: &str = "remora.io/inject";
+    pub const SIDECAR: &str = "remora.io/sidecar";
+    pub const SERVICE: &str = "remora.io/service";
+    pub const APP_PORT: &str = "remora.io/app-port";
+    pub const LOG_LEVEL: &str = "remora.io/proxy-log-level";
+    pub const CPU_REQUEST: &str = "remora.io/proxy-cpu-request";
+    pub const CPU_LIMIT: &str = "remora.io/proxy-cpu-limit";
+    pub const MEMORY_REQUEST: &str = "remora.io/proxy-memory-request";
+    pub const MEMORY_LIMIT: &str = "remora.io/proxy-memory-limit";
+}
+
+/// A workload found in a document: where its pod template is.
+pub struct Workload {
+    pub kind: String,
+    pub name: String,
+    /// The workload's own mapping.
+    pub at: Vec<Step>,
+    /// The pod template (a mapping with `metadata` and `spec`); for a Pod,
+    /// the Pod itself.
+    pub pod: Vec<Step>,
+}
+
+/// What to do with one workload.
+pub enum Plan {
+    Skip(String),
+    Edit(Vec<Edit>),
+}
+
+/// The kinds that run pods, and where each keeps its pod template.
+fn pod_template(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "Pod" => &[],
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => &["spec", "template"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        _ => return None,
+    })
+}
+
+/// The workloads of a document: itself, or the items of a `List`.
+pub fn workloads(document: &Value) -> Vec<Workload> {
+    let mut found = Vec::new();
+    let mut visit = |value: &Value, at: Vec<Step>| {
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(template) = pod_template(kind) {
+            let mut pod = at.clone();
+            pod.extend(template.iter().map(|k| Step::Key(k.to_string())));
+            found.push(Workload {
+                kind: kind.to_string(),
+                name: text(value, &["metadata", "name"]).unwrap_or_default(),
+                at,
+                pod,
+            });
+        }
+    };
+    if document.get("kind").and_then(Value::as_str) == Some("List") {
+        if let Some(items) = document.get("items").and_then(Value::as_sequence) {
+            for (i, item) in items.iter().enumerate() {
+                visit(item, vec![Step::Key("items".into()), Step::Index(i)]);
+            }
+        }
+    } else {
+        visit(document, Vec::new());
+    }
+    found
+}
+
+/// The edits that mesh `workload` (or why it is left alone), given the
+/// document as it is now. An `Err` names the annotation or field at fault.
+pub fn plan(document: &Value, workload: &Workload, settings: &Settings) -> Result<Plan, String> {
+    let own = super::edit::get(document, &workload.at).unwrap_or(&Value::Null);
+    let pod = super::edit::get(document, &workload.pod).unwrap_or(&Value::Null);
+    let overrides = Overrides::read(own, pod)?;
+    if overrides.disabled {
+        return Ok(Plan::Skip(format!("{}: disabled", annotation::INJECT)));
+    }
+    let spec = pod.get("spec").unwrap_or(&Value::Null);
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(Plan::Skip(
+            "hostNetwork: the pod shares its node's network, where a sidecar cannot stand in front of it".into(),
+        ));
+    }
+    let mode = overrides.mode.unwrap_or(settings.sidecar);
+    let service = match overrides.service.clone() {
+        Some(s) => s,
+        None => default_service(own, pod)?,
+    };
+    if !remora_api::load::is_valid_service_name(&service) {
+        return Err(format!(
+            "{service:?} is not a valid service name (lowercase letters, digits and '-', at most 63); set {}",
+            annotation::SERVICE
+        ));
+    }
+    let app_port = match overrides.app_port {
+        Some(port) => port,
+        None => first_container_port(spec)?.unwrap_or(DEFAULT_APP_PORT),
+    };
+    if [OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT].contains(&app_port) {
+        return Err(format!(
+            "the app's port {app_port} is one of the proxy's own ({OUTBOUND_PORT}, {INBOUND_PORT}, {ADMIN_PORT}); set {}",
+            annotation::APP_PORT
+        ));
+    }
+    let sidecar = container(settings, &overrides, mode, &service, app_port, pod);
+
+    let spec_at = child(&workload.pod, "spec");
+    let mut edits = Vec::new();
+    let (home, other) = match mode {
+        SidecarMode::Native => ("initContainers", "containers"),
+        SidecarMode::Classic => ("containers", "initContainers"),
+    };
+    ensure_items(&mut edits, spec, &spec_at, home, true, vec![sidecar])?;
+    remove_named(&mut edits, spec, &spec_at, other, CONTAINER)?;
+    if settings.identity() {
+        ensure_items(
+            &mut edits,
+            spec,
+            &spec_at,
+            "volumes",
+            false,
+            volumes(settings),
+        )?;
+    }
+    annotate(&mut edits, pod, &workload.pod);
+    Ok(Plan::Edit(edits))
+}
+
+/// The `remora.io/*` annotations of a workload, checked.
+#[derive(Default)]
+struct Overrides {
+    disabled: bool,
+    mode: Option<SidecarMode>,
+    service: Option<String>,
+    app_port: Option<u16>,
+    log_level: Option<String>,
+    cpu_request: Option<String>,
+    cpu_limit: Option<String>,
+    memory_request: Option<String>,
+    memory_limit: Option<String>,
+}
+
+impl Overrides {
+    fn read(own: &Value, pod: &Value) -> Result<Overrides, String> {
+        let find = |key: &str| -> Option<String> {
+            [pod, own].iter().find_map(|v| {
+                let value = v.get("metadata")?.get("annotations")?.get(key)?;
+                Some(match value {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).ok()?.trim().to_string(),
+                })
+            })
+        };
+        let bad = |key: &str, value: &str, expected: &str| {
+            format!("annotation {key}: {value:?} is not {expected}")
+        };
+        let disabled = match find(annotation::INJECT).as_deref() {
+            None | Some("enabled") | Some("true") => false,
+            Some("disabled") | Some("false") => true,
+            Some(other) => return Err(bad(annotation::INJECT, other, "enabled or disabled")),
+        };
+        let mode = match find(annotation::SIDECAR).as_deref() {
+            None => None,
+            Some("native") => Some(SidecarMode::Native),
+            Some("classic") => Some(SidecarMode::Classic),
+            Some(other) => return Err(bad(annotation::SIDECAR, other, "native or classic")),
+        };
+        let app_port = match find(annotation::APP_PORT) {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(port) if port > 0 => Some(port),
+                _ => return Err(bad(annotation::APP_PORT, &p, "a port number")),
+            },
+        };
+        let quantity = |key: &str| match find(key) {
+            Some(q) if !is_quantity(&q) => {
+                Err(bad(key, &q, "a Kubernetes quantity (100m, 64Mi, 1)"))
+            }
+            q => Ok(q),
+        };
+        let log_level = match find(annotation::LOG_LEVEL) {
+            Some(level) => {
+                remora_server::logs::check_directives(&level)
+                    .map_err(|e| format!("annotation {}: {e}", annotation::LOG_LEVEL))?;
+                Some(level)
+            }
+            None => None,
+        };
+        Ok(Overrides {
+            disabled,
+            mode,
+            service: find(annotation::SERVICE),
+            app_port,
+            log_level,
+            cpu_request: quantity(annotation::CPU_REQUEST)?,
+            cpu_limit: quantity(annotation::CPU_LIMIT)?,
+            memory_request: quantity(annotation::MEMORY_REQUEST)?,
+            memory_limit: quantity(annotation::MEMORY_LIMIT)?,
+        })
+    }
+}
+
+/// A Kubernetes resource quantity: a decimal number and an optional
+/// suffix (`100m`, `0.5`, `64Mi`, `1G`, `1e3`).
+fn is_quantity(q: &str) -> bool {
+    let number_end = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(number_end);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let suffix_ok = matches!(
+        suffix,
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
+        !exp.is_empty()
+            && exp
+                .trim_start_matches(['+', '-'])
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+    });
+    number_ok && suffix_ok
+}
+
+/// The mesh service a workload belongs to when no annotation names it:
+/// its `app.kubernetes.io/name` or `app` label, else its own name.
+fn default_service(own: &Value, pod: &Value) -> Result<String, String> {
+    ["app.kubernetes.io/name", "app"]
+        .iter()
+        .find_map(|label| text(pod, &["metadata", "labels", label]))
+        .or_else(|| text(own, &["metadata", "name"]))
+        .ok_or_else(|| {
+            format!(
+                "no service name: no app.kubernetes.io/name or app label and no metadata.name; set {}",
+                annotation::SERVICE
+            )
+        })
+}
+
+/// The first `containerPort` of the app's containers.
+fn first_container_port(spec: &Value) -> Result<Option<u16>, String> {
+    let containers = spec.get("containers").and_then(Value::as_sequence);
+    let ports = containers
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("name").and_then(Value::as_str) != Some(CONTAINER))
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+        });
+    for port in ports {
+        if let Some(number) = port.get("containerPort") {
+            return match number.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                Some(p) if p > 0 => Ok(Some(p)),
+                _ => Err(format!("containerPort {number:?} is not a port number")),
+            };
+        }
+    }
+    Ok(None)
+}
+
+fn container(
+    settings: &Settings,
+    overrides: &Overrides,
+    mode: SidecarMode,
+    service: &str,
+    app_port: u16,
+    pod: &Value,
+) -> Value {
+    let mut env = vec![
+        from_field("POD_IP", "status.podIP"),
+        from_field("POD_NAMESPACE", "metadata.namespace"),
+        from_field("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        from_field("REMORA_INSTANCE", "metadata.name"),
+        env_value("REMORA_SERVICE", service),
+        env_value("REMORA_APP", &format!("127.0.0.1:{app_port}")),
+        env_value("REMORA_CONTROL_URL", &settings.control_url()),
+    ];
+    if settings.identity() {
+        env.push(env_value(
+            "REMORA_TOKEN_FILE",
+            &format!("{TOKEN_DIR}/token"),
+        ));
+        env.push(env_value(
+            "REMORA_TRUST_ANCHORS",
+            &format!("{TRUST_ANCHORS_DIR}/ca.crt"),
+        ));
+    }
+    // Routes split traffic by labels; `version` is the one workloads
+    // already carry for that.
+    if let Some(version) = text(pod, &["metadata", "labels", "version"]) {
+        env.push(env_value("REMORA_LABEL", &format!("version={version}")));
+    }
+    let log_level = overrides
+        .log_level
+        .as_deref()
+        .unwrap_or(&settings.proxy_log_level);
+    env.push(env_value("REMORA_LOG_LEVEL", log_level));
+
+    let mut c = Mapping::new();
+    c.insert("name".into(), CONTAINER.into());
+    c.insert("image".into(), settings.proxy_image.as_str().into());
+    c.insert("imagePullPolicy".into(), "IfNotPresent".into());
+    if mode == SidecarMode::Native {
+        // A native sidecar: starts before the app, ends after it, and
+        // does not keep a Job from completing.
+        c.insert("restartPolicy".into(), "Always".into());
+    }
+    c.insert("env".into(), Value::Sequence(env));
+    c.insert(
+        "ports".into(),
+        Value::Sequence(vec![
+            port("remora-inbound", INBOUND_PORT),
+            port("remora-admin", ADMIN_PORT),
+        ]),
+    );
+    if mode == SidecarMode::Native {
+        // The app's containers start once this has passed.
+        let mut startup = probe("/ready");
+        startup.insert("periodSeconds".into(), 1.into());
+        startup.insert("failureThreshold".into(), 120.into());
+        c.insert("startupProbe".into(), startup.into());
+    } else {
+        // The kubelet starts the next container only when this returns,
+        // so the app's first calls find the proxy ready.
+        c.insert(
+            "lifecycle".into(),
+            map([(
+                "postStart",
+                map([(
+                    "exec",
+                    map([(
+                        "command",
+                        Value::Sequence(vec![
+                            "/usr/local/bin/remora-proxy".into(),
+                            "wait-ready".into(),
+                        ]),
+                    )]),
+                )]),
+            )]),
+        );
+    }
+    c.insert("readinessProbe".into(), probe("/ready").into());
+    c.insert("livenessProbe".into(), probe("/live").into());
+    let cpu_request = overrides
+        .cpu_request
+        .as_deref()
+        .unwrap_or(DEFAULT_CPU_REQUEST);
+    let memory_request = overrides
+        .memory_request
+        .as_deref()
+        .unwrap_or(DEFAULT_MEMORY_REQUEST);
+    let memory_limit = overrides
+        .memory_limit
+        .as_deref()
+        .unwrap_or(DEFAULT_MEMORY_LIMIT);
+    let mut limits = Mapping::new();
+    if let Some(cpu) = &overrides.cpu_limit {
+        limits.insert("cpu".into(), cpu.as_str().into());
+    }
+    limits.insert("memory".into(), memory_limit.into());
+    c.insert(
+        "resources".into(),
+        map([
+            (
+                "requests",
+                map([
+                    ("cpu", cpu_request.into()),
+                    ("memory", memory_request.into()),
+                ]),
+            ),
+            ("limits", limits.into()),
+        ]),
+    );
+    c.insert(
+        "securityContext".into(),
+        map([
+            ("runAsUser", PROXY_UID.into()),
+            ("runAsGroup", PROXY_UID.into()),
+            ("runAsNonRoot", true.into()),
+            ("readOnlyRootFilesystem", true.into()),
+            ("allowPrivilegeEscalation", false.into()),
+            (
+                "capabilities",
+                map([("drop", Value::Sequence(vec!["ALL".into()]))]),
+            ),
+            ("seccompProfile", map([("type", "RuntimeDefault".into())])),
+        ]),
+    );
+    if settings.identity() {
+        c.insert(
+            "volumeMounts".into(),
+            Value::Sequence(vec![
+                map([
+                    ("name", TOKEN_VOLUME.into()),
+                    ("mountPath", TOKEN_DIR.into()),
+                    ("readOnly", true.into()),
+                ]),
+                map([
+                    ("name", TRUST_ANCHORS_VOLUME.into()),
+                    ("mountPath", TRUST_ANCHORS_DIR.into()),
+                    ("readOnly", true.into()),
+                ]),
+            ]),
+        );
+    }
+    c.into()
+}
+
+/// The token that proves the pod's service account to the control plane,
+/// and the trust anchors that prove the control plane to the proxy.
+fn volumes(settings: &Settings) -> Vec<Value> {
+    let token = map([(
+        "serviceAccountToken",
+        map([
+            ("audience", settings.token_audience.as_str().into()),
+            ("expirationSeconds", TOKEN_LIFETIME_SECONDS.into()),
+            ("path", "token".into()),
+        ]),
+    )]);
+    vec![
+        map([
+            ("name", TOKEN_VOLUME.into()),
+            (
+                "projected",
+                map([("sources", Value::Sequence(vec![token]))]),
+            ),
+        ]),
+        map([
+            ("name", TRUST_ANCHORS_VOLUME.into()),
+            (
+                "configMap",
+                map([("name", settings.trust_anchors_configmap.as_str().into())]),
+            ),
+        ]),
+    ]
+}
+
+/// Prometheus' scrape annotations, unless the pod has its own (which point
+/// at the app's metrics; a PodMonitor then scrapes the proxy by port name).
+fn annotate(edits: &mut Vec<Edit>, pod: &Value, pod_at: &[Step]) {
+    let wanted = [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", ADMIN_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ];
+    let metadata = pod.get("metadata");
+    let annotations = metadata.and_then(|m| m.get("annotations"));
+    if annotations
+        .and_then(|a| a.get("prometheus.io/scrape"))
+        .is_some()
+    {
+        return;
+    }
+    let wanted: Mapping = wanted
+        .into_iter()
+        .filter(|(k, _)| annotations.and_then(|a| a.get(*k)).is_none())
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    let metadata_at = child(pod_at, "metadata");
+    match (metadata, annotations) {
+        (None, _) => edits.push(Edit::AddEntry {
+            map: pod_at.to_vec(),
+            key: "metadata".into(),
+            value: map([("annotations", wanted.into())]),
+        }),
+        (Some(_), None) => edits.push(Edit::AddEntry {
+            map: metadata_at,
+            key: "annotations".into(),
+            value: wanted.into(),
+        }),
+        (Some(_), Some(Value::Null)) => {
+            edits.push(Edit::RemoveEntry {
+                map: metadata_at.clone(),
+                key: "annotations".into(),
+            });
+            edits.push(Edit::AddEntry {
+                map: metadata_at,
+                key: "annotations".into(),
+                value: wanted.into(),
+            });
+        }
+        (Some(_), Some(_)) => {
+            let annotations_at = child(&metadata_at, "annotations");
+            for (key, value) in wanted {
+                edits.push(Edit::AddEntry {
+                    map: annotations_at.clone(),
+                    key: key.as_str().unwrap_or_default().to_string(),
+                    value,
+                });
+            }
+        }
+    }
+}
+
+/// Makes the list `key` of `spec` hold each of `items` (matched by name):
+/// replaced where different, added where missing (first or last).
+fn ensure_items(
+    edits: &mut Vec<Edit>,
+    spec: &Value,
+    spec_at: &[Step],
+    key: &str,
+    first: bool,
+    items: Vec<Value>,
+) -> Result<(), String> {
+    let list = match spec.get(key) {
+        None => None,
+        Some(Value::Null) => {
+            edits.push(Edit::RemoveEntry {
+                map: spec_at.to_vec(),
+                key: key.into(),
+            });
+            None
+        }
+        Some(Value::Sequence(list)) => Some(list),
+        Some(_) => return Err(format!("spec.{key} is not a list")),
+    };
+    let Some(list) = list else {
+        edits.push(Edit::AddEntry {
+            map: spec_at.to_vec(),
+            key: key.into(),
+            value: Value::Sequence(items),
+        });
+        return Ok(());
+    };
+    let at = child(spec_at, key);
+    for item in items {
+        let name = item.get("name");
+        match list.iter().position(|i| i.get("name") == name) {
+            Some(index) if list[index] == item => {}
+            Some(index) => edits.push(Edit::ReplaceItem {
+                seq: at.clone(),
+                index,
+                item,
+            }),
+            None => edits.push(Edit::InsertItem {
+                seq: at.clone(),
+                first,
+                item,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Takes the item `name` out of the list `key` of `spec`; the list goes
+/// with it when it held nothing else.
+fn remove_named(
+    edits: &mut Vec<Edit>,
+    spec: &Value,
+    spec_at: &[Step],
+    key: &str,
+    name: &str,
+) -> Result<(), String> {
+    let Some(list) = spec.get(key).and_then(Value::as_sequence) else {
+        return Ok(());
+    };
+    let Some(index) = list
+        .iter()
+        .position(|i| i.get("name").and_then(Value::as_str) == Some(name))
+    else {
+        return Ok(());
+    };
+    edits.push(match list.len() {
+        1 => Edit::RemoveEntry {
+            map: spec_at.to_vec(),
+            key: key.into(),
+        },
+        _ => Edit::RemoveItem {
+            seq: child(spec_at, key),
+            index,
+        },
+    });
+    Ok(())
+}
+
+fn child(at: &[Step], key: &str) -> Vec<Step> {
+    let mut path = at.to_vec();
+    path.push(Step::Key(key.into()));
+    path
+}
+
+fn text(value: &Value, path: &[&str]) -> Option<String> {
+    let mut at = value;
+    for key in path {
+        at = at.get(key)?;
+    }
+    at.as_str().map(str::to_string)
+}
+
+fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    Value::Mapping(entries.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+fn env_value(name: &str, value: &str) -> Value {
+    map([("name", name.into()), ("value", value.into())])
+}
+
+fn from_field(name: &str, field: &str) -> Value {
+    map([
+        ("name", name.into()),
+        (
+            "valueFrom",
+            map([("fieldRef", map([("fieldPath", field.into())]))]),
+        ),
+    ])
+}
+
+fn port(name: &str, number: u16) -> Value {
+    map([("name", name.into()), ("containerPort", number.into())])
+}
+
+fn probe(path: &str) -> Mapping {
+    let Value::Mapping(m) = map([(
+        "httpGet",
+        map([("path", path.into()), ("port", ADMIN_PORT.into())]),
+    )]) else {
+        unreachable!("map makes a mapping")
+    };
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_quantity;
+
+    #[test]
+    fn quantities_are_those_kubernetes_takes() {
+        for q in ["100m", "0.5", "1", "64Mi", "1G", "1e3", "2E-1", ".5"] {
+            assert!(is_quantity(q), "{q}");
+        }
+        for q in ["", "m", "1.2.3", "64MB", "abc", "1e", "-", "."] {
+            assert!(!is_quantity(q), "{q}");
+        }
+    }
+}
