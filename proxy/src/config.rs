@@ -15,6 +15,7 @@ pub const DEFAULT_INBOUND: &str = "0.0.0.0:4143";
 pub const DEFAULT_ADMIN: &str = "0.0.0.0:4191";
 pub const DEFAULT_APP: &str = "127.0.0.1:8080";
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
+pub const DEFAULT_WAIT_READY_TIMEOUT: &str = "2m";
 pub const DEFAULT_SERVICE: &str = "app";
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_THREADS: &str = "1";
@@ -22,12 +23,44 @@ pub const DEFAULT_DISCOVERY_TIMEOUT: &str = "5s";
 pub const DEFAULT_REGISTRATION_TTL: &str = "30s";
 pub const DEFAULT_CONTROL_IDENTITY: &str = remora_api::identity::CONTROL_PLANE_IDENTITY;
 
-#[derive(Clone, Debug, Parser)]
+/// The whole command line: the proxy's flags, or a subcommand.
+#[derive(Debug, Parser)]
 #[command(
     name = "remora-proxy",
     version,
-    about = "remora's sidecar proxy: the local app's calls out, and calls in to it"
+    about = "remora's sidecar proxy: the local app's calls out, and calls in to it",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Wait until the proxy beside it is ready, then exit 0 (1 when the
+    /// time is up). A classic sidecar's `postStart` hook runs it, so that
+    /// Kubernetes starts the app only once its proxy is ready.
+    WaitReady(WaitReadyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitReadyArgs {
+    /// The proxy's admin listener; an unspecified address (`0.0.0.0`)
+    /// means this host.
+    #[arg(long, env = "REMORA_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+
+    /// How long to wait.
+    #[arg(long, default_value = DEFAULT_WAIT_READY_TIMEOUT)]
+    pub timeout: HumanDuration,
+}
+
+#[derive(Clone, Debug, Parser)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["config", "control_url"])))]
 pub struct Config {
     /// The mesh config to serve from (standalone mode). It is watched and

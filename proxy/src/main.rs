@@ -3,7 +3,7 @@
 #![deny(unsafe_code)]
 
 use clap::Parser;
-use remora_proxy::config::Config;
+use remora_proxy::config::{Cli, Command};
 
 /// glibc's allocator keeps what a burst of connections allocated long
 /// after they close (90% of it, benches/load/memory.sh); mimalloc,
@@ -29,7 +29,13 @@ fn purge_freed_memory_at_once() {
 
 fn main() -> std::process::ExitCode {
     purge_freed_memory_at_once();
-    let config = Config::parse();
+    let config = match Cli::parse() {
+        Cli {
+            command: Some(Command::WaitReady(args)),
+            ..
+        } => return remora_proxy::wait_ready::run(&args),
+        Cli { config, .. } => config,
+    };
     let log_level = match remora_server::logs::init(config.log_format, &config.log_level) {
         Ok(l) => l,
         Err(e) => {
