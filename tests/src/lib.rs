@@ -5,6 +5,7 @@
 pub mod client;
 pub mod control;
 pub mod identity;
+pub mod kubernetes;
 pub mod mesh_client;
 pub mod nginx;
 pub mod process;
