@@ -97,7 +97,7 @@ fn is_qualified_name(s: &str) -> bool {
 /// Kubernetes' DNS-1123 subdomain: parts between dots of lowercase
 /// letters, digits and '-', each beginning and ending with a letter or
 /// digit (no length limit per part, as in Kubernetes).
-fn is_dns_subdomain(s: &str) -> bool {
+pub fn is_dns_subdomain(s: &str) -> bool {
     let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     !s.is_empty()
         && s.len() <= MAX_PREFIX_LEN

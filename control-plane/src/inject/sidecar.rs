@@ -42,6 +42,7 @@ pub mod annotation {
     pub const CPU_LIMIT: &str = "remora.io/proxy-cpu-limit";
     pub const MEMORY_REQUEST: &str = "remora.io/proxy-memory-request";
     pub const MEMORY_LIMIT: &str = "remora.io/proxy-memory-limit";
+    pub const TOKEN_SECRET: &str = "remora.io/token-secret";
 }
 
 /// A workload found in a document: where its pod template is.
@@ -154,14 +155,8 @@ pub fn plan(document: &Value, workload: &Workload, settings: &Settings) -> Resul
     ensure_items(&mut edits, spec, &spec_at, home, true, vec![sidecar])?;
     remove_named(&mut edits, spec, &spec_at, other, CONTAINER)?;
     if settings.identity() {
-        ensure_items(
-            &mut edits,
-            spec,
-            &spec_at,
-            "volumes",
-            false,
-            volumes(settings),
-        )?;
+        let volumes = volumes(settings, overrides.token_secret.as_deref());
+        ensure_items(&mut edits, spec, &spec_at, "volumes", false, volumes)?;
     }
     annotate(&mut edits, pod, &workload.pod);
     Ok(Plan::Edit(edits))
@@ -179,6 +174,7 @@ struct Overrides {
     cpu_limit: Option<String>,
     memory_request: Option<String>,
     memory_limit: Option<String>,
+    token_secret: Option<String>,
 }
 
 impl Overrides {
@@ -227,7 +223,14 @@ impl Overrides {
             }
             None => None,
         };
+        let token_secret = match find(annotation::TOKEN_SECRET) {
+            Some(name) if !remora_api::labels::is_dns_subdomain(&name) => {
+                return Err(bad(annotation::TOKEN_SECRET, &name, "a Secret's name"))
+            }
+            name => name,
+        };
         Ok(Overrides {
+            token_secret,
             disabled,
             mode,
             service: find(annotation::SERVICE),
@@ -463,33 +466,54 @@ fn container(
     c.into()
 }
 
-/// The token that proves the pod's service account to the control plane,
+/// The token that proves the pod's identity to the control plane (its
+/// service account's, projected for the control plane's audience; or the
+/// key `token` of the Secret a `remora.io/token-secret` annotation names),
 /// and the trust anchors that prove the control plane to the proxy.
-fn volumes(settings: &Settings) -> Vec<Value> {
-    let token = map([(
-        "serviceAccountToken",
-        map([
-            ("audience", settings.token_audience.as_str().into()),
-            ("expirationSeconds", TOKEN_LIFETIME_SECONDS.into()),
-            ("path", "token".into()),
-        ]),
-    )]);
-    vec![
-        map([
+fn volumes(settings: &Settings, token_secret: Option<&str>) -> Vec<Value> {
+    let token = match token_secret {
+        Some(secret) => map([
             ("name", TOKEN_VOLUME.into()),
             (
-                "projected",
-                map([("sources", Value::Sequence(vec![token]))]),
+                "secret",
+                map([
+                    ("secretName", secret.into()),
+                    (
+                        "items",
+                        Value::Sequence(vec![map([
+                            ("key", "token".into()),
+                            ("path", "token".into()),
+                        ])]),
+                    ),
+                ]),
             ),
         ]),
-        map([
-            ("name", TRUST_ANCHORS_VOLUME.into()),
-            (
-                "configMap",
-                map([("name", settings.trust_anchors_configmap.as_str().into())]),
-            ),
-        ]),
-    ]
+        None => {
+            let projected = map([(
+                "serviceAccountToken",
+                map([
+                    ("audience", settings.token_audience.as_str().into()),
+                    ("expirationSeconds", TOKEN_LIFETIME_SECONDS.into()),
+                    ("path", "token".into()),
+                ]),
+            )]);
+            map([
+                ("name", TOKEN_VOLUME.into()),
+                (
+                    "projected",
+                    map([("sources", Value::Sequence(vec![projected]))]),
+                ),
+            ])
+        }
+    };
+    let trust_anchors = map([
+        ("name", TRUST_ANCHORS_VOLUME.into()),
+        (
+            "configMap",
+            map([("name", settings.trust_anchors_configmap.as_str().into())]),
+        ),
+    ]);
+    vec![token, trust_anchors]
 }
 
 /// Prometheus' scrape annotations, unless the pod has its own (which point

@@ -363,3 +363,25 @@ fn bad_annotations_and_bad_yaml_say_what_and_where() {
         "{e}"
     );
 }
+
+#[test]
+fn a_token_secret_annotation_mounts_that_secret_instead_of_the_projected_token() {
+    let input = DEPLOYMENT.replace(
+        "    metadata:\n      labels:\n",
+        "    metadata:\n      annotations:\n        remora.io/token-secret: web-remora-token\n      labels:\n",
+    );
+    let out = run(&input).output;
+    let d = &documents(&out)[0];
+    let token = &d["spec"]["template"]["spec"]["volumes"][1];
+    assert_eq!(token["name"], "remora-token");
+    assert_eq!(token["secret"]["secretName"], "web-remora-token");
+    assert_eq!(token["secret"]["items"][0]["path"], "token");
+    assert!(token.get("projected").is_none());
+    let bad = input.replace("web-remora-token", "Web_Token");
+    let e = inject(&bad, &settings(&[])).unwrap_err();
+    assert!(
+        e.message
+            .contains("remora.io/token-secret: \"Web_Token\" is not a Secret's name"),
+        "{e}"
+    );
+}
