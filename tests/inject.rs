@@ -386,6 +386,27 @@ async fn the_injected_sidecar_runs_as_written() {
         .await;
     }
 
+    // Prometheus scrapes it where the annotations inject added say.
+    let annotations = &doc["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    let port: u16 = annotations["prometheus.io/port"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        sidecar["ports"][1]["containerPort"].as_u64(),
+        Some(port.into())
+    );
+    let path = annotations["prometheus.io/path"].as_str().unwrap();
+    let metrics = client.get(&format!("http://{admin}{path}")).await.unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.text().contains("remora_connections_open"),
+        "{}",
+        metrics.text()
+    );
+
     // It registered under the pod's name, with its version label, at the
     // app port inject found in the Deployment.
     let services = cp.services().await;
