@@ -130,7 +130,10 @@ fn the_readme_walkthrough_installs_the_chart_and_a_meshed_workload() {
     // Two installs, two namespaces, three Secrets, two applies.
     assert_eq!(commands.len(), 9, "{commands:#?}");
     assert_eq!(
-        commands.iter().filter(|c| **c == "kubectl apply -f -").count(),
+        commands
+            .iter()
+            .filter(|c| **c == "kubectl apply -f -")
+            .count(),
         2,
         "{commands:#?}"
     );
