@@ -743,20 +743,9 @@ fn secrets_trust_anchors_and_the_dashboard_land_where_the_values_say() {
 /// Standard base64, as Kubernetes writes a Secret's data (coreutils'
 /// `base64 --decode`).
 fn base64_decode(encoded: &str) -> String {
-    use std::io::Write as _;
-    let mut child = Command::new("base64")
-        .arg("--decode")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("running base64");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(encoded.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut command = Command::new("base64");
+    command.arg("--decode");
+    let out = remora_e2e::process::run_with_input(command, encoded);
     assert!(out.status.success(), "not base64: {encoded}");
     String::from_utf8(out.stdout).expect("PEM text")
 }

@@ -8,15 +8,14 @@
 //! token, mounts) is played by the test, named where it happens.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_yaml::Value;
 
 use remora_e2e::identity::{grant_tokens, token_file};
 use remora_e2e::kubernetes;
-use remora_e2e::process::{binary, Running};
+use remora_e2e::process::{binary, run_with_input, Running};
 use remora_e2e::{eventually, Client, ControlPlane, Upstream};
 
 /// Kubernetes' first version with native sidecars enabled by default.
@@ -144,21 +143,9 @@ spec:
 
 /// Runs `remora-control inject ARGS` on `input`: stdout, stderr, success.
 fn inject(input: &str, args: &[&str]) -> (String, String, bool) {
-    let mut child = Command::new(binary("remora-control"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running remora-control inject");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())
-        .expect("writing to inject");
-    let out = child.wait_with_output().expect("waiting for inject");
+    let mut command = Command::new(binary("remora-control"));
+    command.arg("inject").args(args);
+    let out = run_with_input(command, input);
     (
         String::from_utf8(out.stdout).expect("UTF-8 out"),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -190,7 +190,11 @@ fn inject_document(
         (line, format!("not YAML: {e}"))
     })?;
     let mut planned = data.clone();
+    // Edits work on whole lines: the last one ends too.
     let mut text = document.to_string();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
     let mut in_place = true;
     for workload in sidecar::workloads(&data) {
         let name = format!("{}/{}", workload.kind, workload.name);

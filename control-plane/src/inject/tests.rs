@@ -322,6 +322,14 @@ fn json_and_flow_style_are_written_out_in_full_saying_so() {
 }
 
 #[test]
+fn a_stream_without_a_last_newline_is_still_edited_in_place() {
+    let input = DEPLOYMENT.split("---\n").next().unwrap().trim_end();
+    let injected = run(input);
+    assert!(injected.notes.is_empty(), "{:?}", injected.notes);
+    only_added(input, &injected.output);
+}
+
+#[test]
 fn host_network_pods_and_other_kinds_are_left_alone() {
     let input = "kind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  template:\n    spec:\n      hostNetwork: true\n      containers:\n      - name: a\n---\nkind: ConfigMap\nmetadata:\n  name: c\n# trailing comment\n";
     let injected = run(input);
