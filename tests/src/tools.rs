@@ -8,6 +8,11 @@ use std::path::PathBuf;
 /// Where `command` is, if installed; `package` is the Debian package that
 /// brings it, for the message.
 pub fn find(command: &str, package: &str) -> Option<PathBuf> {
+    find_or_say(command, &format!("Debian: `apt-get install {package}`"))
+}
+
+/// Where `command` is, if installed; `how` says how to install it.
+pub fn find_or_say(command: &str, how: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -19,11 +24,9 @@ pub fn find(command: &str, package: &str) -> Option<PathBuf> {
     if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "{command} is needed by this test; install it (Debian: `apt-get install {package}`)"
+            "{command} is needed by this test; install it ({how})"
         );
-        eprintln!(
-            "{command} not found: skipping what needs it (Debian: `apt-get install {package}`)"
-        );
+        eprintln!("{command} not found: skipping what needs it ({how})");
     }
     found
 }
