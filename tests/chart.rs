@@ -79,9 +79,9 @@ fn pems() -> Pems {
 }
 
 /// A root CA (ca.crt) and an intermediate CA signed by it (tls.crt, its
-/// key tls.key in PKCS#8), as cert-manager writes a Certificate with
-/// `isCA: true`, ECDSA P-256 and `encoding: PKCS8` (docs/kubernetes.md),
-/// made with openssl.
+/// key tls.key in SEC1), as cert-manager writes a Certificate with
+/// `isCA: true` and ECDSA P-256 (its default key encoding is SEC1), made
+/// with openssl.
 fn cert_manager_like_issuer(dir: &Path) {
     std::fs::create_dir_all(dir).expect("a dir");
     // Each command line is split at spaces: none of its words has one.
@@ -115,6 +115,10 @@ fn cert_manager_like_issuer(dir: &Path) {
         "x509 -req -in issuer.csr -CA ca.crt -CAkey root.key -CAcreateserial -out tls.crt \
          -days 20 -extfile ext",
     );
+    // cert-manager's default encoding: `EC PRIVATE KEY`.
+    openssl("ec -in tls.key -out tls.key");
+    let key = std::fs::read_to_string(dir.join("tls.key")).expect("tls.key");
+    assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{key}");
 }
 
 /// The chart's values files for its own tests.

@@ -111,8 +111,7 @@ impl Issuer {
                 "is not a CA certificate (basicConstraints CA:TRUE)",
             ));
         }
-        let key = KeyPair::from_pem(key_pem)
-            .map_err(|e| Error::invalid("the issuer key", format!("not a usable key: {e}")))?;
+        let key = issuer_key(key_pem)?;
         if !inspect::has_public_key(&certs[0], key.public_key_raw())? {
             return Err(Error::invalid(
                 "the issuer key",
@@ -235,6 +234,64 @@ fn csr_problem(e: &rcgen::Error) -> String {
             "its signature does not verify: it was not signed by the key it carries".to_string()
         }
         other => other.to_string(),
+    }
+}
+
+/// The issuer's key pair from PEM: PKCS#8, or SEC1 (`EC PRIVATE KEY`, as
+/// OpenSSL and cert-manager write an ECDSA key), which is rewrapped as the
+/// PKCS#8 that ring reads.
+fn issuer_key(key_pem: &str) -> Result<KeyPair, Error> {
+    let unusable = |e: &dyn std::fmt::Display| {
+        Error::invalid("the issuer key", format!("not a usable key: {e}"))
+    };
+    let pkcs8 = match pem::private_key(key_pem, "the issuer key")? {
+        rustls_pki_types::PrivateKeyDer::Sec1(sec1) => {
+            sec1_p256_as_pkcs8(sec1.secret_sec1_der())
+                .ok_or_else(|| unusable(&"a SEC1 key of another curve than P-256"))?
+        }
+        other => other.secret_der().to_vec(),
+    };
+    KeyPair::try_from(pkcs8.as_slice()).map_err(|e| unusable(&e))
+}
+
+/// `PrivateKeyInfo` (RFC 5208) around an ECPrivateKey (RFC 5915) of the
+/// P-256 curve; `None` when the key names another curve.
+fn sec1_p256_as_pkcs8(sec1: &[u8]) -> Option<Vec<u8>> {
+    /// id-ecPublicKey, then prime256v1.
+    const ALGORITHM: &[u8] = &[
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    // SEQUENCE { INTEGER 1, OCTET STRING key, [0] curve OPTIONAL, ... }:
+    // the curve, when named, must be P-256.
+    let header = match sec1.get(1)? {
+        0x81 => 3,
+        0x82 => 4,
+        _ => 2,
+    };
+    let key_at = header + 3;
+    let key_len = usize::from(*sec1.get(key_at + 1)?);
+    let curve = sec1.get(key_at + 2 + key_len..)?;
+    if curve.first() == Some(&0xa0) && curve.get(2..2 + curve[1] as usize)? != &ALGORITHM[11..] {
+        return None;
+    }
+    let mut body = vec![0x02, 0x01, 0x00];
+    body.extend_from_slice(ALGORITHM);
+    body.push(0x04);
+    der_length(&mut body, sec1.len());
+    body.extend_from_slice(sec1);
+    let mut info = vec![0x30];
+    der_length(&mut info, body.len());
+    info.extend(body);
+    Some(info)
+}
+
+/// A DER length, short or long form (up to 64 KiB, far more than a key).
+fn der_length(out: &mut Vec<u8>, length: usize) {
+    match length {
+        0..=0x7f => out.push(length as u8),
+        0x80..=0xff => out.extend([0x81, length as u8]),
+        _ => out.extend([0x82, (length >> 8) as u8, length as u8]),
     }
 }
 
@@ -411,5 +468,46 @@ mod tests {
             }
         }
         out
+    }
+
+    /// An issuer as OpenSSL makes one (`openssl ecparam -name prime256v1
+    /// -genkey -noout`, then a self-signed CA), its key in SEC1, as
+    /// cert-manager also writes it.
+    const SEC1_ISSUER_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
+MHcCAQEEIBRVAqM/zt5P/EPLA90pTIq/a71cK6tkfE0M6PMe05cgoAoGCCqGSM49
+AwEHoUQDQgAEJFE8DIHYFvdMoQAZZjy7Ssnmp0ITcI0O7rMMxX15Jvwa3mCCsphs
+kmLWXwGYjPlCRFNStU0a7Q6mGr8GNYulRw==
+-----END EC PRIVATE KEY-----\n";
+    const SEC1_ISSUER_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBuDCCAV6gAwIBAgIUNEDbyEoIlcIfhm5c0tyRrq2hZpEwCgYIKoZIzj0EAwIw
+JzEPMA0GA1UECgwGcmVtb3JhMRQwEgYDVQQDDAt0ZXN0IGlzc3VlcjAgFw0yNjEy
+MDMxNjA5MDdaGA8yMTI2MTEwOTE2MDkwN1owJzEPMA0GA1UECgwGcmVtb3JhMRQw
+EgYDVQQDDAt0ZXN0IGlzc3VlcjBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABCRR
+PAyB2Bb3TKEAGWY8u0rJ5qdCE3CNDu6zDMV9eSb8Gt5ggrKYbJJi1l8BmIz5QkRT
+UrVNGu0Ophq/BjWLpUejZjBkMB0GA1UdDgQWBBSJlyZivfe/mhjg1uIqw33Wnf6c
+0TAfBgNVHSMEGDAWgBSJlyZivfe/mhjg1uIqw33Wnf6c0TASBgNVHRMBAf8ECDAG
+AQH/AgEAMA4GA1UdDwEB/wQEAwIBBjAKBggqhkjOPQQDAgNIADBFAiEAsymqaQzT
+2iA1F6hSgWTQq1rR7jk7jkxcI14Tzanf7WsCIE1Ym6R32jikt0u9g+zW0yFAuFy4
+GpDpnqeOtVkz4vRM
+-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn an_issuer_key_in_sec1_is_read_as_well_as_pkcs8() {
+        let issuer = Issuer::from_pem(SEC1_ISSUER_CERT, SEC1_ISSUER_KEY).unwrap();
+        let (chain, _key) = issuer
+            .issue(&id("orders"), Validity::starting(SystemTime::now(), DAY))
+            .unwrap();
+        let issuer_cert = &pem::certificates(SEC1_ISSUER_CERT, "issuer").unwrap()[0];
+        let leaf = &pem::certificates(&chain, "leaf").unwrap()[0];
+        assert!(inspect::is_signed_by(leaf, issuer_cert).unwrap());
+
+        let p384 = "-----BEGIN EC PRIVATE KEY-----
+MIGkAgEBBDAEQAWcOpf3TQnxzYx4JqyrP3c8Svp5+FCEx5Adk15SAa4enoH6FSBD
+4UhNVCC3IfSgBwYFK4EEACKhZANiAAQ99d17JiauHQWCm0eIbCDgxEkisFfbnQ5P
+47gcZvuWhBKCkPmUnBiHZm+YGlBfXmZD2sOkEN6u+EGLS+ZuSUWt5Fa1sWD9mAfK
+XHl0Fq3A6FTb4b0ZQwgnq1lvHHXDjCE=
+-----END EC PRIVATE KEY-----\n";
+        let e = Issuer::from_pem(SEC1_ISSUER_CERT, p384).err().unwrap();
+        assert!(e.to_string().contains("another curve than P-256"), "{e}");
     }
 }
