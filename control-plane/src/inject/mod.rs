@@ -85,7 +85,7 @@ impl Settings {
     }
 
     /// The control plane's URL as the proxy takes it: scheme and authority.
-    pub fn control_url(&self) -> String {
+    pub fn proxy_control_url(&self) -> String {
         let scheme = self.control_url.scheme_str().unwrap_or("http");
         match self.control_url.authority() {
             Some(authority) => format!("{scheme}://{authority}"),

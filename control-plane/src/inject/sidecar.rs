@@ -333,7 +333,7 @@ fn container(
         from_field("REMORA_INSTANCE", "metadata.name"),
         env_value("REMORA_SERVICE", service),
         env_value("REMORA_APP", &format!("127.0.0.1:{app_port}")),
-        env_value("REMORA_CONTROL_URL", &settings.control_url()),
+        env_value("REMORA_CONTROL_URL", &settings.proxy_control_url()),
     ];
     if settings.identity() {
         env.push(env_value(
@@ -691,13 +691,12 @@ fn port(name: &str, number: u16) -> Value {
 }
 
 fn probe(path: &str) -> Mapping {
-    let Value::Mapping(m) = map([(
-        "httpGet",
+    let mut probe = Mapping::new();
+    probe.insert(
+        "httpGet".into(),
         map([("path", path.into()), ("port", ADMIN_PORT.into())]),
-    )]) else {
-        unreachable!("map makes a mapping")
-    };
-    m
+    );
+    probe
 }
 
 #[cfg(test)]
