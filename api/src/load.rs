@@ -10,7 +10,8 @@ use std::path::Path;
 use crate::identity::{check_trust_domain, SpiffeId};
 use crate::locate::{duplicate_keys, locate, Position, Segment};
 use crate::mesh::{
-    CircuitBreaker, Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route, Service,
+    effective_timeout, CircuitBreaker, Endpoint, LoadBalancer, Mesh, Protocol, RetryPolicy, Route,
+    Service,
 };
 
 /// One thing wrong with a config file, at its place; also the shape of a
@@ -282,7 +283,9 @@ fn check(mesh: &Mesh) -> Checker {
         }
         if let Some(retry) = &svc.retry {
             check_retry(&mut c, &at, retry);
-            if let (Some(per_try), Some(timeout)) = (retry.per_try_timeout, svc.timeout) {
+            if let (Some(per_try), Some(timeout)) =
+                (retry.per_try_timeout, effective_timeout(svc.timeout))
+            {
                 if per_try > timeout {
                     c.note(
                         &at,
@@ -503,7 +506,7 @@ fn note_per_try_timeout(c: &mut Checker, at: &[Segment], svc: &Service, route: &
     if route.timeout.is_none() && route.retry.is_none() {
         return;
     }
-    let Some(timeout) = route.timeout.or(svc.timeout) else {
+    let Some(timeout) = effective_timeout(route.timeout.or(svc.timeout)) else {
         return;
     };
     let Some(per_try) = route

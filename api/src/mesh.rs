@@ -95,7 +95,8 @@ pub struct Service {
     pub load_balancer: LoadBalancer,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
-    /// Bounds the whole request until its response headers, retries included.
+    /// Bounds the whole request until its response headers, retries
+    /// included; `0s` is no timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
     #[serde(default = "default_connect_timeout")]
@@ -116,6 +117,10 @@ pub struct Service {
 }
 
 impl Protocol {
+    pub fn is_default(&self) -> bool {
+        *self == Protocol::default()
+    }
+
     /// Whether the endpoints themselves speak HTTP/2.
     pub fn is_http2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
@@ -142,6 +147,12 @@ impl Default for Service {
             inbound: None,
         }
     }
+}
+
+/// A request timeout as it applies: `0s` is none, as in Envoy, for
+/// streams that live as long as they like (gRPC streams, long polls).
+pub fn effective_timeout(timeout: Option<HumanDuration>) -> Option<HumanDuration> {
+    timeout.filter(|t| !t.get().is_zero())
 }
 
 fn default_connect_timeout() -> HumanDuration {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::{InboundPolicy, Service};
+use crate::mesh::{InboundPolicy, Protocol, Service};
 
 /// The response header that carries a view's version (also in its body).
 pub const VERSION_HEADER: &str = "remora-version";
@@ -51,6 +51,10 @@ pub struct InboundView {
     pub trust_domain: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// What the service speaks: a `tcp` service's sidecars take every
+    /// connection as an opaque stream, with no HTTP detection.
+    #[serde(default, skip_serializing_if = "Protocol::is_default")]
+    pub protocol: Protocol,
     pub policy: InboundPolicy,
 }
 

@@ -21,8 +21,14 @@ use crate::crypto::provider;
 use crate::leaf::CredentialStore;
 use crate::{inspect, pem, Error, SpiffeId};
 
-/// The ALPN protocol of mesh connections.
+/// The ALPN protocol of mesh connections carrying requests.
 pub const ALPN_H2: &[u8] = b"h2";
+/// The ALPN protocol of a mesh connection dedicated to one HTTP/1.1
+/// request that asks to upgrade (a WebSocket): HTTP/2 carries no upgrade.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// The ALPN protocol of a mesh connection carrying one opaque byte stream
+/// (a `protocol: tcp` service), passed to the app as it is.
+pub const ALPN_OPAQUE: &[u8] = b"remora-opaque/1";
 
 /// The certificates a mesh trusts: one, or two while the anchor rotates.
 #[derive(Clone, Debug)]

@@ -241,6 +241,7 @@ fn settings(limits: Limits) -> ServerSettings {
         tls: None,
         // Connections and bytes are the proxy's traffic metrics.
         metrics: None,
+        opaque: None,
     }
 }
 

@@ -26,12 +26,14 @@ use crate::discovery::control::{ControlClient, Registrar};
 use crate::discovery::MeshView;
 use crate::http::client::Clients;
 use crate::identity::Identity;
-use crate::inbound::{self, Inbound};
+use crate::inbound::{self, Inbound, StreamSettings};
 use crate::metrics::Metrics;
 use crate::outbound::balance::EndpointRegistry;
 use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
+use crate::outbound::tcp::TcpStreams;
 use crate::outbound::{self, Discovery, Outbound};
+use crate::tcp::StreamLimits;
 
 /// How long the admin server may take to close once traffic has drained.
 const ADMIN_DRAIN: Duration = Duration::from_secs(1);
@@ -110,6 +112,12 @@ impl Proxy {
             &clients,
             metrics.http.clone(),
             caller_body_idle,
+            StreamSettings {
+                detect_timeout: config.detect_timeout.get(),
+                opaque_ports: config.opaque_ports.clone(),
+                limits: stream_limits(config),
+                metrics: metrics.tcp.clone(),
+            },
         ));
         let control = match control {
             Some(client) => Some((client, registration(config, inbound_addr)?)),
@@ -166,12 +174,13 @@ impl Proxy {
             vectored_writes: true,
             tls: None,
             metrics: None,
+            opaque: None,
         };
         let (traffic_drain, traffic_draining) = drain_channel();
         let (admin_drain, admin_draining) = drain_channel();
-        let traffic = vec![
+        let mut traffic = vec![
             outbound::serve(
-                self.outbound,
+                self.outbound.clone(),
                 self.listeners.outbound,
                 settings.clone(),
                 &self.metrics.transport,
@@ -183,9 +192,24 @@ impl Proxy {
                 settings.clone(),
                 self.identity.as_deref(),
                 &self.metrics.transport,
-                traffic_draining,
+                traffic_draining.clone(),
             )?,
         ];
+        for (service, listener) in self.listeners.tcp {
+            let streams = TcpStreams {
+                outbound: self.outbound.clone(),
+                service,
+                limits: stream_limits(config),
+                metrics: self.metrics.tcp.clone(),
+            };
+            let serving = outbound::tcp::serve(
+                Arc::new(streams),
+                listener,
+                settings.clone(),
+                traffic_draining.clone(),
+            );
+            traffic.push(serving);
+        }
         // The admin server is not counted as proxied traffic.
         let admin = self.admin;
         let admin_server = tokio::spawn(server::serve(
@@ -287,12 +311,24 @@ impl Serving {
     }
 }
 
-/// The three listeners, bound before anything else so that a taken port
-/// fails the start at once.
+/// An opaque stream's limits: as a connection's, a first byte within the
+/// header read timeout (a silent connection is cut as it is on HTTP), then
+/// the idle timeout.
+fn stream_limits(config: &Config) -> StreamLimits {
+    StreamLimits {
+        first_byte: config.connections.header_read_timeout.get(),
+        idle: config.connections.idle_timeout.get(),
+    }
+}
+
+/// The listeners, bound before anything else so that a taken port fails
+/// the start at once.
 struct Listeners {
     outbound: TcpListener,
     inbound: TcpListener,
     admin: TcpListener,
+    /// Each `--tcp-listen` service's.
+    tcp: Vec<(String, TcpListener)>,
     /// What `/config` says of the listeners, and of the app.
     addresses: serde_json::Value,
 }
@@ -307,13 +343,27 @@ impl Listeners {
             inbound.local_addr()?,
             admin.local_addr()?,
         );
+        let mut tcp = Vec::new();
+        let mut tcp_addresses = serde_json::Map::new();
+        for (service, addr) in &config.tcp_listen {
+            if tcp_addresses.contains_key(service) {
+                anyhow::bail!("--tcp-listen names {service} twice");
+            }
+            let listener = bind(*addr, &format!("{service}'s tcp")).await?;
+            let bound = listener.local_addr()?;
+            tracing::info!(service, address = %bound, "listening for tcp streams");
+            tcp_addresses.insert(service.clone(), serde_json::json!(bound));
+            tcp.push((service.clone(), listener));
+        }
         tracing::info!(outbound = %outbound_addr, inbound = %inbound_addr, admin = %admin_addr, app = %config.app, "listening");
         Ok(Listeners {
             outbound,
             inbound,
             admin,
+            tcp,
             addresses: serde_json::json!({
                 "outbound": outbound_addr, "inbound": inbound_addr, "admin": admin_addr, "app": config.app,
+                "tcp": tcp_addresses,
             }),
         })
     }
@@ -425,8 +475,11 @@ impl Follower {
         .compile(mesh);
         self.health.sync(&compiled);
         self.outbound.update(compiled);
-        self.inbound
-            .update(view.inbound_policy(&self.service), &mesh.trust_domain);
+        self.inbound.update(
+            view.inbound_policy(&self.service),
+            view.inbound_protocol(&self.service),
+            &mesh.trust_domain,
+        );
     }
 
     /// Applies every new version of the view.

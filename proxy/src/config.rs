@@ -21,6 +21,10 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_THREADS: &str = "1";
 pub const DEFAULT_DISCOVERY_TIMEOUT: &str = "5s";
 pub const DEFAULT_REGISTRATION_TTL: &str = "30s";
+/// Long enough for any client that speaks first; short enough that a
+/// server-speaks-first protocol's client, which waits in silence for the
+/// greeting, is not kept waiting long.
+pub const DEFAULT_DETECT_TIMEOUT: &str = "1s";
 pub const DEFAULT_CONTROL_IDENTITY: &str = remora_api::identity::CONTROL_PLANE_IDENTITY;
 
 /// The whole command line: the proxy's flags, or a subcommand.
@@ -58,6 +62,20 @@ pub struct WaitReadyArgs {
     /// How long to wait.
     #[arg(long, default_value = DEFAULT_WAIT_READY_TIMEOUT)]
     pub timeout: HumanDuration,
+}
+
+/// `SERVICE=ADDRESS`, as --tcp-listen takes it.
+fn parse_tcp_listen(s: &str) -> Result<(String, SocketAddr), String> {
+    let (service, address) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give SERVICE=ADDRESS, as in redis=127.0.0.1:6379"))?;
+    if !remora_api::load::is_valid_service_name(service) {
+        return Err(format!("{service:?} is not a service name"));
+    }
+    let address = address
+        .parse()
+        .map_err(|e| format!("{address:?} is not an address (IP:PORT): {e}"))?;
+    Ok((service.to_string(), address))
 }
 
 #[derive(Clone, Debug, Parser)]
@@ -139,6 +157,25 @@ pub struct Config {
     /// Listener for calls from other services to the local app.
     #[arg(long, env = "REMORA_INBOUND", default_value = DEFAULT_INBOUND)]
     pub inbound: SocketAddr,
+
+    /// A listener for the local app's opaque TCP streams to a `protocol:
+    /// tcp` service, as `SERVICE=ADDRESS` (`redis=127.0.0.1:6379`);
+    /// repeatable. Each connection is one stream to one of the service's
+    /// endpoints.
+    #[arg(long = "tcp-listen", env = "REMORA_TCP_LISTEN", value_delimiter = ',', value_parser = parse_tcp_listen)]
+    pub tcp_listen: Vec<(String, SocketAddr)>,
+
+    /// How long a plaintext inbound connection's first bytes may take to
+    /// show that it speaks HTTP; a connection silent that long (a
+    /// server-speaks-first protocol) or not speaking HTTP is passed to the
+    /// app as an opaque stream, where the service's policy allows.
+    #[arg(long, env = "REMORA_DETECT_TIMEOUT", default_value = DEFAULT_DETECT_TIMEOUT)]
+    pub detect_timeout: HumanDuration,
+
+    /// Ports of the app whose inbound connections are opaque streams
+    /// without detection (`5432,6379`); a `protocol: tcp` service's are all.
+    #[arg(long, env = "REMORA_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
 
     /// Listener for /metrics, /ready, /live, /config, /log-level, /shutdown.
     #[arg(long, env = "REMORA_ADMIN", default_value = DEFAULT_ADMIN)]

@@ -13,4 +13,5 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod tcp;
 pub mod wait_ready;

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabel, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -145,10 +147,38 @@ pub struct ClosedLabels {
     pub reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The bytes of a listener's HTTP connections, or of one service's
+/// opaque streams with one peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct BytesLabels {
     pub direction: Direction,
     pub rw: &'static str,
+    /// Opaque streams only: a listener's HTTP bytes belong to no one
+    /// service.
+    pub stream: Option<StreamLabels>,
+}
+
+/// Written by hand so that a listener's series carry no empty `service`
+/// and `peer`.
+impl EncodeLabelSet for BytesLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> std::fmt::Result {
+        ("direction", self.direction).encode(encoder.encode_label())?;
+        ("rw", self.rw).encode(encoder.encode_label())?;
+        if let Some(stream) = &self.stream {
+            ("service", &*stream.service).encode(encoder.encode_label())?;
+            ("peer", &*stream.peer).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// One service's opaque streams with one peer (its identity, or
+/// `unmeshed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub direction: Direction,
+    pub service: Arc<str>,
+    pub peer: Arc<str>,
 }
 
 /// A kind of control-plane resource: `outbound`, `inbound`, `registration`.
@@ -240,8 +270,11 @@ impl TransportMetrics {
             )
         };
         let bytes = |rw| {
-            self.bytes
-                .get_or_create_owned(&BytesLabels { direction, rw })
+            self.bytes.get_or_create_owned(&BytesLabels {
+                direction,
+                rw,
+                stream: None,
+            })
         };
         let handshakes = |result| match takes_tls {
             true => self
@@ -272,12 +305,62 @@ impl TransportMetrics {
     }
 }
 
+/// Opaque TCP streams, per service and peer. Their bytes are series of
+/// `remora_bytes_total` beside the listeners'.
+#[derive(Clone, Debug, Default)]
+pub struct TcpMetrics {
+    pub open: Family<StreamLabels, Gauge>,
+    pub total: Family<StreamLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub closed: Family<ClosedLabels, Counter>,
+}
+
+/// The series of one stream, resolved once when it opens.
+pub struct StreamMetrics {
+    pub open: Gauge,
+    pub total: Counter,
+    pub read: Counter,
+    pub written: Counter,
+    /// Streams cut by the idle timeout.
+    pub idle_closed: Counter,
+    /// Streams cut because no byte ever moved in time, as connections
+    /// that send no request are.
+    pub silent_closed: Counter,
+}
+
+impl TcpMetrics {
+    pub fn stream(&self, labels: StreamLabels) -> StreamMetrics {
+        let bytes = |rw| {
+            self.bytes.get_or_create_owned(&BytesLabels {
+                direction: labels.direction,
+                rw,
+                stream: Some(labels.clone()),
+            })
+        };
+        StreamMetrics {
+            read: bytes("read"),
+            written: bytes("write"),
+            idle_closed: self.closed.get_or_create_owned(&ClosedLabels {
+                direction: labels.direction,
+                reason: "idle",
+            }),
+            silent_closed: self.closed.get_or_create_owned(&ClosedLabels {
+                direction: labels.direction,
+                reason: "header-timeout",
+            }),
+            open: self.open.get_or_create_owned(&labels),
+            total: self.total.get_or_create_owned(&labels),
+        }
+    }
+}
+
 /// Everything the proxy records, created once and passed down.
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub http: HttpMetrics,
     pub transport: TransportMetrics,
+    pub tcp: TcpMetrics,
     /// Config reloads by result (`ok`, `error`).
     pub config_reloads: Family<ResultLabels, Counter>,
     pub control: ControlMetrics,
@@ -361,6 +444,21 @@ impl Metrics {
             "Inbound connections by how their TLS handshake ended",
             transport.handshakes.clone(),
         );
+        let tcp = TcpMetrics {
+            bytes: transport.bytes.clone(),
+            closed: transport.closed.clone(),
+            ..TcpMetrics::default()
+        };
+        r.register(
+            "tcp_connections_open",
+            "Opaque TCP streams open now, by service and peer",
+            tcp.open.clone(),
+        );
+        r.register(
+            "tcp_connections",
+            "Opaque TCP streams opened, by service and peer",
+            tcp.total.clone(),
+        );
         let config_reloads = Family::default();
         r.register(
             "config_reloads",
@@ -390,6 +488,7 @@ impl Metrics {
             registry,
             http,
             transport,
+            tcp,
             config_reloads,
             control,
         }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod backoff;
 pub mod body;
 pub mod connections;
+pub mod detect;
 pub mod logs;
 pub mod mesh_file;
 pub mod metrics;

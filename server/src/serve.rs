@@ -27,7 +27,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::body::IdleTimeout;
+use futures_util::future::BoxFuture;
+use remora_certs::verify::ALPN_OPAQUE;
+
 use crate::connections::{Activity, Admitted, InFlight, Limits, Table, Verdict};
+use crate::detect::{self, Protocol};
 use crate::smuggling::{AmbiguousFraming, Framing};
 use crate::tls::ServerTls;
 use crate::{Body, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_HEADER_BYTES};
@@ -52,6 +56,38 @@ pub struct ServerSettings {
     /// The listener's connection metrics, for a listener of proxied
     /// traffic; `None` counts nothing.
     pub metrics: Option<ConnectionMetrics>,
+    /// Who takes the connections that are not HTTP (a sidecar's inbound);
+    /// `None` serves HTTP only.
+    pub opaque: Option<Arc<dyn OpaqueStreams>>,
+}
+
+/// A connection's stream, in plaintext or TLS, as an opaque stream's
+/// owner gets it.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+pub type OpaqueIo = Box<dyn Io>;
+
+/// The owner of a listener's opaque streams: connections whose mutual TLS
+/// asked for them by ALPN ([`ALPN_OPAQUE`]), and plaintext ones that do
+/// not speak HTTP within the detect timeout (a server-speaks-first
+/// protocol says nothing), or all plaintext ones where detection is
+/// skipped.
+pub trait OpaqueStreams: Send + Sync + 'static {
+    /// How long a plaintext connection's first bytes may take to show
+    /// what it speaks.
+    fn detect_timeout(&self) -> Duration;
+    /// Whether every plaintext connection is opaque, whatever it sends.
+    fn skips_detection(&self) -> bool;
+    /// Serves one opaque stream until it ends.
+    fn serve(self: Arc<Self>, io: OpaqueIo, peer: Peer) -> BoxFuture<'static, ()>;
+}
+
+impl std::fmt::Debug for dyn OpaqueStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpaqueStreams").finish_non_exhaustive()
+    }
 }
 
 /// A listener's connection metrics, resolved once by its owner.
@@ -194,6 +230,22 @@ pub async fn serve<S, F>(
     let _ = all_closed.recv().await;
 }
 
+/// Serves `listener`, whose every connection is an opaque stream for
+/// `settings.opaque` (which must be set and skip detection), until drained.
+pub async fn serve_opaque(listener: TcpListener, settings: ServerSettings, drain: Drain) {
+    debug_assert!(settings
+        .opaque
+        .as_ref()
+        .is_some_and(|o| o.skips_detection()));
+    // Never called: no connection of this listener is taken for HTTP.
+    let no_http = |_peer| {
+        hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(crate::empty()))
+        })
+    };
+    serve(listener, settings, drain, no_http).await
+}
+
 /// What every connection of one listener shares.
 struct Connections<F> {
     builder: auto::Builder<TokioExecutor>,
@@ -236,84 +288,114 @@ where
         addr: SocketAddr,
         activity: &Arc<Activity>,
     ) {
-        match &self.settings.tls {
-            None => {
-                let peer = Peer {
-                    addr,
-                    identity: None,
-                };
-                self.http(stream, peer, activity).await
+        let tls = self.settings.tls.as_ref();
+        let opaque = self.settings.opaque.as_ref();
+        let plain = || Peer {
+            addr,
+            identity: None,
+        };
+        // The handshake is part of the time to the first request.
+        let first_request = activity.opened() + self.settings.limits.header_read;
+        let protocol = match (tls, opaque) {
+            (None, None) => return self.http(stream, plain(), activity).await,
+            (None, Some(opaque)) if opaque.skips_detection() => {
+                return self
+                    .opaque(opaque, Box::new(stream), plain(), activity)
+                    .await
             }
+            (_, Some(opaque)) => detect::detect(&stream, opaque.detect_timeout()).await,
+            (Some(_), None) => {
+                let limit = first_request.saturating_duration_since(Instant::now());
+                detect::detect(&stream, limit).await
+            }
+        };
+        let metrics = self.settings.metrics.as_ref();
+        match (protocol, tls) {
+            (Protocol::Closed, _) => {}
             // Boxed: a TLS connection's state is several times a plaintext
             // one's, and every connection's task would be sized for it.
-            Some(tls) => Box::pin(self.tls_or_plaintext(tls, stream, addr, activity)).await,
-        }
-    }
-
-    /// A connection to a listener that takes TLS: served over mutual TLS
-    /// when it starts a handshake, else as the plaintext policy says.
-    async fn tls_or_plaintext(
-        &self,
-        tls: &ServerTls,
-        stream: TcpStream,
-        addr: SocketAddr,
-        activity: &Arc<Activity>,
-    ) {
-        let metrics = self.settings.metrics.as_ref();
-        // The handshake is part of the time to the first request.
-        let deadline = activity.opened() + self.settings.limits.header_read;
-        let starts_tls =
-            crate::tls::starts_tls(&stream, deadline.saturating_duration_since(Instant::now()));
-        match starts_tls.await {
-            Some(true) => {
-                match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        if let Some(m) = metrics {
-                            m.handshakes_ok.inc();
-                        }
-                        let identity = remora_certs::verify::peer_identity(
-                            stream.get_ref().1.peer_certificates(),
-                        );
-                        let peer = Peer { addr, identity };
-                        self.http(stream, peer, activity).await;
-                    }
-                    Ok(Err(e)) => {
-                        if let Some(m) = metrics {
-                            m.handshakes_failed.inc();
-                        }
-                        tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        if let Some(m) = metrics {
-                            m.handshakes_failed.inc();
-                            m.closed.header_timeout.inc();
-                        }
-                        tracing::info!(peer = %addr, limit = ?self.settings.limits.header_read, "TLS handshake not finished in time");
-                    }
+            (Protocol::Tls, Some(tls)) => {
+                Box::pin(self.tls(tls, stream, addr, first_request, activity)).await
+            }
+            (Protocol::Silent, _) if opaque.is_none() => {
+                if let Some(m) = metrics {
+                    m.closed.header_timeout.inc();
                 }
             }
-            Some(false) if tls.plaintext.allows_plaintext() => {
-                let peer = Peer {
-                    addr,
-                    identity: None,
-                };
-                self.http(stream, peer, activity).await;
-            }
-            Some(false) => {
+            (_, Some(tls)) if !tls.plaintext.allows_plaintext() => {
                 if let Some(m) = metrics {
                     m.plaintext_refused.inc();
                 }
                 tracing::info!(peer = %addr, "plaintext refused: this service's inbound is mtls: strict");
             }
-            // Silent past the first-request limit, or closed.
-            None => {
-                if Instant::now() >= deadline {
-                    if let Some(m) = metrics {
-                        m.closed.header_timeout.inc();
-                    }
+            (protocol, _) => match opaque {
+                Some(opaque) if protocol != Protocol::Http || opaque.skips_detection() => {
+                    self.opaque(opaque, Box::new(stream), plain(), activity)
+                        .await
+                }
+                _ => self.http(stream, plain(), activity).await,
+            },
+        }
+    }
+
+    /// A connection that started a TLS handshake: served over mutual TLS,
+    /// as HTTP or, where its ALPN asks and the listener takes them, as an
+    /// opaque stream.
+    async fn tls(
+        &self,
+        tls: &ServerTls,
+        stream: TcpStream,
+        addr: SocketAddr,
+        first_request: Instant,
+        activity: &Arc<Activity>,
+    ) {
+        let metrics = self.settings.metrics.as_ref();
+        match tokio::time::timeout_at(first_request, tls.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                if let Some(m) = metrics {
+                    m.handshakes_ok.inc();
+                }
+                let session = stream.get_ref().1;
+                let identity = remora_certs::verify::peer_identity(session.peer_certificates());
+                let opaque = self
+                    .settings
+                    .opaque
+                    .as_ref()
+                    .filter(|_| session.alpn_protocol() == Some(ALPN_OPAQUE));
+                let peer = Peer { addr, identity };
+                match opaque {
+                    Some(opaque) => self.opaque(opaque, Box::new(stream), peer, activity).await,
+                    None => self.http(stream, peer, activity).await,
                 }
             }
+            Ok(Err(e)) => {
+                if let Some(m) = metrics {
+                    m.handshakes_failed.inc();
+                }
+                tracing::info!(peer = %addr, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                if let Some(m) = metrics {
+                    m.handshakes_failed.inc();
+                    m.closed.header_timeout.inc();
+                }
+                tracing::info!(peer = %addr, limit = ?self.settings.limits.header_read, "TLS handshake not finished in time");
+            }
         }
+    }
+
+    /// An opaque stream, handed to the listener's owner. It counts as busy
+    /// for as long as it lasts, so that it is never shed for a newcomer:
+    /// its owner keeps its own idle limit.
+    async fn opaque(
+        &self,
+        opaque: &Arc<dyn OpaqueStreams>,
+        io: OpaqueIo,
+        peer: Peer,
+        activity: &Arc<Activity>,
+    ) {
+        let _busy = activity.request_started();
+        opaque.clone().serve(io, peer).await
     }
 
     async fn http<IO>(&self, io: IO, peer: Peer, activity: &Arc<Activity>)

@@ -1,18 +1,13 @@
 //! The accepting side of TLS, for any listener: the server's credentials
 //! read from a [`CredentialStore`] at each handshake (so a renewal applies
-//! to the next one), the client's chain checked against the anchors, and
-//! TLS told from plaintext by a connection's first byte.
+//! to the next one), and the client's chain checked against the anchors.
+//! TLS is told from plaintext in [`crate::detect`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use remora_certs::leaf::CredentialStore;
 use remora_certs::verify::{self, ClientAuth, TrustAnchors};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-
-/// The first byte of a TLS record carrying a handshake (a ClientHello).
-const TLS_HANDSHAKE: u8 = 0x16;
 
 /// How a TLS listener treats a connection that does not start TLS.
 pub trait PlaintextPolicy: Send + Sync {
@@ -62,16 +57,5 @@ impl ServerTls {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             plaintext,
         })
-    }
-}
-
-/// Whether a connection starts with a TLS handshake, from its first byte,
-/// read without consuming it; `None` when nothing arrives within `limit`
-/// or the connection closes first.
-pub async fn starts_tls(stream: &TcpStream, limit: Duration) -> Option<bool> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => Some(first[0] == TLS_HANDSHAKE),
-        _ => None,
     }
 }

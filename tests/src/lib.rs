@@ -11,6 +11,7 @@ pub mod nginx;
 pub mod process;
 pub mod promtool;
 pub mod proxy;
+pub mod redis;
 pub mod tools;
 pub mod upstream;
 

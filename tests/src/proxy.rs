@@ -154,6 +154,20 @@ impl Proxy {
         .await;
     }
 
+    /// Where `service`'s `--tcp-listen` listener is, as `/config` says.
+    pub async fn tcp_listener(&self, service: &str) -> SocketAddr {
+        let config = crate::Client::http1()
+            .get(&self.admin_url("/config"))
+            .await
+            .expect("reading /config")
+            .text();
+        let config: serde_json::Value = serde_json::from_str(&config).expect("/config is JSON");
+        config["listeners"]["tcp"][service]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no tcp listener of {service} in {}", config["listeners"]))
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }

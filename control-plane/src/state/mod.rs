@@ -474,6 +474,7 @@ impl Inner {
                     version: 0,
                     trust_domain,
                     identity: svc.identity,
+                    protocol: svc.protocol,
                     policy: svc.inbound.unwrap_or_default(),
                 }))
             }

@@ -9,7 +9,7 @@ pub mod file;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use remora_api::{InboundPolicy, Mesh};
+use remora_api::{InboundPolicy, Mesh, Protocol};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
@@ -47,6 +47,9 @@ pub struct MeshView {
     /// apart from the services this proxy calls.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundPolicy>,
+    /// The own service's protocol, when the control plane serves it so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_protocol: Option<Protocol>,
     /// Each control-plane view the mesh was assembled from.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub views: Vec<ViewStatus>,
@@ -61,6 +64,7 @@ impl Default for MeshView {
             last_error: None,
             mesh: Arc::default(),
             inbound: None,
+            inbound_protocol: None,
             views: Vec::new(),
         }
     }
@@ -74,6 +78,17 @@ impl MeshView {
                 .services
                 .get(service)
                 .and_then(|s| s.inbound.as_ref())
+        })
+    }
+
+    /// What `service` (this proxy's own) speaks.
+    pub fn inbound_protocol(&self, service: &str) -> Protocol {
+        self.inbound_protocol.unwrap_or_else(|| {
+            self.mesh
+                .services
+                .get(service)
+                .map(|s| s.protocol)
+                .unwrap_or_default()
         })
     }
 }

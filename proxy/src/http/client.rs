@@ -20,12 +20,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower::Service;
 
+use remora_certs::verify::{ALPN_H2, ALPN_HTTP1};
 use remora_certs::SpiffeId;
 use remora_server::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
 
 use super::tls::MeshConnector;
 use super::Body;
 use crate::identity::Identity;
+use crate::tcp::dial::OpaqueDial;
 
 /// A client of plain HTTP, or of HTTP/2 over mutual TLS to one identity.
 #[derive(Clone)]
@@ -53,6 +55,9 @@ pub struct ClientSettings {
     pub idle_timeout: Duration,
     /// HTTP/2 with prior knowledge, multiplexed on one connection.
     pub http2: bool,
+    /// An opaque byte stream (`protocol: tcp`): each connection dialed
+    /// for one stream, not pooled.
+    pub opaque: bool,
 }
 
 /// A service's settings when its file gives none.
@@ -62,6 +67,7 @@ impl Default for ClientSettings {
             connect_timeout: remora_api::DEFAULT_CONNECT_TIMEOUT.get(),
             idle_timeout: remora_api::DEFAULT_IDLE_TIMEOUT.get(),
             http2: false,
+            opaque: false,
         }
     }
 }
@@ -92,12 +98,56 @@ impl Clients {
         let dial = Dial::new(settings, endpoint);
         match (&self.identity, identity) {
             (Some(own), Some(identity)) => {
-                let connector =
-                    MeshConnector::new(dial, &own.anchors, own.store.clone(), identity.clone());
+                let connector = MeshConnector::new(
+                    dial,
+                    &own.anchors,
+                    own.store.clone(),
+                    identity.clone(),
+                    ALPN_H2,
+                );
                 HttpClient::Mesh(builder(settings, true).build(connector))
             }
             _ => HttpClient::Plain(builder(settings, settings.http2).build(dial)),
         }
+    }
+
+    /// For requests that upgrade their connection (WebSockets), which
+    /// HTTP/2 does not carry: a client of HTTP/1.1 over mutual TLS to a
+    /// meshed endpoint, whose connections each carry one upgraded stream
+    /// (hyper takes an upgraded connection out of its pool). `None` where
+    /// `to` would speak plaintext: its HTTP/1.1 client upgrades already.
+    pub fn upgrades(
+        &self,
+        settings: ClientSettings,
+        endpoint: SocketAddr,
+        identity: Option<&SpiffeId>,
+    ) -> Option<HttpClient> {
+        let (own, identity) = (self.identity.as_ref()?, identity?);
+        let dial = Dial::new(settings, endpoint);
+        let connector = MeshConnector::new(
+            dial,
+            &own.anchors,
+            own.store.clone(),
+            identity.clone(),
+            ALPN_HTTP1,
+        );
+        Some(HttpClient::Mesh(builder(settings, false).build(connector)))
+    }
+
+    /// Dials `endpoint` for opaque streams: over mutual TLS when `to`
+    /// would.
+    pub fn opaque(
+        &self,
+        settings: ClientSettings,
+        endpoint: SocketAddr,
+        identity: Option<&SpiffeId>,
+    ) -> OpaqueDial {
+        OpaqueDial::new(
+            endpoint,
+            settings.connect_timeout,
+            self.identity.as_deref(),
+            identity,
+        )
     }
 }
 

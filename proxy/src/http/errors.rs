@@ -44,8 +44,8 @@ pub enum ProxyError {
     AppUnreachable { endpoint: String, reason: String },
     #[error("the request body could not be read: {0}")]
     RequestBody(String),
-    #[error("HTTP upgrades (WebSocket) are not yet carried over mutual TLS to a meshed endpoint")]
-    UpgradeOverMtls,
+    #[error("{0} is a tcp service: its streams go through a --tcp-listen port, not HTTP requests")]
+    OpaqueService(String),
     #[error("HTTP upgrades (WebSocket) are carried only to endpoints that speak HTTP/1.1; {0}'s protocol is HTTP/2")]
     UpgradeOverHttp2(String),
     #[error("{caller} may not call {service}: {rule}")]
@@ -82,16 +82,17 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => "bad-request",
             ProxyError::AppUnreachable { .. } => "app-unreachable",
             ProxyError::Forbidden { .. } => "forbidden",
-            ProxyError::UpgradeOverMtls => "upgrade-over-mtls",
+            ProxyError::OpaqueService(_) => "tcp-service",
             ProxyError::UpgradeOverHttp2(_) => "upgrade-over-http2",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoAuthority | ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::NoAuthority
+            | ProxyError::BadRequest(_)
+            | ProxyError::RequestBody(_)
+            | ProxyError::OpaqueService(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownService(_) | ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoints(_)
             | ProxyError::Overloaded(_)
@@ -104,9 +105,7 @@ impl ProxyError {
             ProxyError::FaultInjected(status) => *status,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::UpgradeOverMtls | ProxyError::UpgradeOverHttp2(_) => {
-                StatusCode::NOT_IMPLEMENTED
-            }
+            ProxyError::UpgradeOverHttp2(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 

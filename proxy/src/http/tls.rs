@@ -24,7 +24,8 @@ use tower::Service;
 use super::client::Dial;
 
 /// Dials a meshed endpoint: TCP, then TLS with this proxy's credentials,
-/// requiring the server to be `expected`.
+/// requiring the server to be `expected`, and asking by ALPN for HTTP/2
+/// (requests) or HTTP/1.1 (a request that upgrades its connection).
 #[derive(Clone)]
 pub struct MeshConnector {
     tcp: Dial,
@@ -40,9 +41,11 @@ impl MeshConnector {
         anchors: &TrustAnchors,
         store: Arc<CredentialStore>,
         expected: SpiffeId,
+        alpn: &[u8],
     ) -> MeshConnector {
         let server_name = verify::server_name(&expected);
-        let config = verify::client_config(anchors, expected, store);
+        let mut config = verify::client_config(anchors, expected, store);
+        config.alpn_protocols = vec![alpn.to_vec()];
         MeshConnector {
             tcp,
             tls: TlsConnector::from(Arc::new(config)),

@@ -5,6 +5,7 @@
 //! → forward to the app over a pooled connection.
 
 mod policy;
+mod tcp;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,8 +17,8 @@ use http::{HeaderValue, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use remora_api::{InboundPolicy, SpiffeId};
-use remora_certs::verify::{ClientAuth, ALPN_H2};
+use remora_api::{InboundPolicy, Protocol, SpiffeId};
+use remora_certs::verify::{ClientAuth, ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE};
 use remora_server::serve::{self as server, Drain, Peer, ServerSettings};
 use remora_server::tls::{PlaintextPolicy, ServerTls};
 use tokio::net::TcpListener;
@@ -30,7 +31,10 @@ use crate::http::errors::ProxyError;
 use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
 use crate::http::{boxed, headers, Body};
 use crate::identity::Identity;
-use crate::metrics::{Direction, HttpMetrics, PeerLabels, RouteLabels, TransportMetrics};
+use crate::metrics::{
+    Direction, HttpMetrics, PeerLabels, RouteLabels, TcpMetrics, TransportMetrics,
+};
+use crate::tcp::StreamLimits;
 
 use self::policy::Policy;
 
@@ -64,7 +68,7 @@ pub fn serve(
             &identity.anchors,
             identity.store.clone(),
             ClientAuth::Required,
-            &[ALPN_H2],
+            &[ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE],
             inbound.clone(),
         )?),
         None => None,
@@ -72,6 +76,7 @@ pub fn serve(
     let settings = ServerSettings {
         metrics: Some(transport.listener(Direction::Inbound, tls.is_some())),
         tls,
+        opaque: Some(inbound.clone()),
         ..settings
     };
     Ok(tokio::spawn(server::serve(
@@ -99,6 +104,19 @@ pub struct Inbound {
     metrics: HttpMetrics,
     caller_body_idle: Duration,
     unmeshed: Arc<str>,
+    streams: tcp::Streams,
+}
+
+/// How the inbound treats connections that may not be HTTP.
+pub struct StreamSettings {
+    /// How long a plaintext connection's first bytes may take to show
+    /// that it speaks HTTP; past it, it is an opaque stream.
+    pub detect_timeout: Duration,
+    /// The app's ports whose connections are opaque streams, never HTTP.
+    pub opaque_ports: Vec<u16>,
+    /// How long a stream may go without moving a byte.
+    pub limits: StreamLimits,
+    pub metrics: TcpMetrics,
 }
 
 impl Inbound {
@@ -110,14 +128,17 @@ impl Inbound {
         clients: &Clients,
         metrics: HttpMetrics,
         caller_body_idle: Duration,
+        streams: StreamSettings,
     ) -> Self {
         let settings = |http2| ClientSettings {
             connect_timeout: APP_CONNECT_TIMEOUT,
             idle_timeout: APP_IDLE_TIMEOUT,
             http2,
+            opaque: false,
         };
         Self {
             policy: ArcSwap::from_pointee(Policy::default()),
+            streams: tcp::Streams::new(streams, app),
             app_authority: crate::http::authority_of(app),
             app_label: app.to_string(),
             http1: clients.to(settings(false), app, None),
@@ -129,10 +150,12 @@ impl Inbound {
         }
     }
 
-    /// Applies the service's inbound policy from a new mesh view.
-    pub fn update(&self, policy: Option<&InboundPolicy>, trust_domain: &str) {
+    /// Applies the service's inbound policy and protocol from a new mesh
+    /// view.
+    pub fn update(&self, policy: Option<&InboundPolicy>, protocol: Protocol, trust_domain: &str) {
         let next = Policy::of(policy, trust_domain, &self.policy.load());
         self.policy.store(Arc::new(next));
+        self.streams.set_protocol(protocol);
     }
 
     /// What the requests of one connection from `peer` carry: made once

@@ -19,6 +19,7 @@ use crate::http::client::{classify, Resend, SendFailure};
 use crate::http::deadline::Deadline;
 use crate::http::errors::ProxyError;
 use crate::http::retry::Failure;
+use crate::http::version::attempt_head;
 use crate::http::Body;
 use crate::metrics::{Direction, EjectionLabels, HttpMetrics, RouteLabels};
 
@@ -32,8 +33,8 @@ pub struct Attempts<'a> {
     /// The route, for its `remora_timeouts_total`.
     pub route: &'a RouteLabels,
     pub per_try_timeout: Option<Duration>,
-    /// The caller asked to upgrade its connection, which a sidecar's
-    /// mutual-TLS hop does not carry.
+    /// The caller asked to upgrade its connection, which HTTP/2 does not
+    /// carry.
     pub upgrade: bool,
     pub metrics: &'a HttpMetrics,
 }
@@ -47,8 +48,8 @@ pub enum Tried {
     /// The caller's request body failed while it was sent: the caller's
     /// fault, not the endpoint's, and never retried.
     CallerBody(ProxyError),
-    /// Not sent: the caller asked for an upgrade and the endpoint is reached
-    /// over mutual TLS.
+    /// Not sent: the caller asked for an upgrade and the endpoint speaks
+    /// only HTTP/2.
     NotSent(ProxyError),
 }
 
@@ -75,21 +76,29 @@ pub async fn run(
     body: Body,
 ) -> Tried {
     let backend = attempts.backend;
-    // The endpoint's protocol, not the caller's.
-    if attempts.upgrade && endpoint.is_http2() {
-        return Tried::NotSent(match endpoint.is_meshed() {
-            true => ProxyError::UpgradeOverMtls,
-            false => ProxyError::UpgradeOverHttp2(backend.service.to_string()),
-        });
-    }
     if let Some(deadline) = attempts.deadline {
         deadline.forward(&mut headers, Instant::now());
     }
-    let head = endpoint.request_head(&head.method, &head.uri, attempts.authority, headers);
+    // An upgrade goes in HTTP/1.1: to a meshed endpoint on a connection of
+    // its own; to an unmeshed one as its protocol allows.
+    let (client, head) = match (attempts.upgrade, &endpoint.upgrades) {
+        (true, Some(upgrades)) => (
+            upgrades,
+            attempt_head(&head.method, &head.uri, attempts.authority, headers, false),
+        ),
+        (true, None) if endpoint.is_http2() => {
+            let e = ProxyError::UpgradeOverHttp2(backend.service.to_string());
+            return Tried::NotSent(e);
+        }
+        _ => (
+            &endpoint.client,
+            endpoint.request_head(&head.method, &head.uri, attempts.authority, headers),
+        ),
+    };
     let req = Request::from_parts(head, body);
 
     let mut in_flight = endpoint.start();
-    let sent = endpoint.client.request(req);
+    let sent = client.request(req);
     let result = match attempts.per_try_timeout {
         Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| limit),
         None => Ok(sent.await),
@@ -159,7 +168,7 @@ pub async fn run(
 /// Feeds one try's outcome, a `fault` or a success, to its endpoint's
 /// breaker under `backend`'s policy and charges a failure to the
 /// endpoint's balancing cost; an ejection is logged and counted.
-fn feed_breaker(
+pub(super) fn feed_breaker(
     backend: &Backend,
     in_flight: &mut InFlight,
     fault: Option<Fault>,

@@ -21,6 +21,7 @@ use remora_api::{LoadBalancer, SpiffeId};
 use super::breaker::{Breaker, BreakerState};
 use crate::http::client::{ClientSettings, Clients, HttpClient};
 use crate::http::version::{attempt_head, ORIG_PROTO, ORIG_PROTO_HTTP1};
+use crate::tcp::dial::OpaqueDial;
 
 /// The latency assumed for an endpoint before it has answered.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -46,6 +47,12 @@ pub struct Endpoint {
     /// Its pooled connections: over mutual TLS when it has an identity
     /// and this proxy has one too.
     pub client: HttpClient,
+    /// Over mutual TLS, a connection of its own for each request that
+    /// upgrades (see [`Clients::upgrades`]).
+    pub upgrades: Option<HttpClient>,
+    /// Its service's streams are opaque (`protocol: tcp`): how to dial it
+    /// for each.
+    pub opaque: Option<OpaqueDial>,
     /// Its service's protocol says it speaks HTTP/2 (`http2`, `grpc`); an
     /// unmeshed endpoint is spoken to in that version, whatever the caller
     /// spoke.
@@ -80,6 +87,8 @@ impl Endpoint {
             identity: None,
             peer: None,
             client,
+            upgrades: None,
+            opaque: None,
             speaks_http2,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
@@ -327,9 +336,15 @@ impl EndpointRegistry {
         map.entry((address, labels.clone(), identity.cloned(), settings))
             .or_insert_with(|| {
                 let client = clients.to(settings, address, identity);
+                let (upgrades, opaque) = match settings.opaque {
+                    true => (None, Some(clients.opaque(settings, address, identity))),
+                    false => (clients.upgrades(settings, address, identity), None),
+                };
                 Arc::new(Endpoint {
                     identity: identity.cloned(),
                     peer: identity.map(|id| Arc::from(id.as_str())),
+                    upgrades,
+                    opaque,
                     ..Endpoint::new(address, labels.clone(), client, settings.http2)
                 })
             })

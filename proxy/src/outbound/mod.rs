@@ -15,6 +15,7 @@ pub mod health;
 pub mod routes;
 pub mod snapshot;
 pub mod target;
+pub mod tcp;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -176,13 +177,13 @@ impl Outbound {
             Ok(None) => return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started),
             Err(e) => return self.finish_unrouted(&req, "", e, started),
         };
-        let known = self.snapshot.load().lookup(authority.as_str()).cloned();
-        let service = match known {
-            Some(service) => service,
-            None => match self.discover(authority.as_str()).await {
-                Ok(service) => service,
-                Err(e) => return self.finish_unrouted(&req, authority.as_str(), e, started),
-            },
+        let service = match self.service(authority.as_str()).await {
+            Ok(service) if service.opaque => {
+                let e = ProxyError::OpaqueService(service.name.to_string());
+                return self.finish_unrouted(&req, authority.as_str(), e, started);
+            }
+            Ok(service) => service,
+            Err(e) => return self.finish_unrouted(&req, authority.as_str(), e, started),
         };
         // A clone of the URI shares its bytes; the path is read from it.
         let uri = req.uri().clone();
@@ -241,6 +242,15 @@ impl Outbound {
         }
         .log();
         outcome.response
+    }
+
+    /// The service `authority` names: from the snapshot, or discovered.
+    async fn service(&self, authority: &str) -> Result<Arc<snapshot::Service>, ProxyError> {
+        let known = self.snapshot.load().lookup(authority).cloned();
+        match known {
+            Some(service) => Ok(service),
+            None => self.discover(authority).await,
+        }
     }
 
     /// A service the snapshot lacks: the app's first call to it starts a

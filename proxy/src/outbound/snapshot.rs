@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use remora_api::{CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy, SpiffeId};
+use remora_api::{
+    effective_timeout, CircuitBreaker, Fault, HealthCheck, Mesh, Protocol, RetryPolicy, SpiffeId,
+};
 
 use super::balance::{Balancer, Endpoint, EndpointRegistry};
 use super::routes::Matcher;
@@ -28,6 +30,9 @@ pub struct Snapshot {
 
 pub struct Service {
     pub name: Arc<str>,
+    /// `protocol: tcp`: reached by opaque streams, through a TCP listener
+    /// of its own, never by HTTP requests.
+    pub opaque: bool,
     pub routes: Vec<Route>,
     /// Every endpoint of the service, for health checks and gauges.
     pub endpoints: Vec<Arc<Endpoint>>,
@@ -131,10 +136,7 @@ pub struct Compiler<'a> {
 impl Compiler<'_> {
     pub fn compile(&self, mesh: &Mesh) -> Snapshot {
         let mut services = HashMap::new();
-        for (name, svc) in &mesh.services {
-            if svc.protocol == Protocol::Tcp {
-                continue;
-            }
+        for name in mesh.services.keys() {
             let previous = self.previous.and_then(|p| p.services.get(name));
             services.insert(name.clone(), Arc::new(self.service(mesh, name, previous)));
         }
@@ -168,7 +170,7 @@ impl Compiler<'_> {
                 matcher: Matcher::any(),
                 backends,
                 total_weight: 1,
-                timeout: svc.timeout.map(Into::into),
+                timeout: effective_timeout(svc.timeout).map(Into::into),
                 retry: retry_of(DEFAULT_ROUTE, svc.retry.as_ref()),
                 unsent: unsent_of(DEFAULT_ROUTE),
                 fault: None,
@@ -199,7 +201,7 @@ impl Compiler<'_> {
                         matcher: Matcher::compile(&r.matches),
                         backends,
                         total_weight: total,
-                        timeout: r.timeout.or(svc.timeout).map(Into::into),
+                        timeout: effective_timeout(r.timeout.or(svc.timeout)).map(Into::into),
                         retry: retry_of(&route_name, r.retry.as_ref().or(svc.retry.as_ref())),
                         unsent: unsent_of(&route_name),
                         fault: r.fault,
@@ -214,6 +216,7 @@ impl Compiler<'_> {
             .collect();
         Service {
             name: name.into(),
+            opaque: svc.protocol == Protocol::Tcp,
             routes,
             endpoints,
             health_check: svc.health_check.clone(),
@@ -261,6 +264,7 @@ impl Compiler<'_> {
             connect_timeout: svc.connect_timeout.into(),
             idle_timeout: svc.idle_timeout.into(),
             http2: svc.protocol.is_http2(),
+            opaque: svc.protocol == Protocol::Tcp,
         };
         let identity = identity(mesh, e);
         self.endpoints.get(

@@ -295,6 +295,13 @@ impl Shared {
                     .map(|v| v.policy.clone())
                     .unwrap_or_default(),
             ),
+            inbound_protocol: Some(
+                state
+                    .inbound
+                    .as_ref()
+                    .map(|v| v.protocol)
+                    .unwrap_or_default(),
+            ),
             views,
         }));
     }

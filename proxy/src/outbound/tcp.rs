@@ -1,0 +1,134 @@
+//! The outbound direction of a `protocol: tcp` service: a listener of its
+//! own (`--tcp-listen SERVICE=ADDR`) whose every connection is one opaque
+//! stream. accept → the service (watched on its first stream) → an
+//! endpoint by the service's balancer, per connection → connect, on
+//! failure to another endpoint (nothing was sent yet) → splice.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use remora_server::serve::{self as server, Drain, OpaqueIo, OpaqueStreams, Peer, ServerSettings};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::attempt::feed_breaker;
+use super::breaker::Fault;
+use super::Outbound;
+use crate::metrics::{Direction, RetryLabels, StreamLabels, TcpMetrics};
+use crate::tcp::{self, StreamLimits};
+
+/// Endpoints tried for one stream, at most, before the caller's
+/// connection is closed.
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Serves `service`'s opaque streams on `listener`.
+pub fn serve(
+    streams: Arc<TcpStreams>,
+    listener: TcpListener,
+    settings: ServerSettings,
+    drain: Drain,
+) -> JoinHandle<()> {
+    let settings = ServerSettings {
+        opaque: Some(streams),
+        ..settings
+    };
+    tokio::spawn(server::serve_opaque(listener, settings, drain))
+}
+
+/// One `--tcp-listen` service's streams.
+pub struct TcpStreams {
+    pub outbound: Arc<Outbound>,
+    pub service: String,
+    /// How long a stream may go without moving a byte.
+    pub limits: StreamLimits,
+    pub metrics: TcpMetrics,
+}
+
+impl OpaqueStreams for TcpStreams {
+    fn detect_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn skips_detection(&self) -> bool {
+        true
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        io: OpaqueIo,
+        peer: Peer,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move { self.forward(io, peer).await })
+    }
+}
+
+impl TcpStreams {
+    async fn forward(&self, downstream: OpaqueIo, peer: Peer) {
+        let service = match self.outbound.service(&self.service).await {
+            Ok(service) if service.opaque => service,
+            Ok(_) => {
+                tracing::warn!(service = %self.service, peer = %peer.addr, "stream closed: --tcp-listen names a service whose protocol is not tcp");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.service, peer = %peer.addr, error = %e, "stream closed");
+                return;
+            }
+        };
+        // A tcp service has no routes of its own: its one default route
+        // holds its endpoints.
+        let Some(route) = service.routes.first() else {
+            return;
+        };
+        let Some(backend) = route.pick_backend() else {
+            tracing::warn!(service = %self.service, "stream closed: the service has no endpoints");
+            return;
+        };
+        let mut avoid = None;
+        for attempt in 0..MAX_CONNECT_ATTEMPTS.min(backend.endpoints.len().max(1)) {
+            let Some(endpoint) = backend.pick(None, avoid.as_ref()) else {
+                break;
+            };
+            let Some(dial) = &endpoint.opaque else {
+                break;
+            };
+            if attempt > 0 {
+                self.outbound
+                    .metrics
+                    .retries
+                    .get_or_create(&RetryLabels {
+                        route: route.labels.clone(),
+                        reason: "connect-failure",
+                    })
+                    .inc();
+            }
+            let mut in_flight = endpoint.start();
+            let upstream = match dial.connect().await {
+                Ok(upstream) => upstream,
+                Err(reason) => {
+                    tracing::info!(service = %self.service, endpoint = %endpoint.label, %reason, "cannot connect; trying another endpoint");
+                    let fault = Some(Fault::Unreachable);
+                    feed_breaker(backend, &mut in_flight, fault, &self.outbound.metrics);
+                    avoid = Some(endpoint);
+                    continue;
+                }
+            };
+            feed_breaker(backend, &mut in_flight, None, &self.outbound.metrics);
+            let labels = StreamLabels {
+                direction: Direction::Outbound,
+                service: service.name.clone(),
+                peer: endpoint
+                    .peer
+                    .clone()
+                    .filter(|_| endpoint.is_meshed())
+                    .unwrap_or_else(|| self.outbound.unmeshed.clone()),
+            };
+            let metrics = self.metrics.stream(labels);
+            tcp::splice(downstream, upstream, self.limits, metrics).await;
+            return;
+        }
+        tracing::warn!(service = %self.service, peer = %peer.addr, "stream closed: no endpoint could be reached");
+    }
+}
