@@ -9,28 +9,18 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use remora_e2e::identity::{grant_tokens, token_file};
+use remora_e2e::identity::spiffe;
 use remora_e2e::redis::{self, Redis};
+use remora_e2e::sidecars::{Args, Sidecars};
 use remora_e2e::upstream::dead_address;
-use remora_e2e::{metric_value, Client, ControlPlane, Proxy, Upstream};
+use remora_e2e::{metric_value, Client, Proxy, Upstream};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-const CACHE_ID: &str = "spiffe://cluster.local/ns/default/sa/cache";
-const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
-
 /// A control plane with identities, the sidecar of `cache` (a tcp
 /// service) in front of `app`, and a caller's sidecar for each of
-/// `callers` with `cache` on a `--tcp-listen` port.
-struct Mesh {
-    _cp: ControlPlane,
-    callee: Proxy,
-    callers: Vec<Proxy>,
-    _caller_app: Upstream,
-    _dir: tempfile::TempDir,
-}
-
-async fn mesh(inbound: &str, app: SocketAddr, callers: &[&str], extra: &[&str]) -> Mesh {
+/// `callers` with `cache` on a `--tcp-listen` port; `extra` flags for all.
+async fn mesh(inbound: &str, app: SocketAddr, callers: &[&str], extra: &[&str]) -> Sidecars {
     let mesh = format!(
         "services:
   cache:
@@ -43,42 +33,11 @@ async fn mesh(inbound: &str, app: SocketAddr, callers: &[&str], extra: &[&str]) 
     identity: intruder
 "
     );
-    let dir = tempfile::tempdir().unwrap();
-    let grants = [
-        ("cache", "cache-token"),
-        ("client", "client-token"),
-        ("intruder", "intruder-token"),
-    ];
-    let tokens = grant_tokens(dir.path(), &grants);
-    let cp = ControlPlane::start_with(&mesh, &["--tokens", &tokens]).await;
-    let anchors = cp.development_anchors().display().to_string();
-    let identified = |service: &str| {
-        let token = token_file(dir.path(), service);
-        let mut args = vec!["--token-file".to_string(), token];
-        args.extend(["--trust-anchors".to_string(), anchors.clone()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+    let args = Args {
+        all: extra,
+        callers: &["--tcp-listen", "cache=127.0.0.1:0"],
     };
-    let args = identified("cache");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let callee = Proxy::controlled(&cp.url(), "cache", app, &args).await;
-    // A sidecar registers once its app accepts connections.
-    let caller_app = Upstream::named("caller").await;
-    let mut caller_proxies = Vec::new();
-    for caller in callers {
-        let mut args = identified(caller);
-        args.extend(["--tcp-listen".to_string(), "cache=127.0.0.1:0".to_string()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proxy = Proxy::controlled(&cp.url(), caller, caller_app.addr, &args).await;
-        caller_proxies.push(proxy);
-    }
-    Mesh {
-        _cp: cp,
-        callee,
-        callers: caller_proxies,
-        _caller_app: caller_app,
-        _dir: dir,
-    }
+    Sidecars::start(&mesh, "cache", app, callers, args).await
 }
 
 #[tokio::test]
@@ -87,7 +46,7 @@ async fn redis_is_reached_over_mutual_tls_and_counted() {
         return;
     };
     let m = mesh("{ allow: [client] }", server.addr, &["client"], &[]).await;
-    let caller = &m.callers[0];
+    let caller = m.caller();
     let port = caller.tcp_listener("cache").await;
 
     assert_eq!(
@@ -107,19 +66,20 @@ async fn redis_is_reached_over_mutual_tls_and_counted() {
     let got = redis::run(&cli, port, &["GET", "big"], None).await.unwrap();
     assert_eq!(got.as_bytes(), &big[..], "the 1 MiB value came back intact");
 
+    let (cache, client) = (spiffe("cache"), spiffe("client"));
     let out = caller.metrics().await;
-    let outbound = format!("direction=\"outbound\",service=\"cache\",peer=\"{CACHE_ID}\"");
+    let outbound = format!("direction=\"outbound\",service=\"cache\",peer=\"{cache}\"");
     assert_eq!(
         metric_value(&out, &format!("remora_tcp_connections_total{{{outbound}}}")),
         4.0,
         "{out}"
     );
-    let read = format!("remora_bytes_total{{direction=\"outbound\",rw=\"read\",service=\"cache\",peer=\"{CACHE_ID}\"}}");
+    let read = format!("remora_bytes_total{{direction=\"outbound\",rw=\"read\",service=\"cache\",peer=\"{cache}\"}}");
     assert!(metric_value(&out, &read) > (1 << 20) as f64, "{out}");
-    let written = format!("remora_bytes_total{{direction=\"outbound\",rw=\"write\",service=\"cache\",peer=\"{CACHE_ID}\"}}");
+    let written = format!("remora_bytes_total{{direction=\"outbound\",rw=\"write\",service=\"cache\",peer=\"{cache}\"}}");
     assert!(metric_value(&out, &written) > (1 << 20) as f64, "{out}");
 
-    let inbound = format!("direction=\"inbound\",service=\"cache\",peer=\"{CLIENT_ID}\"");
+    let inbound = format!("direction=\"inbound\",service=\"cache\",peer=\"{client}\"");
     let callee = &m.callee;
     remora_e2e::eventually(Duration::from_secs(5), "the streams to close", || async {
         let metrics = callee.metrics().await;
@@ -163,7 +123,7 @@ async fn a_caller_outside_allow_gets_no_stream() {
     let intruder = m.callers[1].tcp_listener("cache").await;
     let refused = redis::run(&cli, intruder, &["PING"], None).await;
     assert!(refused.is_err(), "{refused:?}");
-    let client = m.callers[0].tcp_listener("cache").await;
+    let client = m.caller().tcp_listener("cache").await;
     assert_eq!(
         redis::run(&cli, client, &["PING"], None).await,
         Ok("PONG".into())
@@ -172,7 +132,7 @@ async fn a_caller_outside_allow_gets_no_stream() {
     assert_eq!(
         metric_value(
             &metrics,
-            "remora_authz_denied_total{direction=\"inbound\",service=\"cache\",route=\"inbound\",peer=\"spiffe://cluster.local/ns/default/sa/intruder\"}"
+            &format!("remora_authz_denied_total{{direction=\"inbound\",service=\"cache\",route=\"inbound\",peer=\"{}\"}}", spiffe("intruder"))
         ),
         1.0,
         "{metrics}"
@@ -232,7 +192,7 @@ async fn a_server_that_speaks_first_is_reached_over_mutual_tls() {
     let app = greeter().await;
     let m = mesh("{ allow: [client] }", app, &["client"], &[]).await;
     // The callee's sidecar knows a tcp stream by its ALPN: no wait.
-    converse(m.callers[0].tcp_listener("cache").await).await;
+    converse(m.caller().tcp_listener("cache").await).await;
 }
 
 #[tokio::test]
@@ -266,7 +226,7 @@ async fn half_closed_streams_still_carry_the_other_way() {
         }
     });
     let m = mesh("{ allow: [client] }", app, &["client"], &[]).await;
-    let port = m.callers[0].tcp_listener("cache").await;
+    let port = m.caller().tcp_listener("cache").await;
 
     // The caller closes its half first and still hears the answer.
     let mut upload = TcpStream::connect(port).await.unwrap();
@@ -309,7 +269,7 @@ async fn a_stream_idle_past_the_timeout_is_cut() {
     )
     .await;
     let started = Instant::now();
-    let mut socket = TcpStream::connect(m.callers[0].tcp_listener("cache").await)
+    let mut socket = TcpStream::connect(m.caller().tcp_listener("cache").await)
         .await
         .unwrap();
     let mut seen = Vec::new();
@@ -320,7 +280,7 @@ async fn a_stream_idle_past_the_timeout_is_cut() {
     assert_eq!(seen, b"220 greeter ready\r\n");
     assert!(started.elapsed() >= Duration::from_secs(1));
     // Either sidecar may be first to cut it.
-    let (caller, callee) = (m.callers[0].metrics().await, m.callee.metrics().await);
+    let (caller, callee) = (m.caller().metrics().await, m.callee.metrics().await);
     let cut = metric_value(
         &caller,
         "remora_connections_closed_total{direction=\"outbound\",reason=\"idle\"}",

@@ -24,6 +24,12 @@ pub fn grant_tokens(dir: &Path, grants: &[(&str, &str)]) -> String {
     path.display().to_string()
 }
 
+/// The SPIFFE ID of a service account of the default namespace, as the
+/// proxies name peers.
+pub fn spiffe(identity: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{identity}")
+}
+
 /// The token file [`grant_tokens`] wrote for `identity`.
 pub fn token_file(dir: &Path, identity: &str) -> String {
     dir.join(format!("{identity}.token")).display().to_string()

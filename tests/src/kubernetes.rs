@@ -9,9 +9,6 @@ use std::process::Command;
 
 use serde_yaml::Value;
 
-/// Where `.ci/kubernetes-tools` puts the tools by default.
-const TOOLS_DIR: &str = ".cache/remora-tools/bin";
-
 /// The chart, in the workspace.
 pub fn chart_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,9 +24,8 @@ pub struct Tools {
 }
 
 /// The tools, when installed. Without them a test is skipped, saying so;
-/// under CI (`CI` set) their absence fails it. That is the rule of
-/// [`crate::tools::find`], whose message would name a Debian package:
-/// these come from npm and PyPI, by `.ci/kubernetes-tools`.
+/// under CI (`CI` set) their absence fails it: the rule of
+/// [`crate::tools::installed`].
 pub fn tools() -> Option<Tools> {
     let helm = find("helm")?;
     let validate = find("kubernetes-validate")?;
@@ -37,15 +33,7 @@ pub fn tools() -> Option<Tools> {
 }
 
 fn find(command: &str) -> Option<PathBuf> {
-    let installed = std::env::var_os("HOME")
-        .map(|home| Path::new(&home).join(TOOLS_DIR).join(command))
-        .filter(|p| p.is_file());
-    installed.or_else(|| {
-        crate::tools::find_or_say(
-            command,
-            &format!("run `.ci/kubernetes-tools`, which installs it in $HOME/{TOOLS_DIR}"),
-        )
-    })
+    crate::tools::installed(command, "kubernetes-tools")
 }
 
 /// What a command printed, or why it failed: its status and output.

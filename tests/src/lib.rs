@@ -11,7 +11,9 @@ pub mod nginx;
 pub mod process;
 pub mod promtool;
 pub mod proxy;
+pub mod python;
 pub mod redis;
+pub mod sidecars;
 pub mod tools;
 pub mod upstream;
 
@@ -46,6 +48,17 @@ pub fn metric_value(metrics: &str, prefix: &str) -> f64 {
     metrics
         .lines()
         .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The sum of the `remora_requests_total` series whose labels include
+/// every one of `labels` (`name="value"`).
+pub fn requests(metrics: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("remora_requests_total{"))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -11,6 +11,25 @@ pub fn find(command: &str, package: &str) -> Option<PathBuf> {
     find_or_say(command, &format!("Debian: `apt-get install {package}`"))
 }
 
+/// Where the `.ci/*-tools` scripts install what Debian does not package
+/// (helm, kubernetes-validate, the Python stacks), under `$HOME`.
+const TOOLS_DIR: &str = ".cache/remora-tools/bin";
+
+/// Where `command` is, when `.ci/SCRIPT` installed it in its default
+/// place or it is on `PATH`; otherwise as [`find_or_say`], naming the
+/// script.
+pub fn installed(command: &str, script: &str) -> Option<PathBuf> {
+    let installed = std::env::var_os("HOME")
+        .map(|home| std::path::Path::new(&home).join(TOOLS_DIR).join(command))
+        .filter(|p| p.is_file());
+    installed.or_else(|| {
+        find_or_say(
+            command,
+            &format!("run `.ci/{script}`, which installs it in $HOME/{TOOLS_DIR}"),
+        )
+    })
+}
+
 /// Where `command` is, if installed; `how` says how to install it.
 pub fn find_or_say(command: &str, how: &str) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")

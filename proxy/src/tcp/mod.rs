@@ -111,7 +111,8 @@ const NOTHING_MOVED: u64 = u64::MAX;
 async fn quiet_for(limits: StreamLimits, opened: Instant, last_moved: &AtomicU64) -> bool {
     loop {
         let deadline = match last_moved.load(Ordering::Relaxed) {
-            NOTHING_MOVED => opened + limits.first_byte,
+            // Never later than an idle stream's: woken in time for that.
+            NOTHING_MOVED => opened + limits.first_byte.min(limits.idle),
             ms => opened + Duration::from_millis(ms) + limits.idle,
         };
         if Instant::now() >= deadline {
