@@ -110,9 +110,9 @@ impl ProxyError {
     }
 
     pub fn into_response(self) -> Response<Body> {
-        let mut body = self.to_string();
-        body.push('\n');
-        let mut response = Response::new(super::full(body));
+        let message = self.to_string();
+        let mut response = Response::new(super::full(format!("{message}\n")));
+        response.extensions_mut().insert(Message(message));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(REMORA_ERROR, HeaderValue::from_static(self.code()));
@@ -122,6 +122,84 @@ impl ProxyError {
         );
         response
     }
+}
+
+/// What a proxy error said, kept beside its response for
+/// [`for_caller`].
+#[derive(Clone)]
+struct Message(String);
+
+/// The app's view of a response, `grpc` when its request was a gRPC call.
+/// To a gRPC caller, an error response the proxy made (one with a
+/// `remora-error` header, made here or by the far sidecar) becomes `200`
+/// with a `grpc-status` and `grpc-message` and no body, a trailers-only
+/// response, as Envoy and Linkerd answer: gRPC clients read only the
+/// status. HTTP statuses map as gRPC's own table says; a timeout is
+/// `DEADLINE_EXCEEDED`. Metrics count the error as the HTTP status it was.
+/// Anything else passes as it is.
+pub fn for_caller(grpc: bool, response: Response<Body>) -> Response<Body> {
+    let code = match response.headers().get(REMORA_ERROR) {
+        Some(code) if grpc => code.clone(),
+        _ => return response,
+    };
+    let status = match (code.as_bytes(), response.status().as_u16()) {
+        (b"timeout" | b"deadline-exceeded", _) => GrpcStatus::DeadlineExceeded,
+        (_, 400) => GrpcStatus::Internal,
+        (_, 401) => GrpcStatus::Unauthenticated,
+        (_, 403) => GrpcStatus::PermissionDenied,
+        (_, 404) => GrpcStatus::Unimplemented,
+        (_, 429 | 502 | 503 | 504) => GrpcStatus::Unavailable,
+        _ => GrpcStatus::Unknown,
+    };
+    let message = response
+        .extensions()
+        .get::<Message>()
+        .map(|m| m.0.clone())
+        .unwrap_or_else(|| String::from_utf8_lossy(code.as_bytes()).into_owned());
+    let mut grpc = Response::new(super::empty());
+    let headers = grpc.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(status as u16));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(&message)) {
+        headers.insert("grpc-message", message);
+    }
+    headers.insert(REMORA_ERROR, code);
+    grpc
+}
+
+/// Whether a request is a gRPC call, by its content type.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status codes a proxy error becomes.
+#[derive(Clone, Copy)]
+enum GrpcStatus {
+    Unknown = 2,
+    DeadlineExceeded = 4,
+    PermissionDenied = 7,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and
+/// `%` itself.
+fn percent_encode(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for b in message.bytes() {
+        match b {
+            b' '..=b'~' if b != b'%' => encoded.push(b as char),
+            _ => encoded.push_str(&format!("%{b:02X}")),
+        }
+    }
+    encoded
 }
 
 #[cfg(test)]
@@ -140,5 +218,29 @@ mod tests {
         .into_response();
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(r.headers()[REMORA_ERROR], "retry-budget-exhausted");
+    }
+
+    #[test]
+    fn a_grpc_caller_gets_a_grpc_status() {
+        let r = for_caller(
+            true,
+            ProxyError::Timeout(Duration::from_secs(1)).into_response(),
+        );
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "4");
+        assert_eq!(r.headers()["grpc-message"], "no response within 1s");
+        assert_eq!(r.headers()[REMORA_ERROR], "timeout");
+        let r = for_caller(
+            true,
+            ProxyError::NoEndpoints("échos".into()).into_response(),
+        );
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "service \"%C3%A9chos\" has no endpoints"
+        );
+        // An app's own answer is its own.
+        let app = Response::new(crate::http::empty());
+        assert!(for_caller(true, app).headers().get("grpc-status").is_none());
     }
 }

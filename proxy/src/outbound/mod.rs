@@ -37,7 +37,7 @@ use self::snapshot::{Backend, Route, Snapshot};
 use crate::access_log::AccessRecord;
 use crate::discovery::{OnDemand, Presence};
 use crate::http::deadline::Deadline;
-use crate::http::errors::ProxyError;
+use crate::http::errors::{self, ProxyError};
 use crate::http::headers;
 use crate::http::{boxed, Body};
 use crate::metrics::{Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics};
@@ -168,6 +168,7 @@ impl Outbound {
 
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        let grpc = errors::is_grpc(req.headers());
         if headers::is_smuggling_attempt(req.headers(), req.extensions()) {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             return self.finish_unrouted(&req, "", e, started);
@@ -241,7 +242,7 @@ impl Outbound {
             error: outcome.error.unwrap_or(""),
         }
         .log();
-        outcome.response
+        errors::for_caller(grpc, outcome.response)
     }
 
     /// The service `authority` names: from the snapshot, or discovered.
@@ -466,7 +467,7 @@ impl Outbound {
             error: outcome.error.unwrap_or(""),
         }
         .log();
-        outcome.response
+        errors::for_caller(errors::is_grpc(req.headers()), outcome.response)
     }
 }
 
