@@ -281,6 +281,13 @@ fn check(mesh: &Mesh) -> Checker {
         if svc.protocol == Protocol::Tcp && !svc.routes.is_empty() {
             c.problem(&at, &[key("routes")], "a tcp service has no HTTP routes");
         }
+        if svc.protocol == Protocol::Tcp && svc.health_check.is_some() {
+            c.problem(
+                &at,
+                &[key("health_check")],
+                "a tcp service has no HTTP health checks: its endpoints leave balancing when connects to them fail",
+            );
+        }
         if let Some(retry) = &svc.retry {
             check_retry(&mut c, &at, retry);
             if let (Some(per_try), Some(timeout)) =

@@ -425,3 +425,24 @@ fn a_default_service_is_what_an_empty_entry_reads_as() {
     let from_yaml = parse_mesh("t", "services:\n  a: {}\n").unwrap();
     assert_eq!(from_yaml.services["a"], Service::default());
 }
+
+#[test]
+fn a_tcp_service_takes_no_http_settings_and_a_zero_timeout_is_none() {
+    let tcp = "services:\n  cache:\n    protocol: tcp\n    health_check: { path: /healthz }\n    routes: [ { name: a } ]\n";
+    let p = problems(tcp);
+    assert!(
+        p.iter().any(|p| p.contains("services.cache.routes")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.contains("services.cache.health_check") && p.contains("tcp")),
+        "{p:?}"
+    );
+    let mesh = parse_mesh("m", "services:\n  a:\n    timeout: 0s\n").unwrap();
+    assert_eq!(effective_timeout(mesh.services["a"].timeout), None);
+    assert_eq!(
+        effective_timeout(Some(HumanDuration::from_secs(1))),
+        Some(HumanDuration::from_secs(1))
+    );
+}

@@ -242,6 +242,7 @@ fn settings(limits: Limits) -> ServerSettings {
         // Connections and bytes are the proxy's traffic metrics.
         metrics: None,
         opaque: None,
+        transparent: false,
     }
 }
 

@@ -175,6 +175,7 @@ impl Proxy {
             tls: None,
             metrics: None,
             opaque: None,
+            transparent: false,
         };
         let (traffic_drain, traffic_draining) = drain_channel();
         let (admin_drain, admin_draining) = drain_channel();

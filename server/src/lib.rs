@@ -16,6 +16,7 @@ pub mod serve;
 pub mod signals;
 pub mod smuggling;
 pub mod tls;
+pub mod transparent;
 
 pub use backoff::Backoff;
 pub use body::{boxed, empty, full, Body, BoxError};

@@ -59,6 +59,9 @@ pub struct ServerSettings {
     /// Who takes the connections that are not HTTP (a sidecar's inbound);
     /// `None` serves HTTP only.
     pub opaque: Option<Arc<dyn OpaqueStreams>>,
+    /// Whether each connection's original destination is read
+    /// (`SO_ORIGINAL_DST`), for connections iptables redirects here.
+    pub transparent: bool,
 }
 
 /// A connection's stream, in plaintext or TLS, as an opaque stream's
@@ -70,18 +73,27 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub type OpaqueIo = Box<dyn Io>;
 
 /// The owner of a listener's opaque streams: connections whose mutual TLS
-/// asked for them by ALPN ([`ALPN_OPAQUE`]), and plaintext ones that do
-/// not speak HTTP within the detect timeout (a server-speaks-first
-/// protocol says nothing), or all plaintext ones where detection is
-/// skipped.
+/// asked for them by ALPN ([`ALPN_OPAQUE`]), and plaintext ones as
+/// [`OpaqueStreams::detection`] says.
 pub trait OpaqueStreams: Send + Sync + 'static {
-    /// How long a plaintext connection's first bytes may take to show
-    /// what it speaks.
-    fn detect_timeout(&self) -> Duration;
-    /// Whether every plaintext connection is opaque, whatever it sends.
-    fn skips_detection(&self) -> bool;
+    /// What a plaintext connection from `peer` is taken for.
+    fn detection(&self, peer: &Peer) -> Detection;
     /// Serves one opaque stream until it ends.
     fn serve(self: Arc<Self>, io: OpaqueIo, peer: Peer) -> BoxFuture<'static, ()>;
+}
+
+/// What a plaintext connection is taken for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detection {
+    /// HTTP, whatever it sends.
+    Http,
+    /// An opaque stream, whatever it sends (TLS is still told apart
+    /// where the listener takes it).
+    Opaque,
+    /// HTTP if its first bytes say so within this long; otherwise (other
+    /// bytes, or silence, as a server-speaks-first protocol's client keeps)
+    /// an opaque stream.
+    Within(Duration),
 }
 
 impl std::fmt::Debug for dyn OpaqueStreams {
@@ -152,6 +164,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The identity its certificate names, on a mutual-TLS connection.
     pub identity: Option<SpiffeId>,
+    /// Where the connection was going when iptables redirected it here
+    /// (transparent mode); `None` for a connection made to the listener.
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// Serves `listener` until drained, then waits for open connections to
@@ -231,12 +246,9 @@ pub async fn serve<S, F>(
 }
 
 /// Serves `listener`, whose every connection is an opaque stream for
-/// `settings.opaque` (which must be set and skip detection), until drained.
+/// `settings.opaque` (which must be set, and take every connection for a
+/// stream), until drained.
 pub async fn serve_opaque(listener: TcpListener, settings: ServerSettings, drain: Drain) {
-    debug_assert!(settings
-        .opaque
-        .as_ref()
-        .is_some_and(|o| o.skips_detection()));
     // Never called: no connection of this listener is taken for HTTP.
     let no_http = |_peer| {
         hyper::service::service_fn(|_req: Request<Incoming>| async {
@@ -289,22 +301,34 @@ where
         activity: &Arc<Activity>,
     ) {
         let tls = self.settings.tls.as_ref();
-        let opaque = self.settings.opaque.as_ref();
+        let original_dst = match self.settings.transparent {
+            true => crate::transparent::original_dst(&stream),
+            false => None,
+        };
         let plain = || Peer {
             addr,
             identity: None,
+            original_dst,
         };
         // The handshake is part of the time to the first request.
         let first_request = activity.opened() + self.settings.limits.header_read;
-        let protocol = match (tls, opaque) {
-            (None, None) => return self.http(stream, plain(), activity).await,
-            (None, Some(opaque)) if opaque.skips_detection() => {
+        let opaque = self.settings.opaque.as_ref();
+        // Where plaintext is refused, only TLS is looked for, for as long
+        // as a first request may take.
+        let plaintext_allowed = tls.is_none_or(|t| t.plaintext.allows_plaintext());
+        let detection = match opaque {
+            Some(opaque) if plaintext_allowed => opaque.detection(&plain()),
+            _ => Detection::Http,
+        };
+        let protocol = match (tls, opaque, detection) {
+            (None, _, Detection::Http) => return self.http(stream, plain(), activity).await,
+            (None, Some(opaque), Detection::Opaque) => {
                 return self
                     .opaque(opaque, Box::new(stream), plain(), activity)
                     .await
             }
-            (_, Some(opaque)) => detect::detect(&stream, opaque.detect_timeout()).await,
-            (Some(_), None) => {
+            (_, Some(_), Detection::Within(limit)) => detect::detect(&stream, limit).await,
+            _ => {
                 let limit = first_request.saturating_duration_since(Instant::now());
                 detect::detect(&stream, limit).await
             }
@@ -317,7 +341,7 @@ where
             (Protocol::Tls, Some(tls)) => {
                 Box::pin(self.tls(tls, stream, addr, first_request, activity)).await
             }
-            (Protocol::Silent, _) if opaque.is_none() => {
+            (Protocol::Silent, _) if detection == Detection::Http => {
                 if let Some(m) = metrics {
                     m.closed.header_timeout.inc();
                 }
@@ -329,7 +353,10 @@ where
                 tracing::info!(peer = %addr, "plaintext refused: this service's inbound is mtls: strict");
             }
             (protocol, _) => match opaque {
-                Some(opaque) if protocol != Protocol::Http || opaque.skips_detection() => {
+                Some(opaque)
+                    if detection == Detection::Opaque
+                        || (detection != Detection::Http && protocol != Protocol::Http) =>
+                {
                     self.opaque(opaque, Box::new(stream), plain(), activity)
                         .await
                 }
@@ -362,7 +389,11 @@ where
                     .opaque
                     .as_ref()
                     .filter(|_| session.alpn_protocol() == Some(ALPN_OPAQUE));
-                let peer = Peer { addr, identity };
+                let peer = Peer {
+                    addr,
+                    identity,
+                    original_dst: None,
+                };
                 match opaque {
                     Some(opaque) => self.opaque(opaque, Box::new(stream), peer, activity).await,
                     None => self.http(stream, peer, activity).await,

@@ -197,6 +197,7 @@ mod tests {
         let peer = |addr: &str, identity: Option<remora_api::SpiffeId>| Peer {
             addr: addr.parse().unwrap(),
             identity,
+            original_dst: None,
         };
         assert_eq!(
             registrant(&peer("10.0.0.7:50000", Some(id.clone()))),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remora_api::Protocol;
-use remora_server::serve::{OpaqueIo, OpaqueStreams, Peer};
+use remora_server::serve::{Detection, OpaqueIo, OpaqueStreams, Peer};
 use tokio::net::TcpStream;
 
 use super::{Inbound, StreamSettings, APP_CONNECT_TIMEOUT};
@@ -50,12 +50,12 @@ impl Streams {
 }
 
 impl OpaqueStreams for Inbound {
-    fn detect_timeout(&self) -> Duration {
-        self.streams.detect_timeout
-    }
-
-    fn skips_detection(&self) -> bool {
-        self.streams.opaque_port || self.streams.opaque_protocol.load(Ordering::Relaxed)
+    fn detection(&self, _peer: &Peer) -> Detection {
+        let streams = &self.streams;
+        match streams.opaque_port || streams.opaque_protocol.load(Ordering::Relaxed) {
+            true => Detection::Opaque,
+            false => Detection::Within(streams.detect_timeout),
+        }
     }
 
     fn serve(

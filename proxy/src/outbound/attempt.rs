@@ -79,14 +79,14 @@ pub async fn run(
     if let Some(deadline) = attempts.deadline {
         deadline.forward(&mut headers, Instant::now());
     }
-    // An upgrade goes in HTTP/1.1: to a meshed endpoint on a connection of
-    // its own; to an unmeshed one as its protocol allows.
+    // An upgrade goes in HTTP/1.1, to an app that speaks it: over mutual
+    // TLS on a connection of its own; to an unmeshed endpoint as it is.
     let (client, head) = match (attempts.upgrade, &endpoint.upgrades) {
-        (true, Some(upgrades)) => (
+        (true, Some(upgrades)) if !endpoint.speaks_http2 => (
             upgrades,
             attempt_head(&head.method, &head.uri, attempts.authority, headers, false),
         ),
-        (true, None) if endpoint.is_http2() => {
+        (true, _) if endpoint.is_http2() => {
             let e = ProxyError::UpgradeOverHttp2(backend.service.to_string());
             return Tried::NotSent(e);
         }

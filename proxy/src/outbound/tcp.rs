@@ -7,9 +7,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use remora_server::serve::{self as server, Drain, OpaqueIo, OpaqueStreams, Peer, ServerSettings};
+use remora_server::serve::{
+    self as server, Detection, Drain, OpaqueIo, OpaqueStreams, Peer, ServerSettings,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -47,12 +48,8 @@ pub struct TcpStreams {
 }
 
 impl OpaqueStreams for TcpStreams {
-    fn detect_timeout(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    fn skips_detection(&self) -> bool {
-        true
+    fn detection(&self, _peer: &Peer) -> Detection {
+        Detection::Opaque
     }
 
     fn serve(
