@@ -78,8 +78,10 @@ fn balancer_pick(c: &mut Criterion) {
     let endpoints: Vec<Arc<Endpoint>> = (0..n)
         .map(|i| {
             let address = std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080));
-            let client = Clients::default().to(ClientSettings::default(), address, None);
-            Arc::new(Endpoint::new(address, Default::default(), client, false))
+            let settings = ClientSettings::default();
+            let endpoint =
+                Endpoint::new(&Clients::default(), settings, address, Default::default(), None);
+            Arc::new(endpoint)
         })
         .collect();
     for (kind, balancer) in BALANCERS {

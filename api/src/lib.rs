@@ -16,6 +16,10 @@ pub use identity::SpiffeId;
 pub use load::{parse_mesh, parse_mesh_with_notes, read_mesh, Checked, ConfigError, Note, Problem};
 pub use mesh::*;
 
+/// The uid (and gid) a sidecar proxy runs as: `inject` sets it, and
+/// transparent mode's iptables rules let its connections through.
+pub const PROXY_UID: u32 = 2102;
+
 #[cfg(test)]
 mod properties;
 #[cfg(test)]

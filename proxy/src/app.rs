@@ -31,8 +31,8 @@ use crate::metrics::Metrics;
 use crate::outbound::balance::EndpointRegistry;
 use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
-use crate::outbound::tcp::TcpStreams;
-use crate::outbound::{self, Discovery, Outbound};
+use crate::outbound::tcp::{Streams, TcpStreams};
+use crate::outbound::{self, Discovery, Intercepted, Outbound};
 use crate::tcp::StreamLimits;
 
 /// How long the admin server may take to close once traffic has drained.
@@ -105,7 +105,7 @@ impl Proxy {
             timeout: config.discovery_timeout.get(),
         });
         let caller_body_idle = config.connections.stream_idle_timeout.get();
-        let outbound = Outbound::build(&mut metrics, discovery, caller_body_idle);
+        let outbound = Outbound::build(&mut metrics, discovery, clients.clone(), caller_body_idle);
         let inbound = Arc::new(Inbound::new(
             config.app,
             &config.service,
@@ -179,9 +179,17 @@ impl Proxy {
         };
         let (traffic_drain, traffic_draining) = drain_channel();
         let (admin_drain, admin_draining) = drain_channel();
+        let streams = || Streams {
+            limits: stream_limits(config),
+            metrics: self.metrics.tcp.clone(),
+        };
         let mut traffic = vec![
             outbound::serve(
-                self.outbound.clone(),
+                Arc::new(Intercepted {
+                    outbound: self.outbound.clone(),
+                    detect_timeout: config.detect_timeout.get(),
+                    streams: streams(),
+                }),
                 self.listeners.outbound,
                 settings.clone(),
                 &self.metrics.transport,
@@ -200,8 +208,7 @@ impl Proxy {
             let streams = TcpStreams {
                 outbound: self.outbound.clone(),
                 service,
-                limits: stream_limits(config),
-                metrics: self.metrics.tcp.clone(),
+                streams: streams(),
             };
             let serving = outbound::tcp::serve(
                 Arc::new(streams),

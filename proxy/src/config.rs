@@ -50,6 +50,48 @@ pub enum Command {
     /// time is up). A classic sidecar's `postStart` hook runs it, so that
     /// Kubernetes starts the app only once its proxy is ready.
     WaitReady(WaitReadyArgs),
+    /// Install the iptables rules of transparent mode (as root, or with
+    /// NET_ADMIN and NET_RAW, in the pod's network namespace): the pod's
+    /// inbound TCP to the inbound listener, the app's outbound TCP to the
+    /// outbound listener. A pod's init container runs it.
+    Init(InitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The uid the proxy runs as: its own connections are not redirected.
+    #[arg(long, env = "REMORA_PROXY_UID", default_value_t = remora_api::PROXY_UID)]
+    pub proxy_uid: u32,
+
+    /// The inbound listener's port.
+    #[arg(long, default_value_t = 4143)]
+    pub inbound_port: u16,
+
+    /// The outbound listener's port.
+    #[arg(long, default_value_t = 4140)]
+    pub outbound_port: u16,
+
+    /// The admin listener's port, never redirected: probes and scrapes
+    /// reach it directly.
+    #[arg(long, default_value_t = 4191)]
+    pub admin_port: u16,
+
+    /// Inbound ports not redirected (`22,9100`).
+    #[arg(long, env = "REMORA_SKIP_INBOUND_PORTS", value_delimiter = ',')]
+    pub skip_inbound_ports: Vec<u16>,
+
+    /// Outbound destination ports not redirected (`5432,6379`).
+    #[arg(long, env = "REMORA_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
+    pub skip_outbound_ports: Vec<u16>,
+
+    /// IPv4 only: leave ip6tables alone.
+    #[arg(long)]
+    pub no_ipv6: bool,
+
+    /// Print the commands, as a shell script that does the same, and run
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]

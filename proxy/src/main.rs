@@ -34,6 +34,10 @@ fn main() -> std::process::ExitCode {
             command: Some(Command::WaitReady(args)),
             ..
         } => return remora_proxy::wait_ready::run(&args),
+        Cli {
+            command: Some(Command::Init(args)),
+            ..
+        } => return remora_proxy::init::run(&args),
         Cli { config, .. } => config,
     };
     let log_level = match remora_server::logs::init(config.log_format, &config.log_level) {

@@ -16,7 +16,7 @@ pub const TRUST_ANCHORS_VOLUME: &str = "remora-trust-anchors";
 pub const TOKEN_DIR: &str = "/var/run/secrets/remora.io";
 pub const TRUST_ANCHORS_DIR: &str = "/var/run/remora.io/trust-anchors";
 /// The proxy's uid: not root, not the app's usual 1000 or 65532.
-pub const PROXY_UID: i64 = 2102;
+pub const PROXY_UID: i64 = remora_api::PROXY_UID as i64;
 pub const INBOUND_PORT: u16 = 4143;
 pub const ADMIN_PORT: u16 = 4191;
 const OUTBOUND_PORT: u16 = 4140;

@@ -9,6 +9,7 @@ pub mod file;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use remora_api::{InboundPolicy, Mesh, Protocol};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
@@ -30,6 +31,11 @@ pub trait OnDemand: Send + Sync {
     /// Starts watching `service` unless it is watched already. `None` when
     /// the name cannot be a service or no more can be watched.
     fn watch(&self, service: &str) -> Option<watch::Receiver<Presence>>;
+
+    /// The service with an endpoint at `ip`, if the source knows one: how
+    /// transparent mode names the destination of a connection that names
+    /// no service.
+    fn service_at(&self, ip: std::net::IpAddr) -> BoxFuture<'_, Option<String>>;
 }
 
 /// One good version of the mesh, and what became of the latest attempt to

@@ -55,9 +55,6 @@ pub struct ClientSettings {
     pub idle_timeout: Duration,
     /// HTTP/2 with prior knowledge, multiplexed on one connection.
     pub http2: bool,
-    /// An opaque byte stream (`protocol: tcp`): each connection dialed
-    /// for one stream, not pooled.
-    pub opaque: bool,
 }
 
 /// A service's settings when its file gives none.
@@ -67,14 +64,13 @@ impl Default for ClientSettings {
             connect_timeout: remora_api::DEFAULT_CONNECT_TIMEOUT.get(),
             idle_timeout: remora_api::DEFAULT_IDLE_TIMEOUT.get(),
             http2: false,
-            opaque: false,
         }
     }
 }
 
 /// Makes the clients of endpoints, with this proxy's identity for those
 /// reached over mutual TLS.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Clients {
     /// This proxy's identity; without one, meshed endpoints are reached
     /// in plaintext like any other.

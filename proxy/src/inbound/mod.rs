@@ -134,7 +134,6 @@ impl Inbound {
             connect_timeout: APP_CONNECT_TIMEOUT,
             idle_timeout: APP_IDLE_TIMEOUT,
             http2,
-            opaque: false,
         };
         Self {
             policy: ArcSwap::from_pointee(Policy::default()),

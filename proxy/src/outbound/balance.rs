@@ -50,9 +50,9 @@ pub struct Endpoint {
     /// Over mutual TLS, a connection of its own for each request that
     /// upgrades (see [`Clients::upgrades`]).
     pub upgrades: Option<HttpClient>,
-    /// Its service's streams are opaque (`protocol: tcp`): how to dial it
-    /// for each.
-    pub opaque: Option<OpaqueDial>,
+    /// How to dial it for an opaque stream (a `tcp` service's, or one that
+    /// transparent mode intercepted).
+    pub opaque: OpaqueDial,
     /// Its service's protocol says it speaks HTTP/2 (`http2`, `grpc`); an
     /// unmeshed endpoint is spoken to in that version, whatever the caller
     /// spoke.
@@ -74,22 +74,25 @@ struct Ewma {
 }
 
 impl Endpoint {
+    /// The endpoint at `address`, reached as `settings` say: over mutual
+    /// TLS when it has an `identity` and `clients` one of their own.
     pub fn new(
+        clients: &Clients,
+        settings: ClientSettings,
         address: SocketAddr,
         labels: BTreeMap<String, String>,
-        client: HttpClient,
-        speaks_http2: bool,
+        identity: Option<&SpiffeId>,
     ) -> Self {
         Self {
             address,
             label: address.to_string().into(),
             labels,
-            identity: None,
-            peer: None,
-            client,
-            upgrades: None,
-            opaque: None,
-            speaks_http2,
+            identity: identity.cloned(),
+            peer: identity.map(|id| Arc::from(id.as_str())),
+            client: clients.to(settings, address, identity),
+            upgrades: clients.upgrades(settings, address, identity),
+            opaque: clients.opaque(settings, address, identity),
+            speaks_http2: settings.http2,
             in_flight: AtomicU32::new(0),
             ewma: Mutex::new(Ewma {
                 estimate: DEFAULT_RTT.as_nanos() as f64,
@@ -335,18 +338,8 @@ impl EndpointRegistry {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((address, labels.clone(), identity.cloned(), settings))
             .or_insert_with(|| {
-                let client = clients.to(settings, address, identity);
-                let (upgrades, opaque) = match settings.opaque {
-                    true => (None, Some(clients.opaque(settings, address, identity))),
-                    false => (clients.upgrades(settings, address, identity), None),
-                };
-                Arc::new(Endpoint {
-                    identity: identity.cloned(),
-                    peer: identity.map(|id| Arc::from(id.as_str())),
-                    upgrades,
-                    opaque,
-                    ..Endpoint::new(address, labels.clone(), client, settings.http2)
-                })
+                let endpoint = Endpoint::new(clients, settings, address, labels.clone(), identity);
+                Arc::new(endpoint)
             })
             .clone()
     }
@@ -507,8 +500,14 @@ mod tests {
         (0..n)
             .map(|i| {
                 let address = SocketAddr::from(([127, 0, 0, 1], 9000 + i));
-                let client = Clients::default().to(settings, address, None);
-                Arc::new(Endpoint::new(address, BTreeMap::new(), client, false))
+                let endpoint = Endpoint::new(
+                    &Clients::default(),
+                    settings,
+                    address,
+                    BTreeMap::new(),
+                    None,
+                );
+                Arc::new(endpoint)
             })
             .collect()
     }

@@ -16,9 +16,12 @@ pub mod routes;
 pub mod snapshot;
 pub mod target;
 pub mod tcp;
+pub mod transparent;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -36,6 +39,7 @@ use self::body::RequestBody;
 use self::snapshot::{Backend, Route, Snapshot};
 use crate::access_log::AccessRecord;
 use crate::discovery::{OnDemand, Presence};
+use crate::http::client::Clients;
 use crate::http::deadline::Deadline;
 use crate::http::errors::{self, ProxyError};
 use crate::http::headers;
@@ -48,32 +52,42 @@ use crate::metrics::{Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, 
 /// call to it) → route → fault → admission → split → balance → one try
 /// after another, within the retry policy and budget.
 pub fn serve(
-    outbound: Arc<Outbound>,
+    intercepted: Arc<Intercepted>,
     listener: TcpListener,
     settings: ServerSettings,
     transport: &TransportMetrics,
     drain: Drain,
 ) -> JoinHandle<()> {
+    let outbound = intercepted.outbound.clone();
     let settings = ServerSettings {
         metrics: Some(transport.listener(Direction::Outbound, false)),
+        opaque: Some(intercepted),
+        transparent: true,
         ..settings
     };
-    tokio::spawn(server::serve(listener, settings, drain, move |_peer| {
+    tokio::spawn(server::serve(listener, settings, drain, move |peer| {
         let outbound = outbound.clone();
+        let original_dst = peer.original_dst;
         service_fn(move |req| {
             let outbound = outbound.clone();
-            async move { Ok::<_, Infallible>(outbound.handle(req).await) }
+            async move { Ok::<_, Infallible>(outbound.handle(req, original_dst).await) }
         })
     }))
 }
 
 pub use self::gauges::EndpointGauges;
+pub use self::transparent::Intercepted;
 
 /// The peer label of a request to or from a process with no mesh identity.
 const UNMESHED: &str = "unmeshed";
 
 pub struct Outbound {
     snapshot: ArcSwap<Snapshot>,
+    /// Makes the clients of destinations outside the snapshot.
+    clients: Clients,
+    /// Where intercepted traffic went by its original destination, until
+    /// the next snapshot.
+    destinations: Mutex<HashMap<SocketAddr, Arc<snapshot::Service>>>,
     /// Bumped after each new snapshot, for requests waiting on discovery.
     applied: tokio::sync::watch::Sender<u64>,
     discovery: Option<Discovery>,
@@ -134,10 +148,12 @@ impl Outbound {
     pub fn build(
         metrics: &mut Metrics,
         discovery: Option<Discovery>,
+        clients: Clients,
         caller_body_idle: Duration,
     ) -> Arc<Outbound> {
         let mut outbound = Outbound::new(metrics.http.clone(), caller_body_idle);
         outbound.discovery = discovery;
+        outbound.clients = clients;
         let outbound = Arc::new(outbound);
         metrics
             .registry
@@ -148,6 +164,8 @@ impl Outbound {
     fn new(metrics: HttpMetrics, caller_body_idle: Duration) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            clients: Clients::default(),
+            destinations: Mutex::default(),
             applied: tokio::sync::watch::channel(0).0,
             discovery: None,
             metrics,
@@ -159,6 +177,7 @@ impl Outbound {
     /// Swaps in a new view; requests in flight finish on the old one.
     pub fn update(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+        self.destinations().clear();
         self.applied.send_modify(|n| *n += 1);
     }
 
@@ -166,25 +185,36 @@ impl Outbound {
         self.snapshot.load_full()
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    /// One request of the app's; `original_dst`, where its connection was
+    /// going when transparent mode intercepted it.
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        original_dst: Option<SocketAddr>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let grpc = errors::is_grpc(req.headers());
         if headers::is_smuggling_attempt(req.headers(), req.extensions()) {
             let e = ProxyError::BadRequest("Content-Length and Transfer-Encoding together");
             return self.finish_unrouted(&req, "", e, started);
         }
-        let authority = match target::authority(&req) {
-            Ok(Some(authority)) => authority,
-            Ok(None) => return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started),
-            Err(e) => return self.finish_unrouted(&req, "", e, started),
+        let authority = match (target::authority(&req), original_dst) {
+            (Ok(Some(authority)), _) => authority,
+            (Ok(None), Some(destination)) => crate::http::authority_of(destination),
+            (Ok(None), None) => {
+                return self.finish_unrouted(&req, "", ProxyError::NoAuthority, started)
+            }
+            (Err(e), _) => return self.finish_unrouted(&req, "", e, started),
         };
-        let service = match self.service(authority.as_str()).await {
-            Ok(service) if service.opaque => {
+        let service = match (self.service(authority.as_str()).await, original_dst) {
+            (Ok(service), _) if service.opaque => {
                 let e = ProxyError::OpaqueService(service.name.to_string());
                 return self.finish_unrouted(&req, authority.as_str(), e, started);
             }
-            Ok(service) => service,
-            Err(e) => return self.finish_unrouted(&req, authority.as_str(), e, started),
+            (Ok(service), _) => service,
+            // Not a service of the mesh: where the app was going.
+            (Err(_), Some(destination)) => self.destination(destination).await,
+            (Err(e), None) => return self.finish_unrouted(&req, authority.as_str(), e, started),
         };
         // A clone of the URI shares its bytes; the path is read from it.
         let uri = req.uri().clone();

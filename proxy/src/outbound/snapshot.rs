@@ -22,6 +22,9 @@ use crate::metrics::{Direction, RouteLabels};
 
 /// The route name of a service that declares no routes.
 pub const DEFAULT_ROUTE: &str = "default";
+/// The route name of requests and streams sent by their original
+/// destination (transparent mode).
+pub const ORIGINAL_DST_ROUTE: &str = "original-dst";
 
 #[derive(Default)]
 pub struct Snapshot {
@@ -264,7 +267,6 @@ impl Compiler<'_> {
             connect_timeout: svc.connect_timeout.into(),
             idle_timeout: svc.idle_timeout.into(),
             http2: svc.protocol.is_http2(),
-            opaque: svc.protocol == Protocol::Tcp,
         };
         let identity = identity(mesh, e);
         self.endpoints.get(
@@ -304,6 +306,51 @@ impl Snapshot {
     /// The service `authority` names, in any of its Kubernetes forms.
     pub fn lookup(&self, authority: &str) -> Option<&Arc<Service>> {
         self.services.get(target::mesh_service(authority)?)
+    }
+
+    /// A service with an endpoint at `ip` (on any port: a meshed endpoint
+    /// is its sidecar's inbound), and that endpoint.
+    pub fn endpoint_at(&self, ip: std::net::IpAddr) -> Option<(&Arc<Service>, &Arc<Endpoint>)> {
+        self.services.values().find_map(|service| {
+            let endpoint = service.endpoints.iter().find(|e| e.address.ip() == ip)?;
+            Some((service, endpoint))
+        })
+    }
+}
+
+impl Service {
+    /// A service of one endpoint, under `name`: where a connection that
+    /// transparent mode intercepted goes, by its original destination. No
+    /// policy of a route applies; a try that never reached the endpoint is
+    /// still resent.
+    pub fn to_one(name: &str, endpoint: Arc<Endpoint>, opaque: bool) -> Service {
+        let backend = Backend {
+            service: name.into(),
+            balancer: Balancer::new(remora_api::LoadBalancer::RoundRobin, &[]),
+            endpoints: vec![endpoint.clone()],
+            hash_header: None,
+            circuit_breaker: None,
+        };
+        Service {
+            name: name.into(),
+            opaque,
+            routes: vec![Route {
+                labels: RouteLabels::new(Direction::Outbound, name, ORIGINAL_DST_ROUTE),
+                matcher: Matcher::any(),
+                backends: vec![(1, backend)],
+                total_weight: 1,
+                timeout: None,
+                retry: None,
+                unsent: Retry::unsent(None),
+                fault: None,
+            }],
+            endpoints: vec![endpoint],
+            health_check: None,
+            pending: Arc::new(Pending {
+                count: AtomicU32::new(0),
+                max: u32::MAX,
+            }),
+        }
     }
 }
 

@@ -29,9 +29,13 @@ pub fn service_name(authority: &str) -> &str {
 }
 
 /// The mesh service an authority could name, if any: the host when it has
-/// no dots, else `name` of `name.namespace[.svc[.cluster-domain]]`.
+/// no dots, else `name` of `name.namespace[.svc[.cluster-domain]]`; never
+/// an IP address.
 pub fn mesh_service(authority: &str) -> Option<&str> {
     let host = service_name(authority);
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
     let Some((name, rest)) = host.split_once('.') else {
         return Some(host);
     };
@@ -115,6 +119,9 @@ mod tests {
             assert_eq!(mesh_service(a), Some("orders"), "{a}");
         }
         assert_eq!(mesh_service("orders.default.other.x"), None);
+        for address in ["10.77.0.2:8080", "10.77.0.2", "[::1]:80", "[fd00::2]"] {
+            assert_eq!(mesh_service(address), None, "{address}");
+        }
         assert_eq!(mesh_service("orders."), Some("orders"));
     }
 }

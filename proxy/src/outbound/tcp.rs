@@ -1,8 +1,9 @@
-//! The outbound direction of a `protocol: tcp` service: a listener of its
-//! own (`--tcp-listen SERVICE=ADDR`) whose every connection is one opaque
-//! stream. accept → the service (watched on its first stream) → an
-//! endpoint by the service's balancer, per connection → connect, on
-//! failure to another endpoint (nothing was sent yet) → splice.
+//! Opaque streams out of the app: a `protocol: tcp` service's, through a
+//! listener of its own (`--tcp-listen SERVICE=ADDR`) whose every
+//! connection is one stream, and those transparent mode intercepts
+//! ([`super::transparent`]). The service → an endpoint by its balancer,
+//! per connection → connect, on failure to another endpoint (nothing was
+//! sent yet) → splice.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::attempt::feed_breaker;
 use super::breaker::Fault;
+use super::snapshot::Service;
 use super::Outbound;
 use crate::metrics::{Direction, RetryLabels, StreamLabels, TcpMetrics};
 use crate::tcp::{self, StreamLimits};
@@ -38,13 +40,18 @@ pub fn serve(
     tokio::spawn(server::serve_opaque(listener, settings, drain))
 }
 
+/// What every opaque stream out of the app needs.
+pub struct Streams {
+    /// How long a stream may go without moving a byte.
+    pub limits: StreamLimits,
+    pub metrics: TcpMetrics,
+}
+
 /// One `--tcp-listen` service's streams.
 pub struct TcpStreams {
     pub outbound: Arc<Outbound>,
     pub service: String,
-    /// How long a stream may go without moving a byte.
-    pub limits: StreamLimits,
-    pub metrics: TcpMetrics,
+    pub streams: Streams,
 }
 
 impl OpaqueStreams for TcpStreams {
@@ -57,30 +64,41 @@ impl OpaqueStreams for TcpStreams {
         io: OpaqueIo,
         peer: Peer,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move { self.forward(io, peer).await })
+        Box::pin(async move {
+            let service = match self.outbound.service(&self.service).await {
+                Ok(service) if service.opaque => service,
+                Ok(_) => {
+                    tracing::warn!(service = %self.service, peer = %peer.addr, "stream closed: --tcp-listen names a service whose protocol is not tcp");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(service = %self.service, peer = %peer.addr, error = %e, "stream closed");
+                    return;
+                }
+            };
+            self.streams
+                .forward(&self.outbound, &service, io, peer)
+                .await
+        })
     }
 }
 
-impl TcpStreams {
-    async fn forward(&self, downstream: OpaqueIo, peer: Peer) {
-        let service = match self.outbound.service(&self.service).await {
-            Ok(service) if service.opaque => service,
-            Ok(_) => {
-                tracing::warn!(service = %self.service, peer = %peer.addr, "stream closed: --tcp-listen names a service whose protocol is not tcp");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(service = %self.service, peer = %peer.addr, error = %e, "stream closed");
-                return;
-            }
-        };
-        // A tcp service has no routes of its own: its one default route
-        // holds its endpoints.
+impl Streams {
+    /// Carries one stream from `peer` to an endpoint of `service`.
+    pub async fn forward(
+        &self,
+        outbound: &Outbound,
+        service: &Service,
+        downstream: OpaqueIo,
+        peer: Peer,
+    ) {
+        // A service's streams take its one default route: a tcp service has
+        // no routes of its own.
         let Some(route) = service.routes.first() else {
             return;
         };
         let Some(backend) = route.pick_backend() else {
-            tracing::warn!(service = %self.service, "stream closed: the service has no endpoints");
+            tracing::warn!(service = %service.name, "stream closed: the service has no endpoints");
             return;
         };
         let mut avoid = None;
@@ -88,11 +106,8 @@ impl TcpStreams {
             let Some(endpoint) = backend.pick(None, avoid.as_ref()) else {
                 break;
             };
-            let Some(dial) = &endpoint.opaque else {
-                break;
-            };
             if attempt > 0 {
-                self.outbound
+                outbound
                     .metrics
                     .retries
                     .get_or_create(&RetryLabels {
@@ -102,17 +117,17 @@ impl TcpStreams {
                     .inc();
             }
             let mut in_flight = endpoint.start();
-            let upstream = match dial.connect().await {
+            let upstream = match endpoint.opaque.connect().await {
                 Ok(upstream) => upstream,
                 Err(reason) => {
-                    tracing::info!(service = %self.service, endpoint = %endpoint.label, %reason, "cannot connect; trying another endpoint");
+                    tracing::info!(service = %service.name, endpoint = %endpoint.label, %reason, "cannot connect; trying another endpoint");
                     let fault = Some(Fault::Unreachable);
-                    feed_breaker(backend, &mut in_flight, fault, &self.outbound.metrics);
+                    feed_breaker(backend, &mut in_flight, fault, &outbound.metrics);
                     avoid = Some(endpoint);
                     continue;
                 }
             };
-            feed_breaker(backend, &mut in_flight, None, &self.outbound.metrics);
+            feed_breaker(backend, &mut in_flight, None, &outbound.metrics);
             let labels = StreamLabels {
                 direction: Direction::Outbound,
                 service: service.name.clone(),
@@ -120,12 +135,12 @@ impl TcpStreams {
                     .peer
                     .clone()
                     .filter(|_| endpoint.is_meshed())
-                    .unwrap_or_else(|| self.outbound.unmeshed.clone()),
+                    .unwrap_or_else(|| outbound.unmeshed.clone()),
             };
             let metrics = self.metrics.stream(labels);
             tcp::splice(downstream, upstream, self.limits, metrics).await;
             return;
         }
-        tracing::warn!(service = %self.service, peer = %peer.addr, "stream closed: no endpoint could be reached");
+        tracing::warn!(service = %service.name, peer = %peer.addr, "stream closed: no endpoint could be reached");
     }
 }

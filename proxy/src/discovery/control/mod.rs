@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, Uri};
-use remora_api::protocol::Registration;
+use futures_util::future::BoxFuture;
+use http::{Method, StatusCode, Uri};
+use remora_api::protocol::{Registration, ServicesListing};
 use remora_api::SpiffeId;
 use remora_certs::leaf::CredentialStore;
 use remora_certs::verify::TrustAnchors;
@@ -182,6 +183,33 @@ impl ControlClient {
 impl OnDemand for ControlClient {
     fn watch(&self, service: &str) -> Option<watch::Receiver<Presence>> {
         Shared::watch_outbound(&self.0, service)
+    }
+
+    /// Read from `GET /v1/services`, the one listing of every endpoint.
+    fn service_at(&self, ip: std::net::IpAddr) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let listed = self
+                .0
+                .exchange(Method::GET, "/v1/services", Bytes::new(), REQUEST_TIMEOUT)
+                .await;
+            let body = match listed {
+                Ok((StatusCode::OK, body)) => body,
+                Ok((status, _)) => {
+                    tracing::warn!(%status, "GET /v1/services");
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "GET /v1/services");
+                    return None;
+                }
+            };
+            let listing: ServicesListing = serde_json::from_slice(&body).ok()?;
+            listing
+                .services
+                .into_iter()
+                .find(|(_, s)| s.endpoints.iter().any(|e| e.address.ip() == ip))
+                .map(|(name, _)| name)
+        })
     }
 }
 
