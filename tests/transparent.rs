@@ -338,6 +338,7 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
             &[
                 "direction=\"outbound\"",
                 "service=\"web\"",
+                "route=\"original-dst\"",
                 "tls=\"true\"",
                 &format!("peer=\"{}\"", spiffe("web")),
             ]
@@ -357,6 +358,46 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         ),
         1.0,
         "{callee}"
+    );
+
+    // By name, as Kubernetes' DNS would resolve it: the mesh service the
+    // authority names.
+    let curl_by_name = |ns: &str| {
+        let curl = tools::find("curl", "curl").expect("curl");
+        let resolve = format!("web:8080:{web_ip}");
+        let args = [
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &resolve,
+            "http://web:8080/",
+        ];
+        output(inside(ns, &curl, &args))
+    };
+    let by_name = curl_by_name(client).await;
+    assert_eq!(
+        String::from_utf8_lossy(&by_name.stdout),
+        spiffe("client"),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+    // Outside the mesh (the control plane's admin port, in the hub): as it
+    // is, in plaintext.
+    let (status, _) = curl(client, &format!("http://{HUB_IP}:9990/ready")).await;
+    assert_eq!(status, "200", "{}", logs());
+    let caller = metrics(client).await;
+    assert_eq!(
+        requests(
+            &caller,
+            &[
+                "service=\"passthrough\"",
+                "tls=\"false\"",
+                "peer=\"unmeshed\""
+            ]
+        ),
+        1.0,
+        "{caller}"
     );
 
     // TCP: redis-cli by the cache pod's IP.

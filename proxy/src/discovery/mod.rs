@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
+use remora_api::protocol::ServicesListing;
 use remora_api::{InboundPolicy, Mesh, Protocol};
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
@@ -32,10 +33,10 @@ pub trait OnDemand: Send + Sync {
     /// the name cannot be a service or no more can be watched.
     fn watch(&self, service: &str) -> Option<watch::Receiver<Presence>>;
 
-    /// The service with an endpoint at `ip`, if the source knows one: how
-    /// transparent mode names the destination of a connection that names
-    /// no service.
-    fn service_at(&self, ip: std::net::IpAddr) -> BoxFuture<'_, Option<String>>;
+    /// Every service the source knows, with its endpoints: how transparent
+    /// mode tells a service of the mesh, by its name or an endpoint's IP,
+    /// from a destination outside it, without waiting on a watch.
+    fn listing(&self) -> BoxFuture<'_, Option<ServicesListing>>;
 }
 
 /// One good version of the mesh, and what became of the latest attempt to

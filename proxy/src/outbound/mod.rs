@@ -206,15 +206,17 @@ impl Outbound {
             }
             (Err(e), _) => return self.finish_unrouted(&req, "", e, started),
         };
-        let service = match (self.service(authority.as_str()).await, original_dst) {
-            (Ok(service), _) if service.opaque => {
+        let service = match original_dst {
+            Some(destination) => Ok(self.intercepted(authority.as_str(), destination).await),
+            None => self.service(authority.as_str()).await,
+        };
+        let service = match service {
+            Ok(service) if service.opaque => {
                 let e = ProxyError::OpaqueService(service.name.to_string());
                 return self.finish_unrouted(&req, authority.as_str(), e, started);
             }
-            (Ok(service), _) => service,
-            // Not a service of the mesh: where the app was going.
-            (Err(_), Some(destination)) => self.destination(destination).await,
-            (Err(e), None) => return self.finish_unrouted(&req, authority.as_str(), e, started),
+            Ok(service) => service,
+            Err(e) => return self.finish_unrouted(&req, authority.as_str(), e, started),
         };
         // A clone of the URI shares its bytes; the path is read from it.
         let uri = req.uri().clone();

@@ -13,12 +13,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use remora_api::protocol::ServicesListing;
 use remora_server::serve::{Detection, OpaqueIo, OpaqueStreams, Peer};
 
 use super::balance::Endpoint;
 use super::snapshot::Service;
 use super::tcp::Streams;
-use super::Outbound;
+use super::{target, Outbound};
 use crate::http::client::ClientSettings;
 
 /// The service name of destinations outside the mesh, in metrics.
@@ -37,11 +38,24 @@ pub struct Intercepted {
 
 impl OpaqueStreams for Intercepted {
     /// Only an intercepted connection is detected: one the app made to
-    /// the listener itself speaks HTTP.
+    /// the listener itself speaks HTTP. One to a `tcp` service's endpoint
+    /// (as far as this proxy knows already) is a stream, whatever it says.
     fn detection(&self, peer: &Peer) -> Detection {
-        match peer.original_dst {
-            Some(_) => Detection::Within(self.detect_timeout),
-            None => Detection::Http,
+        let Some(destination) = peer.original_dst else {
+            return Detection::Http;
+        };
+        let known_opaque = match self.outbound.destinations().get(&destination) {
+            Some(service) => service.opaque,
+            None => self
+                .outbound
+                .snapshot
+                .load()
+                .endpoint_at(destination.ip())
+                .is_some_and(|(service, _)| service.opaque),
+        };
+        match known_opaque {
+            true => Detection::Opaque,
+            false => Detection::Within(self.detect_timeout),
         }
     }
 
@@ -69,10 +83,35 @@ impl Outbound {
         self.destinations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The service an intercepted request goes to: the mesh service its
+    /// `authority` names, else by where it was going
+    /// ([`Outbound::destination`]). A name is looked up in the control
+    /// plane's listing before it is watched, so that a name outside the
+    /// mesh (`example.com`) goes its way at once instead of waiting for a
+    /// view that never comes.
+    pub(super) async fn intercepted(
+        &self,
+        authority: &str,
+        destination: SocketAddr,
+    ) -> Arc<Service> {
+        if let Some(service) = self.snapshot.load().lookup(authority) {
+            return service.clone();
+        }
+        if let (Some(name), Some(listing)) = (target::mesh_service(authority), self.listing().await)
+        {
+            if listing.services.contains_key(name) {
+                if let Ok(service) = self.discover(authority).await {
+                    return service;
+                }
+            }
+        }
+        self.destination(destination).await
+    }
+
     /// Where traffic to `destination` goes: a service of one endpoint,
-    /// the mesh's endpoint at its IP (asked of the control plane, and
-    /// watched, on first sight), reached over mutual TLS when it is meshed;
-    /// else `destination` itself, unmeshed.
+    /// the mesh's endpoint at its IP (found in the control plane's listing,
+    /// and watched, on first sight), reached over mutual TLS when it is
+    /// meshed; else `destination` itself, unmeshed.
     pub(super) async fn destination(&self, destination: SocketAddr) -> Arc<Service> {
         if let Some(known) = self.destinations().get(&destination) {
             return known.clone();
@@ -105,17 +144,30 @@ impl Outbound {
         service
     }
 
-    /// Asks the control plane which service has an endpoint at `ip`, and
-    /// waits for that service's view.
+    /// Watches the service with an endpoint at `ip`, if the control plane
+    /// lists one, and waits for its view.
     async fn discover_at(&self, ip: IpAddr) {
-        let Some(discovery) = &self.discovery else {
+        let Some(listing) = self.listing().await else {
             return;
         };
-        let looked_up = tokio::time::timeout(discovery.timeout, discovery.client.service_at(ip));
-        if let Ok(Some(service)) = looked_up.await {
+        let service = listing
+            .services
+            .into_iter()
+            .find(|(_, s)| s.endpoints.iter().any(|e| e.address.ip() == ip));
+        if let Some((service, _)) = service {
             if let Err(e) = self.discover(&service).await {
                 tracing::info!(%ip, %service, error = %e, "the service of an intercepted destination");
             }
         }
+    }
+
+    /// The control plane's listing of every service, within the discovery
+    /// timeout; `None` standalone, where the snapshot is the whole mesh.
+    async fn listing(&self) -> Option<ServicesListing> {
+        let discovery = self.discovery.as_ref()?;
+        tokio::time::timeout(discovery.timeout, discovery.client.listing())
+            .await
+            .ok()
+            .flatten()
     }
 }

@@ -185,30 +185,24 @@ impl OnDemand for ControlClient {
         Shared::watch_outbound(&self.0, service)
     }
 
-    /// Read from `GET /v1/services`, the one listing of every endpoint.
-    fn service_at(&self, ip: std::net::IpAddr) -> BoxFuture<'_, Option<String>> {
+    /// `GET /v1/services`.
+    fn listing(&self) -> BoxFuture<'_, Option<ServicesListing>> {
         Box::pin(async move {
             let listed = self
                 .0
                 .exchange(Method::GET, "/v1/services", Bytes::new(), REQUEST_TIMEOUT)
                 .await;
-            let body = match listed {
-                Ok((StatusCode::OK, body)) => body,
+            match listed {
+                Ok((StatusCode::OK, body)) => serde_json::from_slice(&body).ok(),
                 Ok((status, _)) => {
                     tracing::warn!(%status, "GET /v1/services");
-                    return None;
+                    None
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "GET /v1/services");
-                    return None;
+                    None
                 }
-            };
-            let listing: ServicesListing = serde_json::from_slice(&body).ok()?;
-            listing
-                .services
-                .into_iter()
-                .find(|(_, s)| s.endpoints.iter().any(|e| e.address.ip() == ip))
-                .map(|(name, _)| name)
+            }
         })
     }
 }
