@@ -79,8 +79,13 @@ fn balancer_pick(c: &mut Criterion) {
         .map(|i| {
             let address = std::net::SocketAddr::from(([10, 0, 0, i as u8 + 1], 8080));
             let settings = ClientSettings::default();
-            let endpoint =
-                Endpoint::new(&Clients::default(), settings, address, Default::default(), None);
+            let endpoint = Endpoint::new(
+                &Clients::default(),
+                settings,
+                address,
+                Default::default(),
+                None,
+            );
             Arc::new(endpoint)
         })
         .collect();
