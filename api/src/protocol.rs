@@ -87,7 +87,8 @@ pub struct ServicesListing {
 pub struct ServiceStatus {
     /// The version of the service's outbound view.
     pub version: u64,
-    /// Whether mesh.yaml names the service (else only registrations do).
+    /// Whether mesh.yaml names the service (else only registrations or
+    /// Kubernetes do).
     pub in_config: bool,
     pub endpoints: Vec<EndpointStatus>,
 }
@@ -101,7 +102,8 @@ pub struct EndpointStatus {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub source: EndpointSource,
-    /// The registering instance; absent for endpoints from the file.
+    /// The registering instance, or for an endpoint from Kubernetes its
+    /// pod (`NAMESPACE/NAME`); absent for endpoints from the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
     pub health: EndpointHealth,
@@ -115,6 +117,8 @@ pub struct EndpointStatus {
 pub enum EndpointSource {
     File,
     Registration,
+    /// An EndpointSlice of the service's Kubernetes Service.
+    Kubernetes,
 }
 
 /// What the control plane knows of an endpoint's health. It probes
@@ -127,6 +131,9 @@ pub enum EndpointHealth {
     Static,
     /// Registered and renewed within its TTL.
     Alive,
+    /// Ready, as its EndpointSlice says (its pod's readiness): only ready
+    /// endpoints of Kubernetes are served.
+    Ready,
 }
 
 /// An error body of the API: what was wrong, for people and logs.

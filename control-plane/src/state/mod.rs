@@ -1,11 +1,13 @@
-//! The merged state: the mesh from the file plus the registered endpoints,
-//! turned into one view per resource (`outbound/NAME`, `inbound/NAME`).
+//! The merged state: the mesh from the file plus the endpoints that
+//! registered and those a discovery source (Kubernetes) found, turned into
+//! one view per resource (`outbound/NAME`, `inbound/NAME`).
 //! Each resource has a `watch` channel holding its serialized body and
 //! version; a change publishes only into the channels of the resources
 //! whose content changed, so it wakes exactly their watchers, and each
 //! body is serialized once however many watch it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -15,7 +17,7 @@ use remora_api::protocol::{
     EndpointHealth, EndpointSource, EndpointStatus, InboundView, OutboundView, Registration,
     ServiceStatus, ServicesListing,
 };
-use remora_api::{Endpoint, Mesh, Service};
+use remora_api::{Endpoint, Mesh, Service, SpiffeId};
 use tokio::sync::watch;
 
 use self::registrations::Table;
@@ -116,6 +118,20 @@ impl View {
 
 type Key = (Kind, String);
 
+/// An endpoint a discovery source found for a service (the Kubernetes
+/// source: a ready address of its EndpointSlices). Unlike a registration it
+/// carries its own identity: each pod has its service account's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discovered {
+    pub address: SocketAddr,
+    /// The identity its certificate must carry; `None`: an unmeshed
+    /// endpoint, reached in plaintext.
+    pub identity: Option<SpiffeId>,
+    pub labels: BTreeMap<String, String>,
+    /// What it is, for people: a pod's `NAMESPACE/NAME`.
+    pub instance: Option<String>,
+}
+
 struct Resource {
     tx: watch::Sender<Published>,
     /// `None` while the service does not exist.
@@ -140,6 +156,9 @@ pub struct State {
 struct Inner {
     mesh: Arc<Mesh>,
     registrations: Table,
+    /// Service → its discovered endpoints, in the order the source gave
+    /// them; a service the source knows with no endpoint ready maps to none.
+    discovered: BTreeMap<String, Vec<Discovered>>,
     resources: HashMap<Key, Resource>,
     /// Service → the services whose outbound views include it (through a
     /// split), so an endpoint change refreshes exactly those.
@@ -165,6 +184,7 @@ impl State {
             inner: Mutex::new(Inner {
                 mesh: Arc::default(),
                 registrations: Table::new(quotas),
+                discovered: BTreeMap::new(),
                 resources: HashMap::new(),
                 dependents: HashMap::new(),
                 next_version: first_version,
@@ -216,6 +236,7 @@ impl State {
         inner.mesh = mesh;
         let mut names: BTreeSet<String> = inner.mesh.services.keys().cloned().collect();
         names.extend(inner.registrations.service_names());
+        names.extend(inner.discovered.keys().cloned());
         names.extend(inner.resources.keys().map(|(_, name)| name.clone()));
         let mut changed = 0;
         for name in &names {
@@ -246,6 +267,32 @@ impl State {
             inner.end_change();
         }
         Ok(put)
+    }
+
+    /// Replaces everything the discovery source found: each service it
+    /// knows, with its endpoints (none when none is ready). Only the views
+    /// of the services whose endpoints changed are published; the number
+    /// of such services.
+    pub fn set_discovered(&self, services: BTreeMap<String, Vec<Discovered>>) -> usize {
+        let mut inner = self.lock();
+        let changed: Vec<String> = services
+            .iter()
+            .filter(|(name, endpoints)| inner.discovered.get(*name) != Some(*endpoints))
+            .map(|(name, _)| name.clone())
+            .chain(
+                inner
+                    .discovered
+                    .keys()
+                    .filter(|name| !services.contains_key(*name))
+                    .cloned(),
+            )
+            .collect();
+        inner.discovered = services;
+        for name in &changed {
+            inner.endpoints_changed(name);
+        }
+        inner.end_change();
+        changed.len()
     }
 
     /// Removes an endpoint; whether it was registered.
@@ -320,6 +367,7 @@ impl State {
         let inner = self.lock();
         let mut names: BTreeSet<&str> = inner.mesh.services.keys().map(String::as_str).collect();
         names.extend(inner.registrations.services());
+        names.extend(inner.discovered.keys().map(String::as_str));
         let services = names
             .into_iter()
             .map(|name| {
@@ -339,6 +387,17 @@ impl State {
                         expires_in_seconds: None,
                     })
                     .collect();
+                for d in inner.discovered.get(name).into_iter().flatten() {
+                    endpoints.push(EndpointStatus {
+                        address: d.address,
+                        identity: d.identity.as_ref().map(|id| id.as_str().to_string()),
+                        labels: d.labels.clone(),
+                        source: EndpointSource::Kubernetes,
+                        instance: d.instance.clone(),
+                        health: EndpointHealth::Ready,
+                        expires_in_seconds: None,
+                    });
+                }
                 for (instance, r) in inner.registrations.of(name).into_iter().flatten() {
                     endpoints.push(EndpointStatus {
                         address: r.address,
@@ -412,24 +471,35 @@ impl Inner {
     }
 
     /// The service as the file defines it, or with every default when only
-    /// registrations name it; `None` when neither does.
+    /// registrations or the discovery source name it; `None` when none does.
     fn settings(&self, name: &str) -> Option<Service> {
         match self.mesh.services.get(name) {
             Some(s) => Some(s.clone()),
-            None => self.registrations.of(name).map(|_| Service::default()),
+            None => (self.registrations.of(name).is_some() || self.discovered.contains_key(name))
+                .then(Service::default),
         }
     }
 
-    /// The service as its callers see it: its registered endpoints after
-    /// its static ones (a registered address already listed is left out:
-    /// the file's entry wins), and without its `inbound` block, which only
-    /// its own sidecars read, from its inbound view; so a policy change
-    /// wakes none of its callers.
+    /// The service as its callers see it: its discovered endpoints, then
+    /// its registered ones, after its static ones (an address already
+    /// listed is left out: the file's entry wins, then the discovered one,
+    /// which every replica of the control plane sees alike), and without
+    /// its `inbound` block, which only its own sidecars read, from its
+    /// inbound view; so a policy change wakes none of its callers.
     fn for_callers(&self, name: &str) -> Option<Service> {
         let mut service = self.settings(name)?;
         service.inbound = None;
+        let mut seen: HashSet<_> = service.endpoints.iter().map(|e| e.address).collect();
+        for d in self.discovered.get(name).into_iter().flatten() {
+            if seen.insert(d.address) {
+                service.endpoints.push(Endpoint {
+                    address: d.address,
+                    identity: d.identity.as_ref().map(|id| id.as_str().to_string()),
+                    labels: d.labels.clone(),
+                });
+            }
+        }
         if let Some(registered) = self.registrations.of(name) {
-            let mut seen: HashSet<_> = service.endpoints.iter().map(|e| e.address).collect();
             for r in registered.values() {
                 if seen.insert(r.address) {
                     service.endpoints.push(Endpoint {

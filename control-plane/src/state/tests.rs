@@ -281,3 +281,109 @@ fn views_are_incomplete_while_warming_up_and_republished_complete_after() {
     assert!(complete.version > warm.version, "published anew");
     assert_eq!(complete.services, warm.services);
 }
+
+fn discovered(address: &str, identity: Option<&str>, pod: &str) -> Discovered {
+    Discovered {
+        address: address.parse().unwrap(),
+        identity: identity.map(|id| id.parse().unwrap()),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        instance: Some(format!("shop/{pod}")),
+    }
+}
+
+#[test]
+fn discovered_endpoints_follow_the_static_ones_and_win_over_registrations() {
+    let s = state(MESH);
+    let now = Instant::now();
+    register(&s, "orders", "pod-1", &reg("10.0.0.1:4143", 30), now);
+    register(&s, "orders", "vm-1", &reg("10.0.9.9:4143", 30), now);
+    let sa = "spiffe://cluster.local/ns/shop/sa/orders";
+    let changed = s.set_discovered(
+        [(
+            "orders".to_string(),
+            vec![
+                discovered("10.0.0.1:4143", Some(sa), "orders-1"),
+                discovered("10.0.0.2:8080", None, "orders-2"),
+            ],
+        )]
+        .into(),
+    );
+    assert_eq!(changed, 1);
+    let view = outbound(&s, "orders");
+    let endpoints: Vec<(String, Option<&str>)> = view.services["orders"]
+        .endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.identity.as_deref()))
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            ("10.0.0.1:4143".to_string(), Some(sa)),
+            ("10.0.0.2:8080".to_string(), None),
+            ("10.0.9.9:4143".to_string(), Some("orders")),
+        ],
+        "the pod's registration is the same address as its discovered endpoint: one entry, the discovered"
+    );
+    let listing = s.listing(now);
+    let from_kubernetes: Vec<_> = listing.services["orders"]
+        .endpoints
+        .iter()
+        .filter(|e| e.source == EndpointSource::Kubernetes)
+        .collect();
+    assert_eq!(from_kubernetes.len(), 2);
+    assert_eq!(from_kubernetes[0].health, EndpointHealth::Ready);
+    assert_eq!(
+        from_kubernetes[0].instance.as_deref(),
+        Some("shop/orders-1")
+    );
+    assert_eq!(from_kubernetes[0].identity.as_deref(), Some(sa));
+}
+
+#[test]
+fn discovery_publishes_only_the_services_it_changed() {
+    let s = state(MESH);
+    let users = s.current(Kind::Outbound, "users").version;
+    let found = |endpoints: Vec<Discovered>| -> BTreeMap<String, Vec<Discovered>> {
+        [
+            ("users".to_string(), vec![]),
+            ("payments".to_string(), endpoints),
+        ]
+        .into()
+    };
+    // A service known only to Kubernetes exists, even with no endpoint.
+    assert_eq!(s.set_discovered(found(vec![])), 2);
+    let payments = s.current(Kind::Outbound, "payments");
+    assert!(payments.exists());
+    assert!(s.current(Kind::Inbound, "payments").exists());
+    assert_eq!(
+        s.current(Kind::Outbound, "users").version,
+        users,
+        "no endpoint of users changed: its view is the same"
+    );
+    // The same again changes nothing.
+    assert_eq!(s.set_discovered(found(vec![])), 0);
+    assert_eq!(
+        s.current(Kind::Outbound, "payments").version,
+        payments.version
+    );
+    let mut watcher = s.watch(Kind::Outbound, "payments");
+    assert_eq!(
+        s.set_discovered(found(vec![discovered("10.0.0.7:80", None, "p-1")])),
+        1
+    );
+    assert!(watcher.has_changed().unwrap());
+    assert_eq!(
+        outbound(&s, "payments").services["payments"]
+            .endpoints
+            .len(),
+        1
+    );
+    // Gone from Kubernetes, and in neither the file nor registrations: gone.
+    assert_eq!(s.set_discovered(BTreeMap::new()), 2);
+    assert!(!watcher.borrow_and_update().exists());
+    assert!(
+        s.current(Kind::Outbound, "users").exists(),
+        "users is in the file"
+    );
+    assert!(!s.listing(Instant::now()).services.contains_key("payments"));
+}
