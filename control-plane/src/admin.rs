@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text, or OpenMetrics when
-//! asked), `/ready` (with the last rejected config edit, if any) and
+//! asked), `/ready` (with the last rejected config edit, if any; with
+//! `--kubernetes`, not before the API server's objects are listed) and
 //! `/live`.
 
 use std::fmt::Write as _;
@@ -21,6 +22,10 @@ pub struct Admin {
     pub config: Option<watch::Receiver<Arc<LoadedMesh>>>,
     /// Serving; false while shutting down.
     pub ready: Arc<AtomicBool>,
+    /// With `--kubernetes`: whether every watched kind has been listed and
+    /// its endpoints published. Until then this replica would serve views
+    /// that lack them, so it is not ready.
+    pub kubernetes_listed: Option<watch::Receiver<bool>>,
 }
 
 impl Admin {
@@ -46,6 +51,16 @@ impl Admin {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: shutting down\n",
+            );
+        }
+        if self
+            .kubernetes_listed
+            .as_ref()
+            .is_some_and(|l| !*l.borrow())
+        {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the Kubernetes API server's services, endpointslices and pods are not listed yet\n",
             );
         }
         let mut body = String::from("ready\n");

@@ -1,6 +1,7 @@
 //! The mesh's certificate authority, in the control plane: which bearer
-//! token grants which identity (`--tokens`), the issuer that signs (given
-//! with `--issuer-cert`/`--issuer-key`, or a development CA made in
+//! token grants which identity (`--tokens`, then, with `--kubernetes`,
+//! Kubernetes' TokenReview), the issuer that signs (given with
+//! `--issuer-cert`/`--issuer-key`, or a development CA made in
 //! `--data-dir`), and the signing of a proxy's CSR for the identity its
 //! token grants.
 
@@ -16,6 +17,8 @@ use remora_certs::leaf::Credentials;
 use remora_certs::pem;
 use remora_certs::verify::TrustAnchors;
 use sha2::{Digest, Sha256};
+
+use crate::tokenreview::{ReviewError, TokenReviewer};
 
 /// The files of a development CA in `--data-dir`, as `remora-certs init`
 /// names them.
@@ -181,6 +184,8 @@ pub struct Authority {
     /// What the mesh trusts: the API checks its clients against them.
     pub anchors: TrustAnchors,
     tokens: Tokens,
+    /// With `--kubernetes`: what checks the tokens `tokens` does not grant.
+    reviewer: Option<TokenReviewer>,
     ttl: Duration,
 }
 
@@ -191,6 +196,9 @@ pub enum Refusal {
     Unauthorized(String),
     /// A CSR that cannot be signed: `400`.
     BadRequest(String),
+    /// The token could not be checked now (the Kubernetes API server did
+    /// not answer): `503`, and the proxy tries again.
+    Unavailable(String),
 }
 
 impl Authority {
@@ -222,8 +230,15 @@ impl Authority {
             issuer,
             anchors,
             tokens,
+            reviewer: None,
             ttl,
         })
+    }
+
+    /// Checks the tokens that `--tokens` does not grant with `reviewer`.
+    pub fn reviewing(mut self, reviewer: TokenReviewer) -> Self {
+        self.reviewer = Some(reviewer);
+        self
     }
 
     /// A certificate of the control plane's own identity, for its API.
@@ -235,28 +250,37 @@ impl Authority {
         Ok(Credentials::from_pem(&chain, &key)?)
     }
 
-    /// Signs `csr_pem` for the identity `bearer` grants, valid for
-    /// `--cert-ttl` from now; the chain as PEM.
-    pub fn sign(&self, bearer: Option<&str>, csr_pem: &str) -> Result<(SpiffeId, String), Refusal> {
+    /// The identity `bearer` grants: the one `--tokens` gives it, else,
+    /// with `--kubernetes`, its service account's, if Kubernetes vouches
+    /// for it.
+    pub async fn identify(&self, bearer: Option<&str>) -> Result<SpiffeId, Refusal> {
         let token = bearer.ok_or_else(|| {
             Refusal::Unauthorized("no bearer token: send Authorization: Bearer TOKEN".into())
         })?;
-        let identity = self
-            .tokens
-            .identity_of(token)
-            .ok_or_else(|| {
-                Refusal::Unauthorized("the token grants no identity (it is not in --tokens)".into())
-            })?
-            .clone();
-        let chain = self
-            .issuer
+        if let Some(identity) = self.tokens.identity_of(token) {
+            return Ok(identity.clone());
+        }
+        let Some(reviewer) = &self.reviewer else {
+            return Err(Refusal::Unauthorized(
+                "the token grants no identity (it is not in --tokens)".into(),
+            ));
+        };
+        reviewer.review(token).await.map_err(|e| match e {
+            ReviewError::Refused(reason) => Refusal::Unauthorized(reason),
+            ReviewError::Unavailable(reason) => Refusal::Unavailable(reason),
+        })
+    }
+
+    /// Signs `csr_pem` for `identity`, valid for `--cert-ttl` from now;
+    /// the chain as PEM.
+    pub fn sign(&self, identity: &SpiffeId, csr_pem: &str) -> Result<String, Refusal> {
+        self.issuer
             .sign_csr(
                 csr_pem,
-                &identity,
+                identity,
                 Validity::starting(SystemTime::now(), self.ttl),
             )
-            .map_err(|e| Refusal::BadRequest(e.to_string()))?;
-        Ok((identity, chain))
+            .map_err(|e| Refusal::BadRequest(e.to_string()))
     }
 }
 
@@ -351,8 +375,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_development_ca_is_made_once_and_signs_what_tokens_grant() {
+    #[tokio::test]
+    async fn a_development_ca_is_made_once_and_signs_what_tokens_grant() {
         let dir = tempfile::tempdir().unwrap();
         let tokens = Tokens::parse(
             "t",
@@ -378,17 +402,18 @@ mod tests {
 
         let request = remora_certs::leaf::new_request().unwrap();
         assert!(matches!(
-            ca.sign(None, &request.csr_pem),
+            ca.identify(None).await,
             Err(Refusal::Unauthorized(_))
         ));
         assert!(matches!(
-            ca.sign(Some("wrong"), &request.csr_pem),
-            Err(Refusal::Unauthorized(_))
+            ca.identify(Some("wrong")).await,
+            Err(Refusal::Unauthorized(r)) if r.contains("not in --tokens")
         ));
+        let identity = ca.identify(Some("secret")).await.unwrap();
         assert!(
-            matches!(ca.sign(Some("secret"), "junk"), Err(Refusal::BadRequest(r)) if r.contains("CSR"))
+            matches!(ca.sign(&identity, "junk"), Err(Refusal::BadRequest(r)) if r.contains("CSR"))
         );
-        let (identity, chain) = ca.sign(Some("secret"), &request.csr_pem).unwrap();
+        let chain = ca.sign(&identity, &request.csr_pem).unwrap();
         assert_eq!(
             identity.as_str(),
             "spiffe://cluster.local/ns/default/sa/frontend"

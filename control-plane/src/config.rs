@@ -116,6 +116,36 @@ pub struct ServeArgs {
     #[arg(long, env = "REMORA_INSECURE")]
     pub insecure: bool,
 
+    /// Run with Kubernetes: a bearer token --tokens does not grant is
+    /// checked with the TokenReview API (a projected service-account token
+    /// grants spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/NAME), and endpoints
+    /// come from the EndpointSlices of Services, so every replica serves
+    /// the same. The API server is found as kubectl finds it: --kubeconfig,
+    /// $KUBECONFIG or ~/.kube/config, else the pod's service account.
+    #[arg(long, env = "REMORA_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// With --kubernetes: the kubeconfig that names the API server and the
+    /// credentials to reach it with (its current context).
+    #[arg(long, env = "REMORA_KUBECONFIG", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kubernetes: a namespace whose Services, EndpointSlices and
+    /// Pods are watched; repeatable, or comma-separated. None: every
+    /// namespace.
+    #[arg(
+        long = "kubernetes-namespace",
+        env = "REMORA_KUBERNETES_NAMESPACE",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    pub kubernetes_namespaces: Vec<String>,
+
+    /// With --kubernetes: the audience a service-account token must be
+    /// for, as `remora-control inject` projects it (--token-audience).
+    #[arg(long, env = "REMORA_TOKEN_AUDIENCE", default_value = crate::inject::DEFAULT_TOKEN_AUDIENCE)]
+    pub token_audience: String,
+
     /// The most instances one service may have registered at once; a new
     /// one past it is refused (403), renewals are always taken.
     #[arg(long, env = "REMORA_MAX_INSTANCES_PER_SERVICE", default_value_t = DEFAULT_MAX_INSTANCES_PER_SERVICE)]
@@ -150,6 +180,23 @@ impl ServeArgs {
             instances_per_service: self.max_instances_per_service,
             services_per_registrant: self.max_services_per_identity,
         }
+    }
+
+    /// `--kubernetes-namespace`, sorted, each checked as Kubernetes checks
+    /// a namespace's name: an RFC 1123 label, the rule of mesh service
+    /// names too.
+    pub fn kubernetes_namespaces(&self) -> anyhow::Result<Vec<String>> {
+        for namespace in &self.kubernetes_namespaces {
+            if !remora_api::load::is_valid_service_name(namespace) {
+                anyhow::bail!(
+                    "--kubernetes-namespace {namespace:?} is not a namespace's name (lowercase letters, digits and '-', at most 63)"
+                );
+            }
+        }
+        let mut namespaces = self.kubernetes_namespaces.clone();
+        namespaces.sort();
+        namespaces.dedup();
+        Ok(namespaces)
     }
 
     /// `--threads`, or one per core.
@@ -198,5 +245,37 @@ mod tests {
         assert!(
             Cli::try_parse_from(["remora-control", "--max-services-per-identity", "0"]).is_err()
         );
+    }
+
+    #[test]
+    fn kubernetes_flags_go_with_kubernetes() {
+        let cli = Cli::try_parse_from(["remora-control"]).unwrap();
+        assert!(!cli.serve.kubernetes);
+        assert_eq!(cli.serve.token_audience, "remora-control");
+        let cli = Cli::try_parse_from([
+            "remora-control",
+            "--kubernetes",
+            "--kubeconfig",
+            "k.yaml",
+            "--kubernetes-namespace",
+            "shop,payments",
+            "--kubernetes-namespace",
+            "shop",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.serve.kubernetes_namespaces().unwrap(),
+            ["payments", "shop"]
+        );
+        assert!(Cli::try_parse_from(["remora-control", "--kubeconfig", "k.yaml"]).is_err());
+        let cli = Cli::try_parse_from([
+            "remora-control",
+            "--kubernetes",
+            "--kubernetes-namespace",
+            "Shop",
+        ])
+        .unwrap();
+        let e = cli.serve.kubernetes_namespaces().unwrap_err();
+        assert!(e.to_string().contains("\"Shop\" is not a namespace"), "{e}");
     }
 }

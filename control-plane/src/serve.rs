@@ -27,12 +27,14 @@ use crate::metrics::Metrics;
 use crate::sources;
 use crate::state::State;
 use crate::threads;
+use crate::tokenreview::TokenReviewer;
 
 /// How long open connections get to close after shutdown begins; held
 /// long-polls are answered at once, so this bounds only slow clients.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let namespaces = args.kubernetes_namespaces()?;
     connections::raise_open_files_limit();
     let metrics = Metrics::new();
     let first_version = unix_millis_now();
@@ -75,7 +77,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         || remora_api::DEFAULT_TRUST_DOMAIN.to_string(),
         |view| view.borrow().mesh.trust_domain.clone(),
     );
-    let authority = authority(&args, &trust_domain)?;
+    let kubernetes = if args.kubernetes {
+        Some(crate::kubernetes::connect(args.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
+    let authority = authority(&args, &trust_domain, kubernetes.as_ref())?;
+    let kubernetes_listed = kubernetes.map(|client| {
+        sources::kubernetes::start(client, &namespaces, &trust_domain, state.clone())
+    });
     let api_tls = match &authority {
         Some(authority) => Some(api_tls(authority.clone(), &trust_domain)?),
         None => None,
@@ -138,6 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         config,
         ready: ready.clone(),
+        kubernetes_listed,
     });
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
@@ -168,8 +179,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The certificate authority, unless identity is off.
-fn authority(args: &ServeArgs, trust_domain: &str) -> anyhow::Result<Option<Arc<Authority>>> {
+/// The certificate authority, unless identity is off; with a Kubernetes
+/// client, it checks the tokens `--tokens` does not grant with TokenReview.
+fn authority(
+    args: &ServeArgs,
+    trust_domain: &str,
+    kubernetes: Option<&kube::Client>,
+) -> anyhow::Result<Option<Arc<Authority>>> {
     if args.insecure {
         if args.issuer_cert.is_some() || args.issuer_key.is_some() || args.tokens.is_some() {
             anyhow::bail!("--insecure turns identity off: give it without --issuer-cert, --issuer-key and --tokens");
@@ -187,18 +203,30 @@ fn authority(args: &ServeArgs, trust_domain: &str) -> anyhow::Result<Option<Arc<
         Some(path) => Tokens::read(path, trust_domain)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("the tokens file {} has problems", path.display()))?,
-        None => {
+        None if kubernetes.is_none() => {
             tracing::warn!("no --tokens: no token grants an identity, so no certificate is issued");
             Tokens::default()
         }
+        None => Tokens::default(),
     };
-    tracing::info!(tokens = tokens.len(), cert_ttl = %args.cert_ttl, "certificate authority");
-    Ok(Some(Arc::new(Authority::load(
-        &source,
-        tokens,
-        args.cert_ttl.get(),
-        trust_domain,
-    )?)))
+    tracing::info!(
+        tokens = tokens.len(),
+        token_review = kubernetes.is_some(),
+        cert_ttl = %args.cert_ttl,
+        "certificate authority"
+    );
+    let authority = Authority::load(&source, tokens, args.cert_ttl.get(), trust_domain)?;
+    Ok(Some(Arc::new(match kubernetes {
+        Some(client) => {
+            tracing::info!(audience = %args.token_audience, "service-account tokens are checked with Kubernetes' TokenReview");
+            authority.reviewing(TokenReviewer::new(
+                client.clone(),
+                &args.token_audience,
+                trust_domain,
+            ))
+        }
+        None => authority,
+    })))
 }
 
 /// The API's TLS: the control plane's own certificate (renewed at 70% of

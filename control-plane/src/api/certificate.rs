@@ -1,5 +1,6 @@
 //! `POST /v1/certificate`: a proxy's CSR, signed for the identity its
-//! bearer token grants (see `ca`).
+//! bearer token grants (see `ca`): `401` for a token that grants none,
+//! `503` when Kubernetes could not be asked about it.
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -34,7 +35,13 @@ pub async fn issue(api: &Api, req: Request<Incoming>) -> Response<Body> {
             "the body is not a PEM CSR: it is not text",
         );
     };
-    match authority.sign(bearer.as_deref(), csr) {
+    let signed = match authority.identify(bearer.as_deref()).await {
+        Ok(identity) => authority
+            .sign(&identity, csr)
+            .map(|chain| (identity, chain)),
+        Err(refusal) => Err(refusal),
+    };
+    match signed {
         Ok((identity, chain)) => {
             tracing::info!(%identity, "certificate issued");
             let mut r = Response::new(full(chain));
@@ -50,6 +57,13 @@ pub async fn issue(api: &Api, req: Request<Incoming>) -> Response<Body> {
             r
         }
         Err(Refusal::BadRequest(reason)) => error(StatusCode::BAD_REQUEST, reason),
+        Err(Refusal::Unavailable(reason)) => {
+            tracing::warn!(%reason, "certificate not issued: its token cannot be checked now");
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
     }
 }
 
