@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod control;
+pub mod fake_kube;
 pub mod identity;
 pub mod kubernetes;
 pub mod mesh_client;
