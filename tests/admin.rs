@@ -472,3 +472,45 @@ async fn post_shutdown_from_loopback_exits_cleanly() {
     let status = proxy.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn the_apps_probes_are_forwarded_and_nothing_else() {
+    let app = Upstream::start(|req| async move {
+        match req.uri().path() {
+            "/healthz" => remora_e2e::upstream::text("ok"),
+            _ => remora_e2e::upstream::status(500, "sick"),
+        }
+    })
+    .await;
+    let port = app.addr.port();
+    let probes = format!("{port}/healthz?full=1,{port}/sick");
+    let proxy = Proxy::start_with("services: {}\n", app.addr, &["--app-probes", &probes]).await;
+    let client = Client::http1();
+    let probe = |path: String| {
+        let (client, url) = (client.clone(), proxy.admin_url(&path));
+        async move { client.get(&url).await.unwrap() }
+    };
+    let r = probe(format!("/app-probe/{port}/healthz?full=1")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/healthz");
+    assert_eq!(probe(format!("/app-probe/{port}/sick")).await.status, 500);
+    // Not a probe the proxy was given: the app is not asked.
+    for other in [
+        format!("/app-probe/{port}/healthz"),
+        format!("/app-probe/{port}/admin"),
+        "/app-probe/22/".to_string(),
+    ] {
+        assert_eq!(probe(other.clone()).await.status, 404, "{other}");
+    }
+    assert_eq!(app.seen().len(), 2);
+    // An app that is down fails its probe.
+    drop(app);
+    assert_eq!(
+        probe(format!("/app-probe/{port}/healthz?full=1"))
+            .await
+            .status,
+        503
+    );
+}

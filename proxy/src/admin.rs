@@ -1,5 +1,6 @@
 //! The admin server: `/metrics`, `/ready`, `/live`, `/config`,
-//! `PUT /log-level` and `POST /shutdown` (loopback callers only).
+//! `PUT /log-level`, `POST /shutdown` (loopback callers only), and the
+//! app's probes under `/app-probe/` ([`crate::app_probes`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use remora_server::admin::{metrics, text};
 use remora_server::logs::LogLevel;
 use tokio::sync::{watch, Notify};
 
+use crate::app_probes::{self, AppProbes};
 use crate::discovery::MeshView;
 use crate::http::{full, Body};
 use crate::identity::Identity;
@@ -33,6 +35,8 @@ pub struct Admin {
     pub identity: Option<Arc<Identity>>,
     /// For the state of each endpoint the app's calls are balanced over.
     pub outbound: Arc<Outbound>,
+    /// The app's probes the kubelet sends here (transparent mode).
+    pub app_probes: AppProbes,
 }
 
 impl Admin {
@@ -66,6 +70,14 @@ impl Admin {
                         "shutdown is accepted from loopback only\n",
                     )
                 }
+            }
+            (&Method::GET, path) if path.starts_with(app_probes::PREFIX) => {
+                let target = req
+                    .uri()
+                    .path_and_query()
+                    .map_or(path, |p| p.as_str())
+                    .trim_start_matches(app_probes::PREFIX);
+                self.app_probes.forward(target).await
             }
             (_, "/metrics" | "/live" | "/ready" | "/config" | "/log-level" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")

@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::app_probes::AppProbes;
 use crate::config::Config;
 use crate::discovery::control::{ControlClient, Registrar};
 use crate::discovery::MeshView;
@@ -146,6 +147,7 @@ impl Proxy {
             listeners: listeners.addresses.clone(),
             identity: identity.clone(),
             outbound: outbound.clone(),
+            app_probes: AppProbes::new(&config.app_probes),
         });
         Ok(Proxy {
             listeners,

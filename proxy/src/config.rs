@@ -219,6 +219,14 @@ pub struct Config {
     #[arg(long, env = "REMORA_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
 
+    /// The app's HTTP probes the admin listener forwards to it, as
+    /// `PORT/PATH` (`8080/healthz`), comma-separated: `GET
+    /// /app-probe/8080/healthz` on the admin port asks the app at
+    /// 127.0.0.1:8080. `inject` points the kubelet's probes there in
+    /// transparent mode, where the app's own port takes only mTLS.
+    #[arg(long, env = "REMORA_APP_PROBES", value_delimiter = ',')]
+    pub app_probes: Vec<crate::app_probes::Target>,
+
     /// Listener for /metrics, /ready, /live, /config, /log-level, /shutdown.
     #[arg(long, env = "REMORA_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,

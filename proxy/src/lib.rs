@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod app_probes;
 pub mod config;
 pub mod discovery;
 pub mod http;
