@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use remora_e2e::fake_kube::{Asked, FakeKube};
 use remora_e2e::identity::{grant_tokens, token_file};
 use remora_e2e::kubernetes::{self, chart_dir, documents, find_doc, kinds, str_of, Tools};
 use remora_e2e::process::{binary, Running};
@@ -380,6 +381,14 @@ fn flags(args: &[String]) -> BTreeMap<String, String> {
     flags
 }
 
+/// The values of every `--kubernetes-namespace` in `args`.
+fn kubernetes_namespaces(args: &[String]) -> Vec<String> {
+    args.windows(2)
+        .filter(|w| w[0] == "--kubernetes-namespace")
+        .map(|w| w[1].clone())
+        .collect()
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_sequence()
         .map(|s| s.iter().map(str_of).collect())
@@ -423,8 +432,13 @@ fn the_control_plane_deployment_keeps_its_promises() {
     let docs = documents(&render(&tools, &sets[0]));
 
     // Every object of the control plane in `remora`, named remora-control:
-    // the identity its certificate names (remora-control.remora).
+    // the identity its certificate names (remora-control.remora). Its
+    // access to the API server is cluster-wide (a ClusterRole) or in the
+    // mesh's namespaces (Roles), checked below.
     for doc in &docs {
+        if str_of(&doc["kind"]).contains("Role") {
+            continue;
+        }
         assert_eq!(doc["metadata"]["namespace"], NAMESPACE, "{doc:?}");
     }
     let deployment = find_doc(&docs, "Deployment", NAME);
@@ -435,7 +449,13 @@ fn the_control_plane_deployment_keeps_its_promises() {
     selects(&deployment["spec"]["selector"]["matchLabels"], pod_labels);
     let pod = &template["spec"];
     assert_eq!(pod["serviceAccountName"], NAME);
-    assert_eq!(pod["automountServiceAccountToken"], false);
+    // Its token, to reach the API server; the ServiceAccount mounts it in
+    // no other pod.
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(
+        find_doc(&docs, "ServiceAccount", NAME)["automountServiceAccountToken"],
+        false
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     assert_eq!(pod["securityContext"]["runAsGroup"], 65532);
@@ -490,6 +510,9 @@ fn the_control_plane_deployment_keeps_its_promises() {
     assert_eq!(args[0], "serve");
     let flags = flags(&args);
     assert_eq!(flags["log-format"], "json");
+    // Endpoints from the API server, in the mesh's namespaces.
+    assert!(flags.contains_key("kubernetes"));
+    assert_eq!(kubernetes_namespaces(&args), ["default"]);
     // Every flag is one the real binary takes.
     let help = Command::new(binary("remora-control"))
         .args(["serve", "--help"])
@@ -562,18 +585,94 @@ fn the_control_plane_deployment_keeps_its_promises() {
         assert_eq!(p["targetPort"], name);
     }
 
-    // Least privilege: no API access is granted to anyone.
+    // Least privilege: exactly what --kubernetes uses, for the control
+    // plane's ServiceAccount alone.
     for set in &sets {
         let docs = documents(&render(&tools, set));
-        for doc in &docs {
+        let deployment = find_doc(&docs, "Deployment", NAME);
+        let namespace = str_of(&deployment["metadata"]["namespace"]);
+        let args = strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        let insecure = args.iter().any(|a| a == "--insecure");
+        let watched = kubernetes_namespaces(&args);
+        let mut expected = Vec::new();
+        if !insecure {
+            expected.push(("ClusterRole".to_string(), None));
+            expected.push(("ClusterRoleBinding".to_string(), None));
+        }
+        for ns in &watched {
+            expected.push(("Role".to_string(), Some(ns.clone())));
+            expected.push(("RoleBinding".to_string(), Some(ns.clone())));
+        }
+        let mut rbac: Vec<(String, Option<String>)> = docs
+            .iter()
+            .filter(|d| str_of(&d["kind"]).contains("Role"))
+            .map(|d| {
+                let ns = &d["metadata"]["namespace"];
+                (str_of(&d["kind"]), (!ns.is_null()).then(|| str_of(ns)))
+            })
+            .collect();
+        rbac.sort();
+        expected.sort();
+        assert_eq!(rbac, expected, "{}", set.name);
+        let cluster_name = format!("{namespace}-{NAME}");
+        for doc in docs.iter().filter(|d| str_of(&d["kind"]).contains("Role")) {
             let kind = str_of(&doc["kind"]);
-            assert!(
-                !kind.contains("Role"),
-                "{}: the control plane reads nothing from the API server, yet {kind} is made",
-                set.name
-            );
+            let binding = kind.ends_with("Binding");
+            let cluster = kind.starts_with("Cluster");
+            let name = if cluster { cluster_name.as_str() } else { NAME };
+            assert_eq!(doc["metadata"]["name"], name, "{}: {kind}", set.name);
+            if binding {
+                assert_eq!(doc["roleRef"]["kind"], kind.trim_end_matches("Binding"));
+                assert_eq!(doc["roleRef"]["name"], name);
+                let subjects = doc["subjects"].as_sequence().expect("subjects");
+                assert_eq!(subjects.len(), 1, "{}: {kind}", set.name);
+                assert_eq!(subjects[0]["kind"], "ServiceAccount");
+                assert_eq!(subjects[0]["name"], NAME);
+                assert_eq!(subjects[0]["namespace"], namespace.as_str());
+                continue;
+            }
+            let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = doc["rules"]
+                .as_sequence()
+                .expect("rules")
+                .iter()
+                .map(|r| {
+                    (
+                        strings(&r["apiGroups"]),
+                        strings(&r["resources"]),
+                        strings(&r["verbs"]),
+                    )
+                })
+                .collect();
+            let v = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            let exactly = if cluster {
+                vec![(
+                    v(&["authentication.k8s.io"]),
+                    v(&["tokenreviews"]),
+                    v(&["create"]),
+                )]
+            } else {
+                vec![
+                    (v(&[""]), v(&["services", "pods"]), v(&["list", "watch"])),
+                    (
+                        v(&["discovery.k8s.io"]),
+                        v(&["endpointslices"]),
+                        v(&["list", "watch"]),
+                    ),
+                ]
+            };
+            assert_eq!(rules, exactly, "{}: {kind}", set.name);
         }
     }
+    // Without rbac.create, nothing is granted: the operator grants it.
+    let none = tools
+        .template(KUBE_VERSIONS[0], &["--set", "rbac.create=false"])
+        .expect("rbac.create=false");
+    assert!(
+        !documents(&none)
+            .iter()
+            .any(|d| str_of(&d["kind"]).contains("Role")),
+        "rbac.create=false makes no Role"
+    );
 
     // Identity off, three replicas, other resources.
     let docs = documents(&render(&tools, &sets[1]));
@@ -584,6 +683,14 @@ fn the_control_plane_deployment_keeps_its_promises() {
     let c = &pod["containers"][0];
     let flags = self::flags(&strings(&c["args"]));
     assert!(flags.contains_key("insecure"));
+    assert!(
+        flags.contains_key("kubernetes"),
+        "endpoints still come from Kubernetes"
+    );
+    assert_eq!(
+        kubernetes_namespaces(&strings(&c["args"])),
+        ["shop", "payments"]
+    );
     for flag in ["issuer-cert", "issuer-key", "trust-anchors", "tokens"] {
         assert!(!flags.contains_key(flag), "--{flag} with identity off");
     }
@@ -803,6 +910,7 @@ async fn start_as_rendered(
     docs: &[Value],
     existing: &BTreeMap<&str, BTreeMap<&str, PathBuf>>,
     root: &Path,
+    api_server: &FakeKube,
 ) -> Running {
     let pod = &find_doc(docs, "Deployment", NAME)["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -825,8 +933,47 @@ async fn start_as_rendered(
     let mut command = tokio::process::Command::new(binary("remora-control"));
     command
         .args(&args)
-        .args(["--api", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        .args(["--api", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // In a pod, the API server of its service account; here the
+        // stand-in, found as kubectl (and the control plane) finds one.
+        .env("KUBECONFIG", api_server.kubeconfig());
     Running::spawn(command, "remora-control as rendered").await
+}
+
+/// Whether the rendered RBAC lets the control plane's ServiceAccount make
+/// `asked`: a ClusterRole for cluster-wide requests, a Role of the
+/// request's namespace otherwise, each bound to it.
+fn rbac_allows(docs: &[Value], asked: &Asked) -> bool {
+    let (kind, namespace) = match &asked.namespace {
+        None => ("ClusterRole", None),
+        Some(ns) => ("Role", Some(ns.as_str())),
+    };
+    let in_namespace = |d: &Value| match namespace {
+        None => d["metadata"]["namespace"].is_null(),
+        Some(ns) => d["metadata"]["namespace"] == ns,
+    };
+    let bound: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == format!("{kind}Binding").as_str() && in_namespace(d))
+        .filter(|d| {
+            d["subjects"].as_sequence().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["kind"] == "ServiceAccount" && s["name"] == NAME)
+            })
+        })
+        .map(|d| str_of(&d["roleRef"]["name"]))
+        .collect();
+    docs.iter()
+        .filter(|d| d["kind"] == kind && in_namespace(d))
+        .filter(|d| bound.contains(&str_of(&d["metadata"]["name"])))
+        .flat_map(|d| d["rules"].as_sequence().cloned().unwrap_or_default())
+        .any(|rule| {
+            strings(&rule["apiGroups"]).iter().any(|g| g == asked.group)
+                && strings(&rule["resources"])
+                    .iter()
+                    .any(|r| r == asked.resource)
+                && strings(&rule["verbs"]).iter().any(|v| v == asked.verb)
+        })
 }
 
 #[tokio::test]
@@ -865,7 +1012,8 @@ async fn the_rendered_deployment_starts_a_ready_control_plane() {
     for set in value_sets(&pems) {
         let docs = documents(&render(&tools, &set));
         let root = tempfile::tempdir().unwrap();
-        let running = start_as_rendered(&docs, &existing, root.path()).await;
+        let api_server = FakeKube::start().await;
+        let running = start_as_rendered(&docs, &existing, root.path(), &api_server).await;
         let admin = running.address("admin");
         let client = Client::http1();
         let what = format!("the control plane of the {} values to be ready", set.name);
@@ -897,6 +1045,25 @@ async fn the_rendered_deployment_starts_a_ready_control_plane() {
         } else {
             // The issuer from the Secret, not a development CA.
             assert!(!logs.contains("development"), "{}: {logs}", set.name);
+        }
+        // Ready means every kind of every mesh namespace was listed and is
+        // watched; each request the rendered RBAC grants.
+        let asked = api_server.asked();
+        for resource in ["services", "endpointslices", "pods"] {
+            assert!(
+                asked
+                    .iter()
+                    .any(|a| a.verb == "list" && a.resource == resource),
+                "{}: {resource} were not listed: {asked:?}",
+                set.name
+            );
+        }
+        for a in &asked {
+            assert!(
+                rbac_allows(&docs, a),
+                "{}: the rendered RBAC does not grant {a:?}",
+                set.name
+            );
         }
     }
 }

@@ -91,10 +91,23 @@ struct Store {
     /// Requests by `VERB RESOURCE` (`list pods`, `watch pods`, `create
     /// tokenreviews`).
     requests: BTreeMap<String, usize>,
+    /// Every request as RBAC sees it: verb, resource, namespace (`None`:
+    /// cluster-wide).
+    log: Vec<Asked>,
     /// The audiences of every TokenReview asked for, in order.
     reviewed_audiences: Vec<Vec<String>>,
     /// `VERB RESOURCE`s that RBAC does not grant: `403`.
     forbidden: std::collections::HashSet<String>,
+}
+
+/// A request as RBAC judges it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub verb: &'static str,
+    pub group: &'static str,
+    pub resource: &'static str,
+    /// `None`: cluster-wide.
+    pub namespace: Option<String>,
 }
 
 /// The fake API server; it stops when dropped.
@@ -238,6 +251,11 @@ current-context: fake
         self.lock().requests.get(what).copied().unwrap_or(0)
     }
 
+    /// Every request answered, as RBAC would judge it.
+    pub fn asked(&self) -> Vec<Asked> {
+        self.lock().log.clone()
+    }
+
     /// The audiences of every TokenReview asked for, in order.
     pub fn reviewed_audiences(&self) -> Vec<Vec<String>> {
         self.lock().reviewed_audiences.clone()
@@ -322,8 +340,22 @@ impl Store {
         Some(change)
     }
 
-    fn count(&mut self, what: String) {
-        *self.requests.entry(what).or_default() += 1;
+    fn count(&mut self, verb: &'static str, resource: &'static str, namespace: Option<&str>) {
+        *self
+            .requests
+            .entry(format!("{verb} {resource}"))
+            .or_default() += 1;
+        let group = match resource {
+            "tokenreviews" => "authentication.k8s.io",
+            "endpointslices" => "discovery.k8s.io",
+            _ => "",
+        };
+        self.log.push(Asked {
+            verb,
+            group,
+            resource,
+            namespace: namespace.map(str::to_string),
+        });
     }
 }
 
@@ -432,7 +464,7 @@ impl Server {
         if store.forbidden.contains("create tokenreviews") {
             return forbidden("create", "tokenreviews", "authentication.k8s.io");
         }
-        store.count("create tokenreviews".into());
+        store.count("create", "tokenreviews", None);
         store.reviewed_audiences.push(asked.clone());
         let status = match store.tokens.get(token) {
             None => json!({
@@ -478,7 +510,7 @@ impl Server {
     fn list(&self, resource: &'static str, namespace: Option<String>) -> Response<Body> {
         let &(_, kind, api_version, _) = RESOURCES.iter().find(|r| r.0 == resource).unwrap();
         let mut store = self.store.lock().expect("the fake's store");
-        store.count(format!("list {resource}"));
+        store.count("list", resource, namespace.as_deref());
         // As the real server lists them: the items without kind and apiVersion.
         let items: Vec<Value> = store
             .objects
@@ -514,11 +546,11 @@ impl Server {
     ) -> Response<Body> {
         let &(_, kind, api_version, _) = RESOURCES.iter().find(|r| r.0 == resource).unwrap();
         let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let mut store = self.store.lock().expect("the fake's store");
+        store.count("watch", resource, namespace.as_deref());
         let ours = move |c: &Change| {
             c.resource == resource && namespace.as_ref().is_none_or(|n| *n == c.namespace)
         };
-        let mut store = self.store.lock().expect("the fake's store");
-        store.count(format!("watch {resource}"));
         let mut first: Vec<Bytes> = Vec::new();
         let mut live = None;
         if from < store.oldest {
