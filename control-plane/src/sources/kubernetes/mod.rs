@@ -97,6 +97,12 @@ impl Shared {
         // list puts it right.
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Changes the index, then tells the publisher.
+    fn change(&self, change: impl FnOnce(&mut Watching)) {
+        change(&mut self.lock());
+        self.changed.notify_one();
+    }
 }
 
 /// Starts watching `namespaces` (none: every namespace) and feeding
@@ -157,17 +163,14 @@ where
         let mut listing: Option<Vec<(ObjectKey, K::Summary)>> = None;
         let mut listed_once = false;
         while let Some(event) = events.next().await {
-            let mut watching = shared.lock();
             match event {
-                Ok(Event::Init) => {
-                    listing = Some(Vec::new());
-                    continue;
-                }
+                // A list is buffered and replaces what was known at its
+                // end, so that a relist never serves a half-listed kind.
+                Ok(Event::Init) => listing = Some(Vec::new()),
                 Ok(Event::InitApply(object)) => {
                     if let (Some(list), Some(summary)) = (&mut listing, object.summarize()) {
                         list.push((ObjectKey::of(&object), summary));
                     }
-                    continue;
                 }
                 Ok(Event::InitDone) => {
                     let listed = listing.take().unwrap_or_default();
@@ -177,29 +180,29 @@ where
                         objects = listed.len(),
                         "kubernetes: listed"
                     );
-                    K::table(&mut watching.index).replace(namespace.as_deref(), listed);
-                    if !std::mem::replace(&mut listed_once, true) {
-                        watching.unlisted -= 1;
-                    }
+                    let first = !std::mem::replace(&mut listed_once, true);
+                    shared.change(|watching| {
+                        K::table(&mut watching.index).replace(namespace.as_deref(), listed);
+                        if first {
+                            watching.unlisted -= 1;
+                        }
+                    });
                 }
                 Ok(Event::Apply(object)) => {
-                    let summary = object.summarize();
-                    K::table(&mut watching.index).apply(ObjectKey::of(&object), summary);
+                    let (key, summary) = (ObjectKey::of(&object), object.summarize());
+                    shared.change(|watching| K::table(&mut watching.index).apply(key, summary));
                 }
                 Ok(Event::Delete(object)) => {
-                    K::table(&mut watching.index).delete(&ObjectKey::of(&object));
+                    let key = ObjectKey::of(&object);
+                    shared.change(|watching| K::table(&mut watching.index).delete(&key));
                 }
                 Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                     tracing::info!(kind = K::PLURAL, namespace = scope, reason = %status.message, "kubernetes: the watch expired (410 Gone): listing again");
-                    continue;
                 }
                 Err(e) => {
                     tracing::warn!(kind = K::PLURAL, namespace = scope, error = %e, "kubernetes: watch failed; retrying with backoff, the last view keeps serving");
-                    continue;
                 }
             }
-            drop(watching);
-            shared.changed.notify_one();
         }
     }
 }
