@@ -3,9 +3,12 @@
 //! `kubernetes-validate --strict`), leave every other byte alone, change
 //! nothing when run again, and describe a sidecar that really runs: the
 //! test starts `remora-proxy` with exactly the environment, files and
-//! probes the injected container gets, against a real control plane.
+//! probes the injected container gets, against a real control plane, and
+//! runs the app's probes, which inject pointed at the proxy, through it.
 //! With no cluster here, the kubelet's part (downward API, projected
-//! token, mounts) is played by the test, named where it happens.
+//! token, mounts) is played by the test, named where it happens; the init
+//! container's iptables rules need a pod's network namespace, so its
+//! `remora-proxy init` is run with `--dry-run`.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -44,12 +47,22 @@ spec:
       labels:
         app: web
         version: v2
+      annotations:
+        remora.io/skip-outbound-ports: '5432'   # the database, unmeshed
     spec:
       containers:
         - name: web
           image: nginx:1.25   # pinned
           ports:
-            - containerPort: 8000
+            - name: http
+              containerPort: 8000
+          livenessProbe:
+            httpGet:
+              port: http   # by name
+              path: /healthz
+            periodSeconds: 5
+          readinessProbe:
+            httpGet: {port: 8000, path: '/ready?deep=1'}
 ---
 apiVersion: v1
 kind: Service
@@ -188,12 +201,20 @@ fn every_kind_of_workload_gets_a_native_sidecar_and_nothing_else_changes() {
             assert_eq!(now, was, "{kind} must be left byte for byte");
             continue;
         }
-        assert_eq!(init[0]["name"], "remora-proxy", "{kind}:\n{now}");
-        assert_eq!(init[0]["restartPolicy"], "Always", "{kind}");
-        // Only lines added: every line the document had is still there,
-        // in order, comments included.
+        // Transparent mode: the init container that redirects the pod's
+        // traffic first, then the sidecar.
+        assert_eq!(init[0]["name"], "remora-init", "{kind}:\n{now}");
+        assert_eq!(init[1]["name"], "remora-proxy", "{kind}:\n{now}");
+        assert_eq!(init[1]["restartPolicy"], "Always", "{kind}");
+        // Only lines added, but for the app's probes' ports and paths:
+        // every other line the document had is still there, in order,
+        // comments included.
+        let probe_lines = ["port: http", "path: /healthz", "httpGet: {port: 8000"];
         let mut lines = now.lines();
         for line in was.lines() {
+            if probe_lines.iter().any(|p| line.trim_start().starts_with(p)) {
+                continue;
+            }
             assert!(lines.any(|l| l == line), "{kind} lost {line:?}:\n{now}");
         }
         meshed.push(kind);
@@ -272,15 +293,17 @@ fn downward_api(field: &str) -> &'static str {
 #[tokio::test]
 async fn the_injected_sidecar_runs_as_written() {
     let app = Upstream::named("web").await;
-    let deployment = WORKLOADS.split("---\n").nth(1).unwrap().replace(
-        "containerPort: 8000",
-        &format!("containerPort: {}", app.addr.port()),
-    );
+    let deployment = WORKLOADS
+        .split("---\n")
+        .nth(1)
+        .unwrap()
+        .replace("8000", &app.addr.port().to_string());
     let (out, notes, ok) = inject(&deployment, &[]);
     assert!(ok, "{notes}");
     let doc: Value = serde_yaml::from_str(&out).unwrap();
     let spec = pod_spec(&doc);
-    let sidecar = &spec["initContainers"][0];
+    let sidecar = &spec["initContainers"][1];
+    assert_eq!(sidecar["name"], "remora-proxy");
 
     // Volumes, as the kubelet mounts them: the projected token's file and
     // the trust anchors' ConfigMap key under their mount paths.
@@ -373,6 +396,29 @@ async fn the_injected_sidecar_runs_as_written() {
         .await;
     }
 
+    // The app's own probes: pointed at the proxy's admin port, which the
+    // init container's rules leave alone, and through it to the app.
+    let app_container = &spec["containers"][0];
+    let port = app.addr.port();
+    for (probe, path) in [
+        ("livenessProbe", format!("/app-probe/{port}/healthz")),
+        ("readinessProbe", format!("/app-probe/{port}/ready?deep=1")),
+    ] {
+        let get = &app_container[probe]["httpGet"];
+        assert_eq!(get["port"].as_u64(), Some(4191), "{probe}");
+        assert_eq!(get["path"].as_str(), Some(path.as_str()), "{probe}");
+        let answer = client.get(&format!("http://{admin}{path}")).await.unwrap();
+        assert_eq!(answer.status, 200, "{probe}: {}", answer.text());
+    }
+    let asked: Vec<String> = app.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(asked, ["/healthz", "/ready"], "what the app was asked");
+    // Only those: the admin port opens nothing else of the app's.
+    let other = client
+        .get(&format!("http://{admin}/app-probe/{port}/admin"))
+        .await
+        .unwrap();
+    assert_eq!(other.status, 404);
+
     // Prometheus scrapes it where the annotations inject added say.
     let annotations = &doc["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
@@ -404,6 +450,54 @@ async fn the_injected_sidecar_runs_as_written() {
         proxy.logs().join("\n").contains(&app.addr.to_string()),
         "the proxy forwards to the app port inject found: {}",
         proxy.logs().join("\n")
+    );
+
+    // The init container: `remora-proxy init`, from the same image, as
+    // root with only NET_ADMIN and NET_RAW, the ports the annotation
+    // skips in its environment. With no pod's network namespace here, its
+    // rules are printed, not installed.
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["name"], "remora-init");
+    assert_eq!(init["image"], sidecar["image"]);
+    let security = &init["securityContext"];
+    assert_eq!(security["runAsUser"].as_u64(), Some(0));
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        security["capabilities"],
+        serde_yaml::from_str::<Value>("{add: [NET_ADMIN, NET_RAW], drop: [ALL]}").unwrap()
+    );
+    let args: Vec<&str> = init["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args, ["init"]);
+    let init_env: Vec<(&str, &str)> = init["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(init_env, [("REMORA_SKIP_OUTBOUND_PORTS", "5432")]);
+    let rules = Command::new(binary("remora-proxy"))
+        .args(&args)
+        .arg("--dry-run")
+        .env_clear()
+        .envs(init_env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(rules.status.success(), "{rules:?}");
+    let rules = String::from_utf8(rules.stdout).unwrap();
+    assert!(
+        rules.contains("--dports 5432 -j RETURN") && rules.contains("--uid-owner 2102"),
+        "{rules}"
+    );
+    assert_eq!(
+        sidecar["securityContext"]["runAsUser"].as_u64(),
+        Some(2102),
+        "the uid init lets through"
     );
 
     // A classic sidecar's postStart hook, run as the kubelet runs it.

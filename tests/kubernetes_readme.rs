@@ -169,7 +169,8 @@ fn the_readme_walkthrough_installs_the_chart_and_a_meshed_workload() {
     let workload = documents(&log.join("applied-1.yaml"));
     let web = kubernetes::find_doc(&workload, "Deployment", "web");
     let spec = &web["spec"]["template"]["spec"];
-    assert_eq!(spec["initContainers"][0]["name"], "remora-proxy");
+    assert_eq!(spec["initContainers"][0]["name"], "remora-init");
+    assert_eq!(spec["initContainers"][1]["name"], "remora-proxy");
     let token_volume = spec["volumes"]
         .as_sequence()
         .unwrap()

@@ -1,5 +1,6 @@
 //! `remora-control inject`: Kubernetes YAML in, the same YAML out with the
-//! sidecar added to every workload (docs/kubernetes.md).
+//! sidecar (and, in transparent mode, the init container that redirects
+//! the pod's traffic to it) added to every workload (docs/kubernetes.md).
 //!
 //! Each document is planned on its data ([`sidecar::plan`]) and edited as
 //! text ([`edit`]), so that what inject does not change stays byte for
@@ -30,6 +31,7 @@ pub const DEFAULT_CONTROL_URL: &str = "https://remora-control.remora.svc:8086";
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "remora-control";
 pub const DEFAULT_TRUST_ANCHORS_CONFIGMAP: &str = "remora-trust-anchors";
 pub const DEFAULT_PROXY_LOG_LEVEL: &str = "info";
+pub const DEFAULT_TRANSPARENT: bool = true;
 
 /// Where the sidecar goes in the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,6 +78,14 @@ pub struct Settings {
     /// annotation says otherwise.
     #[arg(long, env = "REMORA_PROXY_LOG_LEVEL", default_value = DEFAULT_PROXY_LOG_LEVEL)]
     pub proxy_log_level: String,
+
+    /// Transparent mode, unless a pod's `remora.io/transparent` annotation
+    /// says otherwise: an init container, `remora-init` (`remora-proxy
+    /// init`), redirects the pod's TCP through the sidecar, so the app
+    /// needs no proxy settings, and the app's HTTP probes are pointed at
+    /// the proxy's admin port, which forwards them. `false`: neither.
+    #[arg(long, env = "REMORA_TRANSPARENT", default_value_t = DEFAULT_TRANSPARENT, action = clap::ArgAction::Set)]
+    pub transparent: bool,
 }
 
 impl Settings {

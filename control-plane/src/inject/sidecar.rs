@@ -1,20 +1,30 @@
-//! What a meshed pod gets: the `remora-proxy` container, the volumes it
-//! mounts and the scrape annotations, decided from the inject settings and
-//! the pod's own `remora.io/*` annotations, as a list of edits.
+//! What a meshed pod gets: the `remora-proxy` container, in transparent
+//! mode the `remora-init` container before it and the app's HTTP probes
+//! pointed at the proxy, the volumes they mount and the scrape
+//! annotations, decided from the inject settings and the pod's own
+//! `remora.io/*` annotations, as a list of edits.
 
 use serde_yaml::{Mapping, Value};
 
-use super::edit::Edit;
+use super::edit::{Edit, Edits};
 use super::text::Step;
 use super::{Settings, SidecarMode};
 
 /// The name of the sidecar container, in `initContainers` (native) or
 /// `containers` (classic).
 pub const CONTAINER: &str = "remora-proxy";
+/// The name of the init container that installs transparent mode's
+/// iptables rules (`remora-proxy init`): the first of `initContainers`.
+pub const INIT_CONTAINER: &str = "remora-init";
 pub const TOKEN_VOLUME: &str = "remora-token";
 pub const TRUST_ANCHORS_VOLUME: &str = "remora-trust-anchors";
+/// An empty directory at `/run` for the init container, whose root
+/// filesystem is read-only: iptables-legacy takes its lock in
+/// `/run/xtables.lock`.
+pub const XTABLES_LOCK_VOLUME: &str = "remora-xtables-lock";
 pub const TOKEN_DIR: &str = "/var/run/secrets/remora.io";
 pub const TRUST_ANCHORS_DIR: &str = "/var/run/remora.io/trust-anchors";
+const XTABLES_LOCK_DIR: &str = "/run";
 /// The proxy's uid: not root, not the app's usual 1000 or 65532.
 pub const PROXY_UID: i64 = remora_api::PROXY_UID as i64;
 pub const INBOUND_PORT: u16 = 4143;
@@ -29,6 +39,16 @@ const TOKEN_LIFETIME_SECONDS: i64 = 3600;
 pub const DEFAULT_CPU_REQUEST: &str = "10m";
 pub const DEFAULT_MEMORY_REQUEST: &str = "20Mi";
 pub const DEFAULT_MEMORY_LIMIT: &str = "256Mi";
+/// The init container runs iptables a few dozen times and exits.
+pub const INIT_CPU_REQUEST: &str = "10m";
+pub const INIT_MEMORY_REQUEST: &str = "10Mi";
+pub const INIT_MEMORY_LIMIT: &str = "32Mi";
+
+/// The kubelet's probes of a container.
+const PROBES: [&str; 3] = ["livenessProbe", "readinessProbe", "startupProbe"];
+/// Where a probe pointed at the proxy's admin port asks for `PORT/PATH`;
+/// the proxy's `/app-probe/` (`proxy/src/app_probes.rs`).
+pub const APP_PROBE_PREFIX: &str = "/app-probe/";
 
 /// The annotations that steer injection, on the pod template (or on the
 /// workload itself; the pod template's win).
@@ -43,6 +63,9 @@ pub mod annotation {
     pub const MEMORY_REQUEST: &str = "remora.io/proxy-memory-request";
     pub const MEMORY_LIMIT: &str = "remora.io/proxy-memory-limit";
     pub const TOKEN_SECRET: &str = "remora.io/token-secret";
+    pub const TRANSPARENT: &str = "remora.io/transparent";
+    pub const SKIP_INBOUND_PORTS: &str = "remora.io/skip-inbound-ports";
+    pub const SKIP_OUTBOUND_PORTS: &str = "remora.io/skip-outbound-ports";
 }
 
 /// A workload found in a document: where its pod template is.
@@ -144,22 +167,56 @@ pub fn plan(document: &Value, workload: &Workload, settings: &Settings) -> Resul
             annotation::APP_PORT
         ));
     }
-    let sidecar = container(settings, &overrides, mode, &service, app_port, pod);
+    let transparent = overrides.transparent.unwrap_or(settings.transparent);
 
-    let spec_at = child(&workload.pod, "spec");
-    let mut edits = Vec::new();
-    let (home, other) = match mode {
-        SidecarMode::Native => ("initContainers", "containers"),
-        SidecarMode::Classic => ("containers", "initContainers"),
-    };
-    ensure_items(&mut edits, spec, &spec_at, home, true, vec![sidecar])?;
-    remove_named(&mut edits, spec, &spec_at, other, CONTAINER)?;
-    if settings.identity() {
-        let volumes = volumes(settings, overrides.token_secret.as_deref());
-        ensure_items(&mut edits, spec, &spec_at, "volumes", false, volumes)?;
+    // Each edit is made on the pod as those before it left it.
+    let mut edits = Edits::new(pod);
+    let spec_at = [Step::Key("spec".into())];
+    let app_probes = app_probes(&mut edits, transparent)?;
+    let sidecar = container(
+        settings,
+        &overrides,
+        mode,
+        &service,
+        app_port,
+        &app_probes,
+        pod,
+    );
+    // Native: [remora-init, remora-proxy, the pod's own init containers];
+    // classic: remora-init first among init containers, remora-proxy
+    // first among containers. Switching modes moves only remora-proxy.
+    if transparent {
+        let init = init_container(settings, &overrides);
+        ensure_item(&mut edits, &spec_at, "initContainers", init, At::First)?;
+    } else {
+        remove_named(&mut edits, &spec_at, "initContainers", INIT_CONTAINER);
     }
-    annotate(&mut edits, pod, &workload.pod);
-    Ok(Plan::Edit(edits))
+    let (home, other, at) = match mode {
+        SidecarMode::Native => ("initContainers", "containers", At::After(INIT_CONTAINER)),
+        SidecarMode::Classic => ("containers", "initContainers", At::First),
+    };
+    remove_named(&mut edits, &spec_at, other, CONTAINER);
+    ensure_item(&mut edits, &spec_at, home, sidecar, at)?;
+    let mut volumes = Vec::new();
+    if settings.identity() {
+        volumes.extend(identity_volumes(
+            settings,
+            overrides.token_secret.as_deref(),
+        ));
+    }
+    if transparent {
+        volumes.push(map([
+            ("name", XTABLES_LOCK_VOLUME.into()),
+            ("emptyDir", Value::Mapping(Mapping::new())),
+        ]));
+    } else {
+        remove_named(&mut edits, &spec_at, "volumes", XTABLES_LOCK_VOLUME);
+    }
+    for volume in volumes {
+        ensure_item(&mut edits, &spec_at, "volumes", volume, At::Last)?;
+    }
+    annotate(&mut edits);
+    Ok(Plan::Edit(edits.placed_at(&workload.pod)))
 }
 
 /// The `remora.io/*` annotations of a workload, checked.
@@ -175,6 +232,10 @@ struct Overrides {
     memory_request: Option<String>,
     memory_limit: Option<String>,
     token_secret: Option<String>,
+    transparent: Option<bool>,
+    /// Comma-separated, as `remora-proxy init` takes them.
+    skip_inbound_ports: Option<String>,
+    skip_outbound_ports: Option<String>,
 }
 
 impl Overrides {
@@ -195,6 +256,18 @@ impl Overrides {
             None | Some("enabled") | Some("true") => false,
             Some("disabled") | Some("false") => true,
             Some(other) => return Err(bad(annotation::INJECT, other, "enabled or disabled")),
+        };
+        let transparent = match find(annotation::TRANSPARENT).as_deref() {
+            None => None,
+            Some("enabled") | Some("true") => Some(true),
+            Some("disabled") | Some("false") => Some(false),
+            Some(other) => return Err(bad(annotation::TRANSPARENT, other, "enabled or disabled")),
+        };
+        let ports = |key: &str| match find(key) {
+            None => Ok(None),
+            Some(list) => port_list(&list)
+                .map(Some)
+                .ok_or_else(|| bad(key, &list, "comma-separated port numbers (22,9100)")),
         };
         let mode = match find(annotation::SIDECAR).as_deref() {
             None => None,
@@ -240,8 +313,26 @@ impl Overrides {
             cpu_limit: quantity(annotation::CPU_LIMIT)?,
             memory_request: quantity(annotation::MEMORY_REQUEST)?,
             memory_limit: quantity(annotation::MEMORY_LIMIT)?,
+            transparent,
+            skip_inbound_ports: ports(annotation::SKIP_INBOUND_PORTS)?,
+            skip_outbound_ports: ports(annotation::SKIP_OUTBOUND_PORTS)?,
         })
     }
+}
+
+/// `22, 9100` as `22,9100`; `None` unless every item is a port number.
+fn port_list(list: &str) -> Option<String> {
+    let ports = list
+        .split(',')
+        .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0))
+        .collect::<Option<Vec<u16>>>()?;
+    Some(
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// A Kubernetes resource quantity: a decimal number and an optional
@@ -324,6 +415,7 @@ fn container(
     mode: SidecarMode,
     service: &str,
     app_port: u16,
+    app_probes: &[String],
     pod: &Value,
 ) -> Value {
     let mut env = vec![
@@ -333,8 +425,14 @@ fn container(
         from_field("REMORA_INSTANCE", "metadata.name"),
         env_value("REMORA_SERVICE", service),
         env_value("REMORA_APP", &format!("127.0.0.1:{app_port}")),
-        env_value("REMORA_CONTROL_URL", &settings.proxy_control_url()),
     ];
+    if !app_probes.is_empty() {
+        env.push(env_value("REMORA_APP_PROBES", &app_probes.join(",")));
+    }
+    env.push(env_value(
+        "REMORA_CONTROL_URL",
+        &settings.proxy_control_url(),
+    ));
     if settings.identity() {
         env.push(env_value(
             "REMORA_TOKEN_FILE",
@@ -470,7 +568,7 @@ fn container(
 /// service account's, projected for the control plane's audience; or the
 /// key `token` of the Secret a `remora.io/token-secret` annotation names),
 /// and the trust anchors that prove the control plane to the proxy.
-fn volumes(settings: &Settings, token_secret: Option<&str>) -> Vec<Value> {
+fn identity_volumes(settings: &Settings, token_secret: Option<&str>) -> Vec<Value> {
     let token = match token_secret {
         Some(secret) => map([
             ("name", TOKEN_VOLUME.into()),
@@ -516,16 +614,222 @@ fn volumes(settings: &Settings, token_secret: Option<&str>) -> Vec<Value> {
     vec![token, trust_anchors]
 }
 
+/// `remora-proxy init` as the pod's first init container: as root with
+/// only the capabilities iptables needs, the ports the annotations skip in
+/// its environment.
+fn init_container(settings: &Settings, overrides: &Overrides) -> Value {
+    let mut c = Mapping::new();
+    c.insert("name".into(), INIT_CONTAINER.into());
+    c.insert("image".into(), settings.proxy_image.as_str().into());
+    c.insert("imagePullPolicy".into(), "IfNotPresent".into());
+    c.insert("args".into(), Value::Sequence(vec!["init".into()]));
+    let env: Vec<Value> = [
+        ("REMORA_SKIP_INBOUND_PORTS", &overrides.skip_inbound_ports),
+        ("REMORA_SKIP_OUTBOUND_PORTS", &overrides.skip_outbound_ports),
+    ]
+    .into_iter()
+    .filter_map(|(name, ports)| Some(env_value(name, ports.as_deref()?)))
+    .collect();
+    if !env.is_empty() {
+        c.insert("env".into(), Value::Sequence(env));
+    }
+    c.insert(
+        "resources".into(),
+        map([
+            (
+                "requests",
+                map([
+                    ("cpu", INIT_CPU_REQUEST.into()),
+                    ("memory", INIT_MEMORY_REQUEST.into()),
+                ]),
+            ),
+            ("limits", map([("memory", INIT_MEMORY_LIMIT.into())])),
+        ]),
+    );
+    c.insert(
+        "securityContext".into(),
+        map([
+            // iptables needs root in the pod's network namespace, and
+            // NET_ADMIN and NET_RAW; nothing else.
+            ("runAsUser", 0.into()),
+            ("runAsNonRoot", false.into()),
+            ("allowPrivilegeEscalation", false.into()),
+            ("readOnlyRootFilesystem", true.into()),
+            (
+                "capabilities",
+                map([
+                    (
+                        "add",
+                        Value::Sequence(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                    ),
+                    ("drop", Value::Sequence(vec!["ALL".into()])),
+                ]),
+            ),
+            ("seccompProfile", map([("type", "RuntimeDefault".into())])),
+        ]),
+    );
+    c.insert(
+        "volumeMounts".into(),
+        Value::Sequence(vec![map([
+            ("name", XTABLES_LOCK_VOLUME.into()),
+            ("mountPath", XTABLES_LOCK_DIR.into()),
+        ])]),
+    );
+    c.into()
+}
+
+/// What a kubelet's `httpGet` probe of an app's container asks for.
+enum HttpProbe {
+    /// The app's `PORT/PATH`, which the kubelet would reach through the
+    /// inbound listener.
+    App(String),
+    /// Already pointed at the proxy's admin port, for the app's
+    /// `PORT/PATH`.
+    Forwarded(String),
+    /// HTTPS, another host, or the admin port itself: left as it is.
+    Other,
+}
+
+/// The `PORT/PATH` targets the proxy forwards from its admin port
+/// (`REMORA_APP_PROBES`): those of the app's probes already pointed there,
+/// and, when `rewrite` (transparent mode), those of its plain-HTTP probes,
+/// which are pointed there now. The kubelet's probes come from outside
+/// the pod, and would meet the inbound listener, which takes only mutual
+/// TLS; the admin port is never redirected. Probes other than `httpGet`
+/// are left as they are.
+fn app_probes(edits: &mut Edits, rewrite: bool) -> Result<Vec<String>, String> {
+    let containers_at = [Step::Key("spec".into()), Step::Key("containers".into())];
+    let containers = edits
+        .get(&containers_at)
+        .and_then(Value::as_sequence)
+        .cloned()
+        .unwrap_or_default();
+    let mut targets: Vec<String> = Vec::new();
+    for (index, container) in containers.iter().enumerate() {
+        let name = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name == CONTAINER {
+            continue;
+        }
+        for kind in PROBES {
+            let Some(get) = container.get(kind).and_then(|p| p.get("httpGet")) else {
+                continue;
+            };
+            // Without transparent mode, only a probe already pointed at
+            // the proxy matters; one the kubelet sends to the app as it
+            // stands is the app's business.
+            let probe = match http_probe(container, get) {
+                Ok(probe) => probe,
+                Err(e) if rewrite => return Err(format!("container {name}: {kind}: {e}")),
+                Err(_) => continue,
+            };
+            let target = match probe {
+                HttpProbe::Other => continue,
+                HttpProbe::Forwarded(target) => target,
+                HttpProbe::App(_) if !rewrite => continue,
+                HttpProbe::App(target) => {
+                    let mut at = containers_at.to_vec();
+                    at.extend([
+                        Step::Index(index),
+                        Step::Key(kind.into()),
+                        Step::Key("httpGet".into()),
+                    ]);
+                    let path = format!("{APP_PROBE_PREFIX}{target}");
+                    edits.push(Edit::SetEntries {
+                        map: at,
+                        entries: [("path", path.into()), ("port", ADMIN_PORT.into())]
+                            .into_iter()
+                            .map(|(k, v): (&str, Value)| (k.into(), v))
+                            .collect(),
+                    });
+                    target
+                }
+            };
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Reads an `httpGet` probe of `container`, as the kubelet would: a named
+/// port is one of the container's `ports`, a missing path is `/`.
+fn http_probe(container: &Value, get: &Value) -> Result<HttpProbe, String> {
+    let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
+    let host = get.get("host").and_then(Value::as_str).unwrap_or_default();
+    if scheme != "HTTP" || !host.is_empty() {
+        return Ok(HttpProbe::Other);
+    }
+    let port = match get.get("port") {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("port {n} is not a port number"))?,
+        Some(Value::String(name)) => named_port(container, name)
+            .or_else(|| name.parse::<u16>().ok().filter(|p| *p > 0))
+            .ok_or_else(|| format!("port {name:?} is the name of none of the container's ports"))?,
+        _ => return Err("httpGet has no port".into()),
+    };
+    let path = match get.get("path") {
+        None | Some(Value::Null) => "/".to_string(),
+        Some(Value::String(path)) if path.starts_with('/') => path.clone(),
+        // The kubelet asks for `/healthz` when told `healthz`.
+        Some(Value::String(path)) => format!("/{path}"),
+        Some(other) => return Err(format!("path {other:?} is not a string")),
+    };
+    if port == ADMIN_PORT {
+        return Ok(match path.strip_prefix(APP_PROBE_PREFIX) {
+            Some(target) if is_probe_target(target) => HttpProbe::Forwarded(target.into()),
+            Some(_) => {
+                return Err(format!(
+                    "path {path:?} on the proxy's admin port is not {APP_PROBE_PREFIX}PORT/PATH"
+                ))
+            }
+            None => HttpProbe::Other,
+        });
+    }
+    if path.contains(',') {
+        return Err(format!(
+            "path {path:?} has a comma, which the proxy's list of probes (REMORA_APP_PROBES) cannot hold; set {}: disabled, or probe another path",
+            annotation::TRANSPARENT
+        ));
+    }
+    Ok(HttpProbe::App(format!("{port}{path}")))
+}
+
+/// `PORT/PATH`, as the proxy's `--app-probes` takes it.
+fn is_probe_target(target: &str) -> bool {
+    target
+        .split_once('/')
+        .is_some_and(|(port, _)| port.parse::<u16>().is_ok_and(|p| p > 0) && !target.contains(','))
+}
+
+/// The `containerPort` of the container's port named `name`.
+fn named_port(container: &Value, name: &str) -> Option<u16> {
+    container
+        .get("ports")?
+        .as_sequence()?
+        .iter()
+        .find(|p| p.get("name").and_then(Value::as_str) == Some(name))?
+        .get("containerPort")?
+        .as_u64()
+        .and_then(|n| u16::try_from(n).ok())
+}
+
 /// Prometheus' scrape annotations, unless the pod has its own (which point
 /// at the app's metrics; a PodMonitor then scrapes the proxy by port name).
-fn annotate(edits: &mut Vec<Edit>, pod: &Value, pod_at: &[Step]) {
+fn annotate(edits: &mut Edits) {
     let wanted = [
         ("prometheus.io/scrape", "true".to_string()),
         ("prometheus.io/port", ADMIN_PORT.to_string()),
         ("prometheus.io/path", "/metrics".to_string()),
     ];
-    let metadata = pod.get("metadata");
-    let annotations = metadata.and_then(|m| m.get("annotations"));
+    let metadata = edits.get(&[]).and_then(|pod| pod.get("metadata")).cloned();
+    let annotations = metadata.as_ref().and_then(|m| m.get("annotations"));
     if annotations
         .and_then(|a| a.get("prometheus.io/scrape"))
         .is_some()
@@ -537,10 +841,10 @@ fn annotate(edits: &mut Vec<Edit>, pod: &Value, pod_at: &[Step]) {
         .filter(|(k, _)| annotations.and_then(|a| a.get(*k)).is_none())
         .map(|(k, v)| (k.into(), v.into()))
         .collect();
-    let metadata_at = child(pod_at, "metadata");
-    match (metadata, annotations) {
+    let metadata_at = vec![Step::Key("metadata".into())];
+    match (&metadata, annotations) {
         (None, _) => edits.push(Edit::AddEntry {
-            map: pod_at.to_vec(),
+            map: Vec::new(),
             key: "metadata".into(),
             value: map([("annotations", wanted.into())]),
         }),
@@ -573,16 +877,24 @@ fn annotate(edits: &mut Vec<Edit>, pod: &Value, pod_at: &[Step]) {
     }
 }
 
-/// Makes the list `key` of `spec` hold each of `items` (matched by name):
-/// replaced where different, added where missing (first or last).
-fn ensure_items(
-    edits: &mut Vec<Edit>,
-    spec: &Value,
+/// Where an item missing from its list goes.
+enum At {
+    First,
+    Last,
+    /// Just after the item of that name; first if there is none.
+    After(&'static str),
+}
+
+/// Makes the list `key` of the spec at `spec_at` hold `item` (matched by
+/// name): replaced where it stands if different, else put where `at` says.
+fn ensure_item(
+    edits: &mut Edits,
     spec_at: &[Step],
     key: &str,
-    first: bool,
-    items: Vec<Value>,
+    item: Value,
+    at: At,
 ) -> Result<(), String> {
+    let spec = edits.get(spec_at).unwrap_or(&Value::Null);
     let list = match spec.get(key) {
         None => None,
         Some(Value::Null) => {
@@ -599,49 +911,53 @@ fn ensure_items(
         edits.push(Edit::AddEntry {
             map: spec_at.to_vec(),
             key: key.into(),
-            value: Value::Sequence(items),
+            value: Value::Sequence(vec![item]),
         });
         return Ok(());
     };
-    let at = child(spec_at, key);
-    for item in items {
-        let name = item.get("name");
-        match list.iter().position(|i| i.get("name") == name) {
-            Some(index) if list[index] == item => {}
-            Some(index) => edits.push(Edit::ReplaceItem {
-                seq: at.clone(),
-                index,
-                item,
-            }),
-            None => edits.push(Edit::InsertItem {
-                seq: at.clone(),
-                first,
-                item,
-            }),
-        }
-    }
+    let position = |name: &str| {
+        list.iter()
+            .position(|i| i.get("name") == Some(&name.into()))
+    };
+    let name = item.get("name").and_then(Value::as_str).unwrap_or_default();
+    let edit = match position(name) {
+        Some(index) if list[index] == item => return Ok(()),
+        Some(index) => Edit::ReplaceItem {
+            seq: child(spec_at, key),
+            index,
+            item,
+        },
+        None => Edit::InsertItem {
+            seq: child(spec_at, key),
+            index: match at {
+                At::First => 0,
+                At::Last => list.len(),
+                At::After(before) => position(before).map_or(0, |i| i + 1),
+            },
+            item,
+        },
+    };
+    edits.push(edit);
     Ok(())
 }
 
-/// Takes the item `name` out of the list `key` of `spec`; the list goes
-/// with it when it held nothing else.
-fn remove_named(
-    edits: &mut Vec<Edit>,
-    spec: &Value,
-    spec_at: &[Step],
-    key: &str,
-    name: &str,
-) -> Result<(), String> {
-    let Some(list) = spec.get(key).and_then(Value::as_sequence) else {
-        return Ok(());
+/// Takes the item `name` out of the list `key` of the spec at `spec_at`;
+/// the list goes with it when it held nothing else.
+fn remove_named(edits: &mut Edits, spec_at: &[Step], key: &str, name: &str) {
+    let list = edits
+        .get(spec_at)
+        .and_then(|spec| spec.get(key))
+        .and_then(Value::as_sequence);
+    let Some(list) = list else {
+        return;
     };
     let Some(index) = list
         .iter()
         .position(|i| i.get("name").and_then(Value::as_str) == Some(name))
     else {
-        return Ok(());
+        return;
     };
-    edits.push(match list.len() {
+    let edit = match list.len() {
         1 => Edit::RemoveEntry {
             map: spec_at.to_vec(),
             key: key.into(),
@@ -650,8 +966,8 @@ fn remove_named(
             seq: child(spec_at, key),
             index,
         },
-    });
-    Ok(())
+    };
+    edits.push(edit);
 }
 
 fn child(at: &[Step], key: &str) -> Vec<Step> {

@@ -227,6 +227,32 @@ pub fn add_entry(
 
 /// Removes the entry `key` of the block mapping at `map`, its value with it.
 pub fn remove_entry(text: &str, root: &Node, map: &[Step], key: &str) -> Option<String> {
+    let (lines, _) = entry_lines(text, root, map, key)?;
+    Some(splice(text, lines, ""))
+}
+
+/// Replaces the value of the entry `key` of the block mapping at `map`
+/// where the entry stands: its lines (a comment on them included) are
+/// written anew, in block style.
+pub fn replace_entry(
+    text: &str,
+    root: &Node,
+    map: &[Step],
+    key: &str,
+    value: &Value,
+) -> Option<String> {
+    let (lines, column) = entry_lines(text, root, map, key)?;
+    Some(splice(text, lines, &render_entry(key, value, column)))
+}
+
+/// The whole lines the entry `key` of the block mapping at `map` takes,
+/// and the column of its key.
+fn entry_lines(
+    text: &str,
+    root: &Node,
+    map: &[Step],
+    key: &str,
+) -> Option<(std::ops::Range<usize>, usize)> {
     let node = root.get(map)?;
     let Kind::Map(entries) = &node.kind else {
         return None;
@@ -235,21 +261,23 @@ pub fn remove_entry(text: &str, root: &Node, map: &[Step], key: &str) -> Option<
     if node.flow {
         return None;
     }
-    column_of(text, entry.key_start)?;
+    let column = column_of(text, entry.key_start)?;
     let from = line_start(text, entry.key_start);
     let to = match entries.get(index + 1) {
         Some(next) => block_end(text, entry.key_start, line_start(text, next.key_start))?,
         None => block_end(text, entry.key_start, node.end)?,
     };
-    Some(splice(text, from..to, ""))
+    Some((from..to, column))
 }
 
-/// Puts `item` first (or last) in the block sequence at `seq`.
+/// Puts `item` before the item at `index` of the block sequence at `seq`
+/// (last when `index` is its length or more): after the lines of the item
+/// before it, so that comments above the next item stay with it.
 pub fn insert_item(
     text: &str,
     root: &Node,
     seq: &[Step],
-    first: bool,
+    index: usize,
     item: &Value,
 ) -> Option<String> {
     let node = root.get(seq)?;
@@ -261,10 +289,12 @@ pub fn insert_item(
     }
     let dash = dash_of(text, items.first()?.start)?;
     let column = column_of(text, dash)?;
-    let at = if first {
+    let at = if index == 0 {
         line_start(text, dash)
-    } else {
+    } else if index >= items.len() {
         block_end(text, node.start, node.end)?
+    } else {
+        item_lines(text, root, seq, index - 1)?.0.end
     };
     Some(splice(text, at..at, &render_item(item, column)))
 }
@@ -455,17 +485,17 @@ spec:
     }
 
     #[test]
-    fn an_item_goes_first_or_last_at_the_sequence_s_own_column() {
+    fn an_item_goes_where_asked_at_the_sequence_s_own_column() {
         let root = parse(POD).unwrap();
         let item = yaml("name: proxy\nargs: [a]");
         let containers = [key("spec"), key("containers")];
-        let out = insert_item(POD, &root, &containers, true, &item).unwrap();
+        let out = insert_item(POD, &root, &containers, 0, &item).unwrap();
         assert!(
             out.contains("  containers:\n  - name: proxy\n    args:\n    - a\n  - name: web\n"),
             "{out}"
         );
         let volumes = [key("spec"), key("volumes")];
-        let out = insert_item(POD, &root, &volumes, false, &item).unwrap();
+        let out = insert_item(POD, &root, &volumes, 2, &item).unwrap();
         assert!(
             out.contains(
                 "      emptyDir: {}\n    - name: proxy\n      args:\n      - a\n  dnsPolicy"
@@ -473,6 +503,16 @@ spec:
             "{out}"
         );
         assert_eq!(yaml(&out)["spec"]["volumes"][2], item);
+        // Between two items: after the first's lines, the blank line
+        // staying with the second.
+        let out = insert_item(POD, &root, &volumes, 1, &item).unwrap();
+        assert_eq!(
+            out,
+            POD.replace(
+                "      emptyDir: {}\n\n    - name: cache",
+                "      emptyDir: {}\n    - name: proxy\n      args:\n      - a\n\n    - name: cache"
+            )
+        );
     }
 
     #[test]
@@ -512,6 +552,31 @@ spec:
     }
 
     #[test]
+    fn an_entry_s_value_is_replaced_where_it_stands() {
+        let text = "probe:\n  httpGet:\n    port: 80   # the app\n    path: /h\n  # period\n  periodSeconds: 5\nnext: {a: 1}\n";
+        let root = parse(text).unwrap();
+        let get = [key("probe"), key("httpGet")];
+        let out = replace_entry(text, &root, &get, "port", &yaml("4191")).unwrap();
+        assert_eq!(
+            out,
+            text.replace("    port: 80   # the app\n", "    port: 4191\n")
+        );
+        let out = replace_entry(text, &root, &get, "path", &yaml("/x")).unwrap();
+        assert_eq!(out, text.replace("path: /h", "path: /x"));
+        // A flow value becomes a block one; the comment after it stays.
+        let out = replace_entry(text, &root, &[], "next", &yaml("{a: 2}")).unwrap();
+        assert!(
+            out.ends_with("  periodSeconds: 5\nnext:\n  a: 2\n"),
+            "{out}"
+        );
+        let out = replace_entry(text, &root, &[key("probe")], "httpGet", &yaml("port: 1"));
+        assert!(out
+            .unwrap()
+            .starts_with("probe:\n  httpGet:\n    port: 1\n  # period\n"),);
+        assert!(replace_entry(text, &root, &get, "host", &yaml("h")).is_none());
+    }
+
+    #[test]
     fn flow_collections_and_multibyte_text_are_located_right() {
         let text = "kind: Pod # é\nmetadata: {name: wéb}\nspec:\n  containers: []\n  volumes:\n  - {name: a}\n";
         let root = parse(text).unwrap();
@@ -522,7 +587,7 @@ spec:
         // Flow collections are not edited as text.
         assert!(add_entry(text, &root, &[key("metadata")], "x", &yaml("1")).is_none());
         let volumes = [key("spec"), key("volumes")];
-        let out = insert_item(text, &root, &volumes, false, &yaml("name: b")).unwrap();
+        let out = insert_item(text, &root, &volumes, 1, &yaml("name: b")).unwrap();
         assert!(out.ends_with("  - {name: a}\n  - name: b\n"), "{out}");
     }
 
