@@ -84,8 +84,9 @@ pub struct InitArgs {
     #[arg(long, env = "REMORA_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
     pub skip_outbound_ports: Vec<u16>,
 
-    /// IPv4 only: leave ip6tables alone.
-    #[arg(long)]
+    /// IPv4 only: leave ip6tables alone (as is done without asking on a
+    /// kernel with no IPv6).
+    #[arg(long, env = "REMORA_NO_IPV6")]
     pub no_ipv6: bool,
 
     /// Print the commands, as a shell script that does the same, and run

@@ -170,10 +170,18 @@ fn run_step(program: &str, step: &Step) -> Result<(), String> {
     }
 }
 
+/// Where the kernel lists its IPv6 addresses: absent when it has no IPv6
+/// (booted with `ipv6.disable=1`), where ip6tables has nothing to set.
+const IPV6_ADDRESSES: &str = "/proc/net/if_inet6";
+
 pub fn run(args: &InitArgs) -> ExitCode {
     let mut programs = vec!["iptables"];
-    if !args.no_ipv6 {
-        programs.push("ip6tables");
+    match (args.no_ipv6, std::path::Path::new(IPV6_ADDRESSES).exists()) {
+        (false, true) => programs.push("ip6tables"),
+        (false, false) => {
+            eprintln!("remora-proxy init: this kernel has no IPv6 ({IPV6_ADDRESSES} is absent): IPv4 rules only")
+        }
+        (true, _) => {}
     }
     let steps = steps(args);
     for program in programs {
