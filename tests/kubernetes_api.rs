@@ -289,6 +289,12 @@ async fn replicas_serve_the_same_endpoints_from_endpointslices() {
     assert_eq!(first["instance"], "shop/orders-1");
     assert_eq!(first["labels"]["version"], "v1");
     assert_eq!(listing["services"]["orders"]["in_config"], false);
+    // Its ClusterIP, which transparent mode takes for the whole service.
+    assert_eq!(
+        listing["services"]["orders"]["virtual_ips"],
+        serde_json::json!(["10.96.0.10"]),
+        "{listing}"
+    );
 
     // ADDED: a new pod, then the slice (MODIFIED) with its address.
     fake.apply(fake_kube::pod(

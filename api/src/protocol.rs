@@ -91,6 +91,11 @@ pub struct ServiceStatus {
     /// Kubernetes do).
     pub in_config: bool,
     pub endpoints: Vec<EndpointStatus>,
+    /// The addresses that stand for the whole service rather than one
+    /// endpoint (a Kubernetes Service's ClusterIPs): a connection that
+    /// transparent mode intercepts on its way to one is for the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //! body is serialized once however many watch it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -159,6 +159,9 @@ struct Inner {
     /// Service → its discovered endpoints, in the order the source gave
     /// them; a service the source knows with no endpoint ready maps to none.
     discovered: BTreeMap<String, Vec<Discovered>>,
+    /// Service → the addresses that stand for it as a whole (Kubernetes
+    /// Services' ClusterIPs), for the listing.
+    virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>,
     resources: HashMap<Key, Resource>,
     /// Service → the services whose outbound views include it (through a
     /// split), so an endpoint change refreshes exactly those.
@@ -185,6 +188,7 @@ impl State {
                 mesh: Arc::default(),
                 registrations: Table::new(quotas),
                 discovered: BTreeMap::new(),
+                virtual_ips: BTreeMap::new(),
                 resources: HashMap::new(),
                 dependents: HashMap::new(),
                 next_version: first_version,
@@ -267,6 +271,12 @@ impl State {
             inner.end_change();
         }
         Ok(put)
+    }
+
+    /// Replaces the addresses that stand for services as a whole: only the
+    /// listing shows them, so no view changes.
+    pub fn set_virtual_ips(&self, virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>) {
+        self.lock().virtual_ips = virtual_ips;
     }
 
     /// Replaces everything the discovery source found: each service it
@@ -419,6 +429,11 @@ impl State {
                     version,
                     in_config: from_file.is_some(),
                     endpoints,
+                    virtual_ips: inner
+                        .virtual_ips
+                        .get(name)
+                        .map(|ips| ips.iter().copied().collect())
+                        .unwrap_or_default(),
                 };
                 (name.to_string(), status)
             })

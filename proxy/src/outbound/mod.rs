@@ -88,6 +88,9 @@ pub struct Outbound {
     /// Where intercepted traffic went by its original destination, until
     /// the next snapshot.
     destinations: Mutex<HashMap<SocketAddr, Arc<snapshot::Service>>>,
+    /// Virtual IPs (ClusterIPs) of services, as the control plane listed
+    /// them.
+    virtual_ips: Mutex<HashMap<std::net::IpAddr, String>>,
     /// Bumped after each new snapshot, for requests waiting on discovery.
     applied: tokio::sync::watch::Sender<u64>,
     discovery: Option<Discovery>,
@@ -166,6 +169,7 @@ impl Outbound {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             clients: Clients::default(),
             destinations: Mutex::default(),
+            virtual_ips: Mutex::default(),
             applied: tokio::sync::watch::channel(0).0,
             discovery: None,
             metrics,

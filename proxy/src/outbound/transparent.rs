@@ -44,10 +44,12 @@ impl OpaqueStreams for Intercepted {
         let Some(destination) = peer.original_dst else {
             return Detection::Http;
         };
-        let known_opaque = match self.outbound.destinations().get(&destination) {
+        let outbound = &self.outbound;
+        let known = outbound.virtual_service(destination.ip());
+        let known = known.or_else(|| outbound.destinations().get(&destination).cloned());
+        let known_opaque = match known {
             Some(service) => service.opaque,
-            None => self
-                .outbound
+            None => outbound
                 .snapshot
                 .load()
                 .endpoint_at(destination.ip())
@@ -108,17 +110,31 @@ impl Outbound {
         self.destination(destination).await
     }
 
-    /// Where traffic to `destination` goes: a service of one endpoint,
-    /// the mesh's endpoint at its IP (found in the control plane's listing,
-    /// and watched, on first sight), reached over mutual TLS when it is
-    /// meshed; else `destination` itself, unmeshed.
+    /// Where traffic to `destination` goes: the service whose virtual IP
+    /// it is (a Kubernetes Service's ClusterIP), balanced as any call to
+    /// it; or a service of one endpoint, the mesh's endpoint at its IP,
+    /// reached over mutual TLS when it is meshed (either found in the
+    /// control plane's listing, and watched, on first sight); else
+    /// `destination` itself, unmeshed.
     pub(super) async fn destination(&self, destination: SocketAddr) -> Arc<Service> {
+        let ip = destination.ip();
+        if let Some(service) = self.virtual_service(ip) {
+            return service;
+        }
         if let Some(known) = self.destinations().get(&destination) {
             return known.clone();
         }
-        let ip = destination.ip();
         if self.snapshot.load().endpoint_at(ip).is_none() {
-            self.discover_at(ip).await;
+            if let Some(service) = self.discover_at(ip).await {
+                let mut virtual_ips = self.virtual_ips();
+                if virtual_ips.len() >= MAX_DESTINATIONS {
+                    virtual_ips.clear();
+                }
+                virtual_ips.insert(ip, service);
+            }
+            if let Some(service) = self.virtual_service(ip) {
+                return service;
+            }
         }
         let service = match self.snapshot.load().endpoint_at(ip) {
             Some((service, endpoint)) => {
@@ -144,21 +160,38 @@ impl Outbound {
         service
     }
 
-    /// Watches the service with an endpoint at `ip`, if the control plane
-    /// lists one, and waits for its view.
-    async fn discover_at(&self, ip: IpAddr) {
-        let Some(listing) = self.listing().await else {
-            return;
-        };
-        let service = listing
+    /// The service whose virtual IP `ip` is known to be, as the snapshot
+    /// has it now.
+    fn virtual_service(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        let name = self.virtual_ips().get(&ip)?.clone();
+        self.snapshot.load().services.get(&name).cloned()
+    }
+
+    fn virtual_ips(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, String>> {
+        self.virtual_ips.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watches the service whose virtual IP `ip` is, or that has an
+    /// endpoint at `ip`, if the control plane lists one, and waits for its
+    /// view; the service's name when `ip` is its virtual IP.
+    async fn discover_at(&self, ip: IpAddr) -> Option<String> {
+        let listing = self.listing().await?;
+        let virtual_of = listing
             .services
-            .into_iter()
-            .find(|(_, s)| s.endpoints.iter().any(|e| e.address.ip() == ip));
-        if let Some((service, _)) = service {
-            if let Err(e) = self.discover(&service).await {
-                tracing::info!(%ip, %service, error = %e, "the service of an intercepted destination");
-            }
+            .iter()
+            .find(|(_, s)| s.virtual_ips.contains(&ip))
+            .map(|(name, _)| name.clone());
+        let service = virtual_of.clone().or_else(|| {
+            listing
+                .services
+                .into_iter()
+                .find(|(_, s)| s.endpoints.iter().any(|e| e.address.ip() == ip))
+                .map(|(name, _)| name)
+        })?;
+        if let Err(e) = self.discover(&service).await {
+            tracing::info!(%ip, %service, error = %e, "the service of an intercepted destination");
         }
+        virtual_of
     }
 
     /// The control plane's listing of every service, within the discovery

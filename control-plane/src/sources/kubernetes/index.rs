@@ -64,6 +64,8 @@ pub struct ServiceSummary {
     /// The name of its first TCP port (`None`: unnamed, as a Service with
     /// one port may leave it), or no port at all.
     pub first_port: Option<Option<String>>,
+    /// Its ClusterIPs; none for a headless Service.
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 impl ServiceSummary {
@@ -78,7 +80,21 @@ impl ServiceSummary {
             .and_then(|s| s.ports.as_ref())
             .and_then(|ports| ports.iter().find(|p| is_tcp(p.protocol.as_deref())))
             .map(|p| named(p.name.as_deref()));
-        Some(ServiceSummary { first_port })
+        // `clusterIPs` holds `clusterIP` first; `None` marks a headless one.
+        let cluster_ips = spec
+            .and_then(|s| {
+                s.cluster_ips
+                    .clone()
+                    .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        Some(ServiceSummary {
+            first_port,
+            cluster_ips,
+        })
     }
 }
 
@@ -257,6 +273,8 @@ pub struct Mapped {
     /// Names that Services of more than one namespace share: their
     /// endpoints are served together, which may not be what was meant.
     pub shared_names: BTreeMap<String, BTreeSet<String>>,
+    /// Each mesh service's ClusterIPs.
+    pub virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>,
 }
 
 impl Index {
@@ -264,9 +282,16 @@ impl Index {
     pub fn map(&self, trust_domain: &str) -> Mapped {
         let mut services: BTreeMap<String, BTreeMap<SocketAddr, Discovered>> = BTreeMap::new();
         let mut namespaces: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for key in self.services.items.keys() {
+        let mut virtual_ips: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (key, service) in &self.services.items {
             if is_valid_service_name(&key.name) {
                 services.entry(key.name.clone()).or_default();
+                if !service.cluster_ips.is_empty() {
+                    virtual_ips
+                        .entry(key.name.clone())
+                        .or_default()
+                        .extend(&service.cluster_ips);
+                }
                 namespaces
                     .entry(key.name.clone())
                     .or_default()
@@ -310,6 +335,7 @@ impl Index {
                 .into_iter()
                 .filter(|(_, namespaces)| namespaces.len() > 1)
                 .collect(),
+            virtual_ips,
         }
     }
 
