@@ -1,17 +1,23 @@
 //! Transparent mode in network namespaces this test makes (it needs root,
 //! as CI has): three "pods" on a bridge, each a namespace with its app,
 //! its sidecar running as the proxy's own uid, and the iptables rules of
-//! `remora-proxy init`; the control plane in the bridge's namespace. The
-//! client pod's curl calls `http://<web pod's IP>:8080/` and its
-//! redis-cli reaches `<cache pod's IP>:6379`, with no proxy settings at
-//! all: each call is intercepted on both sides, carried over mutual TLS,
-//! authorized, and counted. The apps listen on loopback only, so nothing
-//! but the callee's sidecar can have reached them.
+//! `remora-proxy init`; the control plane in the bridge's namespace, run
+//! `--kubernetes` against a stand-in for the API server (no cluster here:
+//! `tests/src/fake_kube.rs` speaks its TokenReview and list-and-watch
+//! JSON). The client pod's curl calls `http://<web pod's IP>:8080/` and
+//! `http://web:8080/`, and its redis-cli reaches `<cache pod's IP>:6379`
+//! and the cache Service's ClusterIP, with no proxy settings at all: each
+//! call is intercepted on both sides, carried over mutual TLS, authorized,
+//! and counted. The cache pod's identity comes from its projected token
+//! through TokenReview, its endpoint from its EndpointSlice. The apps
+//! listen on loopback only, so nothing but the callee's sidecar can have
+//! reached them.
 
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use remora_e2e::fake_kube::{self, FakeKube};
 use remora_e2e::identity::{grant_tokens, spiffe, token_file};
 use remora_e2e::process::{binary, Running};
 use remora_e2e::{metric_value, requests, tools};
@@ -19,6 +25,44 @@ use tokio::process::Command;
 
 const HUB_IP: &str = "10.77.0.254";
 const API_PORT: u16 = 8086;
+/// The ClusterIP of `fake_kube::service`'s Services.
+const CLUSTER_IP: &str = "10.96.0.10";
+/// The cache pod's projected service-account token, which only the API
+/// server (the stand-in) judges.
+const CACHE_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.Y2FjaGU.c2lnbmVk";
+
+/// Relays `127.0.0.1:PORT`, in the namespace it runs in, to a Unix socket:
+/// how the control plane in the hub reaches the stand-in API server, which
+/// listens in the test's own namespace (a Unix socket is a file, seen from
+/// every namespace).
+const RELAY: &str = r#"
+import socket, sys, threading
+port, path = int(sys.argv[1]), sys.argv[2]
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", port))
+server.listen(64)
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+while True:
+    client, _ = server.accept()
+    unix = socket.socket(socket.AF_UNIX)
+    unix.connect(path)
+    threading.Thread(target=pipe, args=(client, unix), daemon=True).start()
+    threading.Thread(target=pipe, args=(unix, client), daemon=True).start()
+"#;
 
 /// An app that answers `GET` with the caller's identity, as its sidecar
 /// named it.
@@ -200,6 +244,9 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
     let (client_ip, web_ip, cache_ip) = ("10.77.0.1", "10.77.0.2", "10.77.0.3");
     let ns = Namespaces::create(&[client_ip, web_ip, cache_ip]);
     let (client, web, cache) = (&ns.pods[0], &ns.pods[1], &ns.pods[2]);
+    // A ClusterIP is routed nowhere: the client's rules redirect its
+    // connections before they would leave.
+    ip(&["-n", client, "route", "add", "default", "via", HUB_IP]);
 
     // Files the proxies read as their own uid.
     let dir = tempfile::tempdir().unwrap();
@@ -208,14 +255,47 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let tokens = grant_tokens(
-        dir.path(),
-        &[
-            ("client", "c-token"),
-            ("web", "w-token"),
-            ("cache", "k-token"),
-        ],
-    );
+    // client and web prove themselves with tokens of tokens.yaml; cache
+    // with its projected token, through TokenReview.
+    let tokens = grant_tokens(dir.path(), &[("client", "c-token"), ("web", "w-token")]);
+    std::fs::write(token_file(dir.path(), "cache"), CACHE_TOKEN).unwrap();
+
+    // The API server's stand-in: the cache pod's token, and its Service
+    // (ClusterIP 10.96.0.10), Pod and EndpointSlice.
+    let fake = FakeKube::start().await;
+    fake.service_account_token(CACHE_TOKEN, "default", "cache", &["remora-control"]);
+    fake.apply(fake_kube::service("default", "cache", 6379, 6379));
+    fake.apply(fake_kube::pod(
+        "default",
+        "cache-1",
+        "cache",
+        cache_ip,
+        Some(4143),
+    ));
+    fake.apply(fake_kube::endpoint_slice(
+        "default",
+        "cache-1a2b3",
+        "cache",
+        6379,
+        &[(cache_ip, "cache-1", true)],
+    ));
+    let socket = dir.path().join("kube.sock");
+    let unix = tokio::net::UnixListener::bind(&socket).unwrap();
+    let api_server = fake.addr;
+    tokio::spawn(async move {
+        while let Ok((mut relayed, _)) = unix.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut api) = tokio::net::TcpStream::connect(api_server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut relayed, &mut api).await;
+                }
+            });
+        }
+    });
+    let relay = dir.path().join("relay.py");
+    std::fs::write(&relay, RELAY).unwrap();
+    let port = api_server.port().to_string();
+    let relay_args = [relay.to_str().unwrap(), &port, socket.to_str().unwrap()];
+    let _relay = inside(&ns.hub, &python, &relay_args).spawn().unwrap();
     let mesh = dir.path().join("mesh.yaml");
     std::fs::write(
         &mesh,
@@ -227,6 +307,7 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
     )
     .unwrap();
     let data = dir.path().join("control");
+    let kubeconfig = fake.kubeconfig().display().to_string();
     let api = format!("{HUB_IP}:{API_PORT}");
     let control_args = [
         "--config",
@@ -239,6 +320,11 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         &api,
         "--admin",
         &format!("{HUB_IP}:9990"),
+        "--kubernetes",
+        "--kubeconfig",
+        &kubeconfig,
+        "--kubernetes-namespace",
+        "default",
         "--log-format",
         "json",
     ];
@@ -247,6 +333,24 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         "remora-control",
     )
     .await;
+    // Ready once it has listed what it watches through the relay.
+    let mut listed = false;
+    for _ in 0..150 {
+        if curl(&ns.hub, &format!("http://{HUB_IP}:9990/ready"))
+            .await
+            .0
+            == "200"
+        {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        listed,
+        "the control plane is not ready:\n{}",
+        control.logs().join("\n")
+    );
     let anchors = data.join("ca.crt");
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
@@ -384,7 +488,7 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
     );
     // Outside the mesh (the control plane's admin port, in the hub): as it
     // is, in plaintext.
-    let (status, _) = curl(client, &format!("http://{HUB_IP}:9990/ready")).await;
+    let (status, _) = curl(client, &format!("http://{HUB_IP}:9990/live")).await;
     assert_eq!(status, "200", "{}", logs());
     let caller = metrics(client).await;
     assert_eq!(
@@ -420,12 +524,36 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         spiffe("cache")
     );
     assert_eq!(metric_value(&caller, &stream), 1.0, "{caller}");
+
+    // TCP by the Service's ClusterIP, as a client that dialled
+    // `cache:6379` through Kubernetes' DNS: the service, whose endpoint
+    // the API server named and whose identity TokenReview granted.
+    let set = output(inside(
+        client,
+        &redis_cli,
+        &["-h", CLUSTER_IP, "-p", "6379", "SET", "k", "v"],
+    ))
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&set.stdout).trim(),
+        "OK",
+        "{}\n{}",
+        String::from_utf8_lossy(&set.stderr),
+        logs()
+    );
+    let caller = metrics(client).await;
+    assert_eq!(metric_value(&caller, &stream), 2.0, "{caller}");
     let callee = metrics(cache).await;
     let stream = format!(
         "remora_tcp_connections_total{{direction=\"inbound\",service=\"cache\",peer=\"{}\"}}",
         spiffe("client")
     );
-    assert_eq!(metric_value(&callee, &stream), 1.0, "{callee}");
+    assert_eq!(metric_value(&callee, &stream), 2.0, "{callee}");
+    assert!(
+        fake.reviewed_audiences()
+            .contains(&vec!["remora-control".to_string()]),
+        "the cache pod's token was reviewed"
+    );
 
     // From outside the mesh (the hub has no sidecar), a call to the app's
     // port meets the web pod's sidecar, which takes no plaintext; its
