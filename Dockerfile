@@ -1,15 +1,20 @@
 # syntax=docker/dockerfile:1
 #
-# remora's container images: one build stage, one runtime stage per binary.
+# remora's container images: one build stage, then one stage per image.
 #
 #   docker build --target proxy   -t remora-proxy .
 #   docker build --target control -t remora-control .
+#   docker build --target init    -t remora-init .
 #
-# The runtime stages are distroless cc for Debian 12: glibc and libgcc,
-# which is all the release binaries link (rustls and ring, not OpenSSL), no
-# shell and no package manager, run as the nonroot user 65532:65532 in
-# /home/nonroot. images/assemble makes the same images (same paths, same
-# user) without Docker or a registry; .ci/image-check runs them. See
+# The proxy and the control plane are distroless cc for Debian 12: glibc
+# and libgcc, which is all the release binaries link (rustls and ring, not
+# OpenSSL), no shell and no package manager, run as the nonroot user
+# 65532:65532 in /home/nonroot. The init image is the proxy's binary for
+# `remora-proxy init`, the init container `remora-control inject` adds:
+# it runs iptables and ip6tables as root, so it is Debian 12 slim with the
+# iptables package, kept apart so that the sidecar stays distroless.
+# images/assemble makes the same images (same paths, same users) without
+# Docker or a registry; .ci/image-check runs them. See
 # docs/operations.md, "Container images".
 
 # The lockfile's dependencies need 1.91 or newer (notify-types 2.3.0).
@@ -46,6 +51,28 @@ COPY --from=build /out/remora-control /usr/local/bin/remora-control
 # api, admin
 EXPOSE 8086 9990
 ENTRYPOINT ["/usr/local/bin/remora-control"]
+
+FROM debian:bookworm-slim AS init
+# iptables 1.8.9: `iptables` and `ip6tables` are the nf_tables variant,
+# Debian's default alternative; the legacy one comes with it.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables \
+ && rm -rf /var/lib/apt/lists/*
+# After the install: a RUN after an ARG is rebuilt when the ARG changes.
+ARG VERSION=dev
+ARG REVISION=unknown
+LABEL org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="remora" \
+      org.opencontainers.image.title="remora-init" \
+      org.opencontainers.image.description="remora's init container: remora-proxy init, which installs the iptables rules of transparent mode"
+COPY --from=build /out/remora-proxy /usr/local/bin/remora-proxy
+# Root, as iptables needs; the init container's securityContext drops every
+# capability but NET_ADMIN and NET_RAW.
+USER 0:0
+WORKDIR /
+ENTRYPOINT ["/usr/local/bin/remora-proxy"]
 
 # Last, so that a build without --target gives the proxy.
 FROM runtime AS proxy
