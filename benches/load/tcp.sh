@@ -66,9 +66,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [[ -z $NO_BUILD ]]; then
 	echo "building remora-proxy and remora-control (release)..." >&2
-	# The lock: builds of other checkouts on the same machine wait for each
-	# other instead of sharing its cores (and this run's figures).
-	(cd "$root" && flock /tmp/remora-build.lock cargo build --release -p remora-proxy -p remora-control) >&2
+	(cd "$root" && cargo build --release -p remora-proxy -p remora-control) >&2
 fi
 proxy_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-proxy"
 control_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-control"

@@ -198,14 +198,7 @@ impl Inbound {
             (e.into_response(), Some("bad-request"))
         } else if let Some(e) = two_authorities {
             (e.into_response(), Some("bad-request"))
-        } else if let Err(denied) = policy.authorize(caller.identity.as_ref()) {
-            self.metrics
-                .authz_denied
-                .get_or_create(&PeerLabels {
-                    route: self.labels.clone(),
-                    peer: caller.label.clone(),
-                })
-                .inc();
+        } else if let Err(denied) = self.authorize(&policy, caller) {
             let e = ProxyError::Forbidden {
                 caller: denied.caller,
                 service: self.labels.service.to_string(),
@@ -269,6 +262,20 @@ impl Inbound {
         }
         .log();
         response
+    }
+
+    /// Whether `caller` may call, as `policy`'s `allow` says; a refusal is
+    /// counted.
+    fn authorize(&self, policy: &Policy, caller: &Caller) -> Result<(), policy::Denied> {
+        policy.authorize(caller.identity.as_ref()).inspect_err(|_| {
+            self.metrics
+                .authz_denied
+                .get_or_create(&PeerLabels {
+                    route: self.labels.clone(),
+                    peer: caller.label.clone(),
+                })
+                .inc();
+        })
     }
 
     /// Forwards a request for `authority` (as the caller named the

@@ -17,7 +17,7 @@ use remora_server::serve::{Detection, OpaqueIo, OpaqueStreams, Peer};
 use tokio::net::TcpStream;
 
 use super::{Inbound, StreamSettings, APP_CONNECT_TIMEOUT};
-use crate::metrics::{Direction, PeerLabels, StreamLabels, TcpMetrics};
+use crate::metrics::{Direction, StreamLabels, TcpMetrics};
 use crate::tcp::{self, StreamLimits};
 
 pub(super) struct Streams {
@@ -70,14 +70,7 @@ impl OpaqueStreams for Inbound {
 impl Inbound {
     async fn stream(&self, downstream: OpaqueIo, peer: Peer) {
         let caller = self.caller(peer);
-        if let Err(denied) = self.policy.load().authorize(caller.identity.as_ref()) {
-            self.metrics
-                .authz_denied
-                .get_or_create(&PeerLabels {
-                    route: self.labels.clone(),
-                    peer: caller.label.clone(),
-                })
-                .inc();
+        if let Err(denied) = self.authorize(&self.policy.load(), &caller) {
             tracing::info!(service = %self.labels.service, caller = %denied.caller, rule = %denied.rule, "stream refused");
             return;
         }
