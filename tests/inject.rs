@@ -452,13 +452,20 @@ async fn the_injected_sidecar_runs_as_written() {
         proxy.logs().join("\n")
     );
 
-    // The init container: `remora-proxy init`, from the same image, as
+    // The init container: `remora-proxy init`, from the init image (the
+    // proxy's version, with iptables: the sidecar's image has none), as
     // root with only NET_ADMIN and NET_RAW, the ports the annotation
     // skips in its environment. With no pod's network namespace here, its
     // rules are printed, not installed.
     let init = &spec["initContainers"][0];
     assert_eq!(init["name"], "remora-init");
-    assert_eq!(init["image"], sidecar["image"]);
+    let proxy_image = sidecar["image"].as_str().unwrap();
+    let (repository, version) = proxy_image.rsplit_once(':').unwrap();
+    assert_eq!(repository, "ghcr.io/remora-mesh/remora-proxy");
+    assert_eq!(
+        init["image"].as_str(),
+        Some(format!("ghcr.io/remora-mesh/remora-init:{version}").as_str())
+    );
     let security = &init["securityContext"];
     assert_eq!(security["runAsUser"].as_u64(), Some(0));
     assert_eq!(security["allowPrivilegeEscalation"], false);

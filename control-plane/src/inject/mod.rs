@@ -26,6 +26,12 @@ pub const DEFAULT_PROXY_IMAGE: &str = concat!(
     "ghcr.io/remora-mesh/remora-proxy:",
     env!("CARGO_PKG_VERSION")
 );
+/// The same proxy with iptables, as root (the Dockerfile's `init` target):
+/// the sidecar's own image is distroless and has no iptables.
+pub const DEFAULT_INIT_IMAGE: &str = concat!(
+    "ghcr.io/remora-mesh/remora-init:",
+    env!("CARGO_PKG_VERSION")
+);
 /// The chart's control plane, installed in the namespace `remora`.
 pub const DEFAULT_CONTROL_URL: &str = "https://remora-control.remora.svc:8086";
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "remora-control";
@@ -52,6 +58,12 @@ pub struct Settings {
     /// The sidecar's image.
     #[arg(long, env = "REMORA_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
     pub proxy_image: String,
+
+    /// The image of the `remora-init` init container of transparent mode,
+    /// which runs `remora-proxy init`: the same version of the proxy, with
+    /// iptables.
+    #[arg(long, env = "REMORA_INIT_IMAGE", default_value = DEFAULT_INIT_IMAGE)]
+    pub init_image: String,
 
     /// The control plane's API, as the sidecars reach it. With `https://`
     /// the sidecars get identities: a projected service-account token and

@@ -614,13 +614,13 @@ fn identity_volumes(settings: &Settings, token_secret: Option<&str>) -> Vec<Valu
     vec![token, trust_anchors]
 }
 
-/// `remora-proxy init` as the pod's first init container: as root with
-/// only the capabilities iptables needs, the ports the annotations skip in
-/// its environment.
+/// `remora-proxy init` as the pod's first init container, from the init
+/// image (the proxy's has no iptables): as root with only the capabilities
+/// iptables needs, the ports the annotations skip in its environment.
 fn init_container(settings: &Settings, overrides: &Overrides) -> Value {
     let mut c = Mapping::new();
     c.insert("name".into(), INIT_CONTAINER.into());
-    c.insert("image".into(), settings.proxy_image.as_str().into());
+    c.insert("image".into(), settings.init_image.as_str().into());
     c.insert("imagePullPolicy".into(), "IfNotPresent".into());
     c.insert("args".into(), Value::Sequence(vec!["init".into()]));
     let env: Vec<Value> = [

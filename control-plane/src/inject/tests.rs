@@ -95,6 +95,10 @@ fn a_deployment_gets_a_native_sidecar_and_keeps_every_byte_it_had() {
     let d: Value = serde_yaml::from_str(deployment).unwrap();
     let pod = &d["spec"]["template"];
     assert_eq!(pod["spec"]["initContainers"][0]["name"], "remora-init");
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["image"],
+        DEFAULT_INIT_IMAGE
+    );
     let sidecar = &pod["spec"]["initContainers"][1];
     assert_eq!(sidecar["name"], "remora-proxy");
     assert_eq!(sidecar["restartPolicy"], "Always");
@@ -322,7 +326,12 @@ fn a_changed_setting_replaces_the_sidecar_in_place() {
     let once = run(DEPLOYMENT).output;
     let other = inject(
         &once,
-        &settings(&["--proxy-image", "registry.local/proxy:2"]),
+        &settings(&[
+            "--proxy-image",
+            "registry.local/proxy:2",
+            "--init-image",
+            "registry.local/init:2",
+        ]),
     )
     .unwrap();
     let d = &documents(&other.output)[0];
@@ -330,9 +339,8 @@ fn a_changed_setting_replaces_the_sidecar_in_place() {
         .as_sequence()
         .unwrap();
     assert_eq!(names(init), ["remora-init", "remora-proxy"]);
-    for container in init {
-        assert_eq!(container["image"], "registry.local/proxy:2");
-    }
+    assert_eq!(init[0]["image"], "registry.local/init:2");
+    assert_eq!(init[1]["image"], "registry.local/proxy:2");
     only_added(DEPLOYMENT, &other.output);
 }
 
@@ -680,7 +688,7 @@ fn the_init_container_runs_remora_proxy_init_as_root_with_only_the_network_capab
     let expected: Value = serde_yaml::from_str(&format!(
         "\
 name: remora-init
-image: {DEFAULT_PROXY_IMAGE}
+image: {DEFAULT_INIT_IMAGE}
 imagePullPolicy: IfNotPresent
 args: [init]
 env:
