@@ -142,3 +142,58 @@ NGINX
 	wait_ok "${pids[-1]}" "http://127.0.0.1:$nginx_port/" ||
 		die "nginx did not start: $(cat "$work/nginx/error.log" "$work/nginx/out.log" 2>/dev/null)"
 }
+
+# --- a mesh of sidecars on control planes, for the two-sidecar paths ---
+
+# mesh_tokens WHO...: a random bearer token for each identity, in
+# $work/mesh/WHO.token, and $work/mesh/tokens.yaml granting each.
+mesh_tokens() {
+	local who
+	mkdir -p "$work/mesh"
+	: >"$work/mesh/tokens.yaml"
+	for who in "$@"; do
+		head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/mesh/$who.token"
+		echo "$who: $(sha256sum <"$work/mesh/$who.token" | cut -c1-64)" >>"$work/mesh/tokens.yaml"
+	done
+}
+
+# start_control NAME MESH_FILE ARGS...: starts a control plane (the
+# script's $control_bin) serving MESH_FILE; its API port in REPLY.
+start_control() {
+	local name=$1 file=$2 api admin
+	shift 2
+	pick_port
+	api=$REPLY
+	pick_port
+	admin=$REPLY
+	"$control_bin" serve --config "$file" --api "127.0.0.1:$api" \
+		--admin "127.0.0.1:$admin" --log-level warn "$@" >"$work/mesh/$name.log" 2>&1 &
+	pids+=($!)
+	wait_ok "${pids[-1]}" "http://127.0.0.1:$admin/ready" ||
+		die "remora-control ($name) did not become ready: $(cat "$work/mesh/$name.log")"
+	REPLY=$api
+}
+
+# start_sidecar NAME CONTROL SERVICE APP TOKEN [ARGS...]: starts a sidecar
+# (the script's $proxy_bin) of SERVICE in front of APP, on the control
+# plane at URL CONTROL, with the identity $work/mesh/TOKEN.token grants
+# (`-`: none) and ARGS; its outbound port in REPLY, its pid in sidecar_pid,
+# its admin port in sidecar_admin. It registers, and so turns ready, once
+# APP accepts connections: a caller's app is the benchmark's server too,
+# which it never calls.
+start_sidecar() {
+	local name=$1 control=$2 service=$3 app=$4 token=$5 outbound inbound admin identity=()
+	shift 5
+	proxy_ports
+	[[ $token != - ]] && identity=(--token-file "$work/mesh/$token.token" --trust-anchors "$work/mesh/ca/ca.crt")
+	"$proxy_bin" --control-url "$control" --service "$service" \
+		--app "$app" --outbound "127.0.0.1:$outbound" --inbound "127.0.0.1:$inbound" \
+		--advertise "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" "${identity[@]}" "$@" \
+		--log-level warn --drain-timeout 1s >"$work/mesh/$name.log" 2>&1 &
+	sidecar_pid=$!
+	pids+=("$sidecar_pid")
+	wait_ok "$sidecar_pid" "http://127.0.0.1:$admin/ready" ||
+		die "the $name sidecar did not become ready: $(cat "$work/mesh/$name.log")"
+	sidecar_admin=$admin
+	REPLY=$outbound
+}

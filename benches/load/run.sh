@@ -167,60 +167,20 @@ fi
 # plaintext; `mesh-mtls`: one with identity on, whose sidecars have
 # certificates and talk mutual TLS, to each other and to it.
 if [[ $MESH == on ]]; then
-	mkdir -p "$work/mesh"
+	mesh_tokens mtls client
 	printf 'services:\n  plain: {}\n  mtls: { identity: mtls }\n' >"$work/mesh/mesh.yaml"
-	: >"$work/mesh/tokens.yaml"
-	for who in mtls client; do
-		head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/mesh/$who.token"
-		echo "$who: $(sha256sum <"$work/mesh/$who.token" | cut -c1-64)" >>"$work/mesh/tokens.yaml"
-	done
-
-	# control NAME ARGS...: starts a control plane; its API port in REPLY.
-	control() {
-		local name=$1 api admin
-		shift
-		pick_port
-		api=$REPLY
-		pick_port
-		admin=$REPLY
-		"$control_bin" serve --config "$work/mesh/mesh.yaml" --api "127.0.0.1:$api" \
-			--admin "127.0.0.1:$admin" --log-level warn "$@" >"$work/mesh/$name.log" 2>&1 &
-		pids+=($!)
-		wait_ok "${pids[-1]}" "http://127.0.0.1:$admin/ready" ||
-			die "remora-control ($name) did not become ready: $(cat "$work/mesh/$name.log")"
-		REPLY=$api
-	}
-	control control-plain --insecure
+	start_control control-plain "$work/mesh/mesh.yaml" --insecure
 	plain_control="http://127.0.0.1:$REPLY"
-	control control-mtls --data-dir "$work/mesh/ca" --tokens "$work/mesh/tokens.yaml"
+	start_control control-mtls "$work/mesh/mesh.yaml" --data-dir "$work/mesh/ca" --tokens "$work/mesh/tokens.yaml"
 	mtls_control="https://127.0.0.1:$REPLY"
 
-	# sidecar NAME CONTROL SERVICE APP [TOKEN]: starts one, with its
-	# identity from TOKEN if given; its outbound port in REPLY, its pid in
-	# sidecar_pid. It is ready once APP answers, so the callers' apps are
-	# nginx too.
-	sidecar() {
-		local name=$1 control=$2 service=$3 app=$4 token=${5:-} outbound inbound admin identity=()
-		proxy_ports
-		[[ -n $token ]] && identity=(--token-file "$work/mesh/$token.token" --trust-anchors "$work/mesh/ca/ca.crt")
-		"$proxy_bin" --control-url "$control" --service "$service" \
-			--app "$app" --outbound "127.0.0.1:$outbound" --inbound "127.0.0.1:$inbound" \
-			--advertise "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" "${identity[@]}" \
-			--log-level warn --drain-timeout 1s >"$work/mesh/$name.log" 2>&1 &
-		sidecar_pid=$!
-		pids+=("$sidecar_pid")
-		wait_ok "$sidecar_pid" "http://127.0.0.1:$admin/ready" ||
-			die "the $name sidecar did not become ready: $(cat "$work/mesh/$name.log")"
-		sidecar_admin=$admin
-		REPLY=$outbound
-	}
-	sidecar plain-server "$plain_control" plain "127.0.0.1:$nginx_port"
+	start_sidecar plain-server "$plain_control" plain "127.0.0.1:$nginx_port" -
 	plain_server=$sidecar_pid
-	sidecar plain-client "$plain_control" client "127.0.0.1:$nginx_port"
+	start_sidecar plain-client "$plain_control" client "127.0.0.1:$nginx_port" -
 	plain_port=$REPLY plain_pids="$sidecar_pid,$plain_server"
-	sidecar mtls-server "$mtls_control" mtls "127.0.0.1:$nginx_port" mtls
+	start_sidecar mtls-server "$mtls_control" mtls "127.0.0.1:$nginx_port" mtls
 	mtls_server=$sidecar_pid
-	sidecar mtls-client "$mtls_control" client "127.0.0.1:$nginx_port" client
+	start_sidecar mtls-client "$mtls_control" client "127.0.0.1:$nginx_port" client
 	mtls_port=$REPLY mtls_pids="$sidecar_pid,$mtls_server"
 	check_body mesh -H "Host: plain" "http://127.0.0.1:$plain_port/"
 	check_body mesh-mtls -H "Host: mtls" "http://127.0.0.1:$mtls_port/"

@@ -196,68 +196,28 @@ fi
 # stream in plain TCP; `mesh-mtls`: one with identity on, whose sidecars
 # have certificates and carry it in mutual TLS.
 if [[ $MESH == on ]]; then
-	mkdir -p "$work/mesh"
+	mesh_tokens "$SERVICE" client
 	printf 'services:\n  %s: { protocol: tcp }\n' "$SERVICE" >"$work/mesh/plain.yaml"
 	printf 'services:\n  %s: { protocol: tcp, identity: %s }\n' "$SERVICE" "$SERVICE" >"$work/mesh/mtls.yaml"
-	: >"$work/mesh/tokens.yaml"
-	for who in "$SERVICE" client; do
-		head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/mesh/$who.token"
-		echo "$who: $(sha256sum <"$work/mesh/$who.token" | cut -c1-64)" >>"$work/mesh/tokens.yaml"
-	done
-
-	# control NAME MESH_FILE ARGS...: starts a control plane; its API port
-	# in REPLY.
-	control() {
-		local name=$1 file=$2 api admin
-		shift 2
-		pick_port
-		api=$REPLY
-		pick_port
-		admin=$REPLY
-		"$control_bin" serve --config "$file" --api "127.0.0.1:$api" \
-			--admin "127.0.0.1:$admin" --log-level warn "$@" >"$work/mesh/$name.log" 2>&1 &
-		pids+=($!)
-		wait_ok "${pids[-1]}" "http://127.0.0.1:$admin/ready" ||
-			die "remora-control ($name) did not become ready: $(cat "$work/mesh/$name.log")"
-		REPLY=$api
-	}
-	control control-plain "$work/mesh/plain.yaml" --insecure
+	start_control control-plain "$work/mesh/plain.yaml" --insecure
 	plain_control="http://127.0.0.1:$REPLY"
-	control control-mtls "$work/mesh/mtls.yaml" --data-dir "$work/mesh/ca" --tokens "$work/mesh/tokens.yaml"
+	start_control control-mtls "$work/mesh/mtls.yaml" --data-dir "$work/mesh/ca" --tokens "$work/mesh/tokens.yaml"
 	mtls_control="https://127.0.0.1:$REPLY"
 
-	# sidecar NAME CONTROL SERVICE [TOKEN] [--tcp-listen ...]: starts one
-	# beside redis, with its identity from TOKEN if not `-`; its pid in
-	# sidecar_pid, its admin port in sidecar_admin. It registers (and so
-	# becomes ready) once its --app accepts connections, so the caller's
-	# app is redis too; the caller never uses it.
-	sidecar() {
-		local name=$1 control=$2 service=$3 token=$4 identity=()
-		shift 4
-		proxy_ports
-		[[ $token != - ]] && identity=(--token-file "$work/mesh/$token.token" --trust-anchors "$work/mesh/ca/ca.crt")
-		"$proxy_bin" --control-url "$control" --service "$service" \
-			--app "127.0.0.1:$redis_port" --outbound "127.0.0.1:$outbound" --inbound "127.0.0.1:$inbound" \
-			--advertise "127.0.0.1:$inbound" --admin "127.0.0.1:$admin" "${identity[@]}" "$@" \
-			--log-level warn --drain-timeout 1s >"$work/mesh/$name.log" 2>&1 &
-		sidecar_pid=$!
-		pids+=("$sidecar_pid")
-		wait_ok "$sidecar_pid" "http://127.0.0.1:$admin/ready" ||
-			die "the $name sidecar did not become ready: $(cat "$work/mesh/$name.log")"
-		sidecar_admin=$admin
-	}
-	sidecar plain-server "$plain_control" "$SERVICE" -
+	# Each caller's app is redis too (see start_sidecar); it never calls it.
+	redis="127.0.0.1:$redis_port"
+	start_sidecar plain-server "$plain_control" "$SERVICE" "$redis" -
 	plain_server=$sidecar_pid plain_server_admin=$sidecar_admin
 	pick_port
 	plain_port=$REPLY
-	sidecar plain-client "$plain_control" client - --tcp-listen "$SERVICE=127.0.0.1:$plain_port"
+	start_sidecar plain-client "$plain_control" client "$redis" - --tcp-listen "$SERVICE=127.0.0.1:$plain_port"
 	plain_pids="$sidecar_pid,$plain_server"
 
-	sidecar mtls-server "$mtls_control" "$SERVICE" "$SERVICE"
+	start_sidecar mtls-server "$mtls_control" "$SERVICE" "$redis" "$SERVICE"
 	mtls_server=$sidecar_pid mtls_server_admin=$sidecar_admin
 	pick_port
 	mtls_port=$REPLY
-	sidecar mtls-client "$mtls_control" client client --tcp-listen "$SERVICE=127.0.0.1:$mtls_port"
+	start_sidecar mtls-client "$mtls_control" client "$redis" client --tcp-listen "$SERVICE=127.0.0.1:$mtls_port"
 	mtls_pids="$sidecar_pid,$mtls_server" mtls_client_admin=$sidecar_admin
 
 	# The caller's sidecar learns the service's endpoints from the control
