@@ -478,3 +478,22 @@ async fn a_silent_connection_taken_for_a_stream_is_still_cut() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_permissive_tcp_service_greets_plaintext_callers_after_the_detect_timeout() {
+    // The sidecar has an identity, so it looks for a TLS handshake first:
+    // for the detect timeout (here 300ms), not the first-request limit.
+    let app = greeter().await;
+    let m = mesh(
+        "{ mtls: permissive }",
+        app,
+        &["client"],
+        &["--detect-timeout", "300ms"],
+    )
+    .await;
+    let waited = converse(m.callee.inbound).await;
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}

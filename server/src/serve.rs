@@ -87,9 +87,9 @@ pub trait OpaqueStreams: Send + Sync + 'static {
 pub enum Detection {
     /// HTTP, whatever it sends.
     Http,
-    /// An opaque stream, whatever it sends (TLS is still told apart
-    /// where the listener takes it).
-    Opaque,
+    /// An opaque stream, whatever it sends; where the listener takes TLS,
+    /// a handshake is still looked for, this long.
+    Opaque(Duration),
     /// HTTP if its first bytes say so within this long; otherwise (other
     /// bytes, or silence, as a server-speaks-first protocol's client keeps)
     /// an opaque stream.
@@ -322,12 +322,14 @@ where
         };
         let protocol = match (tls, opaque, detection) {
             (None, _, Detection::Http) => return self.http(stream, plain(), activity).await,
-            (None, Some(opaque), Detection::Opaque) => {
+            (None, Some(opaque), Detection::Opaque(_)) => {
                 return self
                     .opaque(opaque, Box::new(stream), plain(), activity)
                     .await
             }
-            (_, Some(_), Detection::Within(limit)) => detect::detect(&stream, limit).await,
+            (_, Some(_), Detection::Opaque(limit) | Detection::Within(limit)) => {
+                detect::detect(&stream, limit).await
+            }
             _ => {
                 let limit = first_request.saturating_duration_since(Instant::now());
                 detect::detect(&stream, limit).await
@@ -354,7 +356,7 @@ where
             }
             (protocol, _) => match opaque {
                 Some(opaque)
-                    if detection == Detection::Opaque
+                    if matches!(detection, Detection::Opaque(_))
                         || (detection != Detection::Http && protocol != Protocol::Http) =>
                 {
                     self.opaque(opaque, Box::new(stream), plain(), activity)

@@ -53,7 +53,7 @@ impl OpaqueStreams for Inbound {
     fn detection(&self, _peer: &Peer) -> Detection {
         let streams = &self.streams;
         match streams.opaque_port || streams.opaque_protocol.load(Ordering::Relaxed) {
-            true => Detection::Opaque,
+            true => Detection::Opaque(streams.detect_timeout),
             false => Detection::Within(streams.detect_timeout),
         }
     }

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use remora_server::serve::{
     self as server, Detection, Drain, OpaqueIo, OpaqueStreams, Peer, ServerSettings,
@@ -56,7 +57,7 @@ pub struct TcpStreams {
 
 impl OpaqueStreams for TcpStreams {
     fn detection(&self, _peer: &Peer) -> Detection {
-        Detection::Opaque
+        Detection::Opaque(Duration::ZERO)
     }
 
     fn serve(

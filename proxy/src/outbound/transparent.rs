@@ -56,7 +56,7 @@ impl OpaqueStreams for Intercepted {
                 .is_some_and(|(service, _)| service.opaque),
         };
         match known_opaque {
-            true => Detection::Opaque,
+            true => Detection::Opaque(Duration::ZERO),
             false => Detection::Within(self.detect_timeout),
         }
     }
