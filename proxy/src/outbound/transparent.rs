@@ -3,8 +3,9 @@
 //! its original destination. One that speaks HTTP is served as any
 //! request, its authority first: a mesh service it names is routed as
 //! always. Otherwise, and for a connection that does not speak HTTP, the
-//! original destination decides: an endpoint of the mesh at that IP is
-//! reached through its sidecar over mutual TLS, anything else as it is.
+//! original destination decides: a service's virtual IP (a ClusterIP) is
+//! that service; an endpoint of the mesh at that IP is reached through
+//! its sidecar over mutual TLS; anything else as it is.
 
 use std::collections::HashMap;
 use std::future::Future;
