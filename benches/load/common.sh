@@ -197,3 +197,31 @@ start_sidecar() {
 	sidecar_admin=$admin
 	REPLY=$outbound
 }
+
+# --- what the side-by-side benchmarks (run.sh, tcp.sh) set up alike ---
+
+# Reads HAPROXY (auto, on, off) and MESH (on, off); sets with_haproxy when
+# HAProxy is to be measured, installing it where it may.
+peer_settings() {
+	with_haproxy=
+	case $HAPROXY in
+	off) ;;
+	on) ensure haproxy haproxy || die "HAProxy is missing and could not be installed"; with_haproxy=1 ;;
+	auto) if ensure haproxy haproxy; then with_haproxy=1; else echo "HAProxy not available: skipped" >&2; fi ;;
+	*) die "HAPROXY=$HAPROXY: want auto, on or off" ;;
+	esac
+	case $MESH in on | off) ;; *) die "MESH=$MESH: want on or off" ;; esac
+}
+
+# Builds the release binaries unless NO_BUILD is set, and sets proxy_bin
+# and control_bin (the latter needed only with MESH=on).
+release_binaries() {
+	if [[ -z $NO_BUILD ]]; then
+		echo "building remora-proxy and remora-control (release)..." >&2
+		(cd "$root" && cargo build --release -p remora-proxy -p remora-control) >&2
+	fi
+	proxy_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-proxy"
+	control_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-control"
+	[[ -x $proxy_bin ]] || die "$proxy_bin is missing: build it or unset NO_BUILD"
+	[[ $MESH == off || -x $control_bin ]] || die "$control_bin is missing: build it, unset NO_BUILD or set MESH=off"
+}

@@ -92,23 +92,8 @@ wrk_run() {
 ensure nginx nginx || die "nginx is missing and could not be installed"
 ensure wrk wrk || die "wrk is missing and could not be installed"
 ensure curl curl || die "curl is missing and could not be installed"
-with_haproxy=
-case $HAPROXY in
-off) ;;
-on) ensure haproxy haproxy || die "HAProxy is missing and could not be installed"; with_haproxy=1 ;;
-auto) if ensure haproxy haproxy; then with_haproxy=1; else echo "HAProxy not available: skipped" >&2; fi ;;
-*) die "HAPROXY=$HAPROXY: want auto, on or off" ;;
-esac
-
-case $MESH in on | off) ;; *) die "MESH=$MESH: want on or off" ;; esac
-if [[ -z $NO_BUILD ]]; then
-	echo "building remora-proxy and remora-control (release)..." >&2
-	(cd "$root" && cargo build --release -p remora-proxy -p remora-control) >&2
-fi
-proxy_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-proxy"
-control_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-control"
-[[ -x $proxy_bin ]] || die "$proxy_bin is missing: build it or unset NO_BUILD"
-[[ $MESH == off || -x $control_bin ]] || die "$control_bin is missing: build it, unset NO_BUILD or set MESH=off"
+peer_settings
+release_binaries
 
 # --- the upstream: nginx, one worker, one small fixed 200 ---
 start_nginx "$BODY"

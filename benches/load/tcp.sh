@@ -49,14 +49,7 @@ source "$root/benches/load/common.sh"
 ensure redis-server redis-server || die "redis-server is missing and could not be installed"
 ensure redis-benchmark redis-tools || die "redis-benchmark is missing and could not be installed"
 ensure curl curl || die "curl is missing and could not be installed"
-with_haproxy=
-case $HAPROXY in
-off) ;;
-on) ensure haproxy haproxy || die "HAProxy is missing and could not be installed"; with_haproxy=1 ;;
-auto) if ensure haproxy haproxy; then with_haproxy=1; else echo "HAProxy not available: skipped" >&2; fi ;;
-*) die "HAPROXY=$HAPROXY: want auto, on or off" ;;
-esac
-case $MESH in on | off) ;; *) die "MESH=$MESH: want on or off" ;; esac
+peer_settings
 
 # Every client connection is a socket in redis-benchmark, in each proxy on
 # the way (two: the app's and the one onward) and in redis, and the
@@ -64,14 +57,7 @@ case $MESH in on | off) ;; *) die "MESH=$MESH: want on or off" ;; esac
 # that a large CLIENTS is not cut short by a default soft limit of 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-if [[ -z $NO_BUILD ]]; then
-	echo "building remora-proxy and remora-control (release)..." >&2
-	(cd "$root" && cargo build --release -p remora-proxy -p remora-control) >&2
-fi
-proxy_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-proxy"
-control_bin="${CARGO_TARGET_DIR:-$root/target}/release/remora-control"
-[[ -x $proxy_bin ]] || die "$proxy_bin is missing: build it or unset NO_BUILD"
-[[ $MESH == off || -x $control_bin ]] || die "$control_bin is missing: build it, unset NO_BUILD or set MESH=off"
+release_binaries
 
 # One PING through port $1: prints the answer, or nothing. Bounded, because
 # a client whose connection is accepted but never answered waits forever.
