@@ -503,6 +503,33 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         1.0,
         "{caller}"
     );
+    // Named, but not a service of the mesh: asked of the control plane
+    // once, then as it is, at once.
+    let curl_path = tools::find("curl", "curl").expect("curl");
+    let resolve = format!("outside:9990:{HUB_IP}");
+    for _ in 0..2 {
+        let args = [
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(["--resolve", &resolve, "http://outside:9990/live"])
+            .collect();
+        let named = output(inside(client, &curl_path, &args)).await;
+        assert_eq!(String::from_utf8_lossy(&named.stdout), "200", "{}", logs());
+    }
+    let caller = metrics(client).await;
+    assert_eq!(
+        requests(&caller, &["service=\"passthrough\"", "tls=\"false\""]),
+        3.0,
+        "{caller}"
+    );
 
     // TCP: redis-cli by the cache pod's IP.
     let ping = output(inside(

@@ -91,6 +91,9 @@ pub struct Outbound {
     /// Virtual IPs (ClusterIPs) of services, as the control plane listed
     /// them.
     virtual_ips: Mutex<HashMap<std::net::IpAddr, String>>,
+    /// Names of intercepted requests that the control plane's listing
+    /// lacked, and when.
+    unlisted: Mutex<HashMap<String, std::time::Instant>>,
     /// Bumped after each new snapshot, for requests waiting on discovery.
     applied: tokio::sync::watch::Sender<u64>,
     discovery: Option<Discovery>,
@@ -170,6 +173,7 @@ impl Outbound {
             clients: Clients::default(),
             destinations: Mutex::default(),
             virtual_ips: Mutex::default(),
+            unlisted: Mutex::default(),
             applied: tokio::sync::watch::channel(0).0,
             discovery: None,
             metrics,

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use remora_api::protocol::ServicesListing;
 use remora_server::serve::{Detection, OpaqueIo, OpaqueStreams, Peer};
@@ -27,6 +27,9 @@ use crate::http::client::ClientSettings;
 const PASSTHROUGH: &str = "passthrough";
 /// Destinations remembered at most; past it they are forgotten together.
 const MAX_DESTINATIONS: usize = 4096;
+/// How long a name the control plane did not list is taken for one
+/// outside the mesh without asking again.
+const UNLISTED_FOR: Duration = Duration::from_secs(10);
 
 /// The outbound listener's streams in transparent mode.
 pub struct Intercepted {
@@ -91,7 +94,8 @@ impl Outbound {
     /// ([`Outbound::destination`]). A name is looked up in the control
     /// plane's listing before it is watched, so that a name outside the
     /// mesh (`example.com`) goes its way at once instead of waiting for a
-    /// view that never comes.
+    /// view that never comes. A name the listing lacked is not asked about
+    /// again for [`UNLISTED_FOR`]: each request to it would cost a listing.
     pub(super) async fn intercepted(
         &self,
         authority: &str,
@@ -100,15 +104,34 @@ impl Outbound {
         if let Some(service) = self.snapshot.load().lookup(authority) {
             return service.clone();
         }
-        if let (Some(name), Some(listing)) = (target::mesh_service(authority), self.listing().await)
-        {
-            if listing.services.contains_key(name) {
-                if let Ok(service) = self.discover(authority).await {
-                    return service;
+        if let Some(name) = target::mesh_service(authority).filter(|n| !self.recently_unlisted(n)) {
+            match self.listing().await {
+                Some(listing) if listing.services.contains_key(name) => {
+                    if let Ok(service) = self.discover(authority).await {
+                        return service;
+                    }
                 }
+                Some(_) => {
+                    let mut unlisted = self.unlisted();
+                    if unlisted.len() >= MAX_DESTINATIONS {
+                        unlisted.clear();
+                    }
+                    unlisted.insert(name.to_string(), Instant::now());
+                }
+                None => {}
             }
         }
         self.destination(destination).await
+    }
+
+    fn recently_unlisted(&self, name: &str) -> bool {
+        self.unlisted()
+            .get(name)
+            .is_some_and(|at| at.elapsed() < UNLISTED_FOR)
+    }
+
+    fn unlisted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.unlisted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where traffic to `destination` goes: the service whose virtual IP
