@@ -175,11 +175,13 @@ async fn a_flood_of_silent_connections_does_not_lock_out_real_clients() {
     let orders = Upstream::named("orders").await;
     // 256 open files, as the issue found them: 300 silent connections on
     // each traffic listener locked every client out. The header read
-    // timeout is long, so that only the cap can make room.
+    // timeout is long, so that only the cap can make room. The inbound
+    // takes plaintext, so its silent connections become streams to the app
+    // after the detect timeout: those must be shed as well.
     let proxy = Proxy::start_with_open_files(
         &mesh("orders", &orders),
         app.addr,
-        &["--header-read-timeout", "60s"],
+        &["--header-read-timeout", "60s", "--detect-timeout", "100ms"],
         256,
     )
     .await;
@@ -226,6 +228,20 @@ async fn a_flood_of_silent_connections_does_not_lock_out_real_clients() {
         let shed = remora_e2e::metric_value(&metrics, &series);
         assert!(shed >= 200.0, "{direction}: {shed} shed\n{metrics}");
     }
+
+    // Nothing shed is still counted open once the rest have gone.
+    drop(silent);
+    remora_e2e::eventually(
+        NO_HANG,
+        "every connection and stream counted closed",
+        || async {
+            let metrics = proxy.metrics().await;
+            remora_e2e::metric_value(&metrics, "remora_connections_open{")
+                + remora_e2e::metric_value(&metrics, "remora_tcp_connections_open{")
+                == 0.0
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

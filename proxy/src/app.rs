@@ -34,7 +34,6 @@ use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
 use crate::outbound::tcp::{Streams, TcpStreams};
 use crate::outbound::{self, Discovery, Intercepted, Outbound};
-use crate::tcp::StreamLimits;
 
 /// How long the admin server may take to close once traffic has drained.
 const ADMIN_DRAIN: Duration = Duration::from_secs(1);
@@ -116,7 +115,6 @@ impl Proxy {
             StreamSettings {
                 detect_timeout: config.detect_timeout.get(),
                 opaque_ports: config.opaque_ports.clone(),
-                limits: stream_limits(config),
                 metrics: metrics.tcp.clone(),
             },
         ));
@@ -182,7 +180,6 @@ impl Proxy {
         let (traffic_drain, traffic_draining) = drain_channel();
         let (admin_drain, admin_draining) = drain_channel();
         let streams = || Streams {
-            limits: stream_limits(config),
             metrics: self.metrics.tcp.clone(),
         };
         let mut traffic = vec![
@@ -216,6 +213,7 @@ impl Proxy {
                 Arc::new(streams),
                 listener,
                 settings.clone(),
+                &self.metrics.transport,
                 traffic_draining.clone(),
             );
             traffic.push(serving);
@@ -318,16 +316,6 @@ impl Serving {
         }
         self.admin_drain.drain();
         let _ = tokio::time::timeout(ADMIN_DRAIN, self.admin_server).await;
-    }
-}
-
-/// An opaque stream's limits: as a connection's, a first byte within the
-/// header read timeout (a silent connection is cut as it is on HTTP), then
-/// the idle timeout.
-fn stream_limits(config: &Config) -> StreamLimits {
-    StreamLimits {
-        first_byte: config.connections.header_read_timeout.get(),
-        idle: config.connections.idle_timeout.get(),
     }
 }
 

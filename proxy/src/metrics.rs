@@ -312,7 +312,6 @@ pub struct TcpMetrics {
     pub open: Family<StreamLabels, Gauge>,
     pub total: Family<StreamLabels, Counter>,
     pub bytes: Family<BytesLabels, Counter>,
-    pub closed: Family<ClosedLabels, Counter>,
 }
 
 /// The series of one stream, resolved once when it opens.
@@ -321,11 +320,6 @@ pub struct StreamMetrics {
     pub total: Counter,
     pub read: Counter,
     pub written: Counter,
-    /// Streams cut by the idle timeout.
-    pub idle_closed: Counter,
-    /// Streams cut because no byte ever moved in time, as connections
-    /// that send no request are.
-    pub silent_closed: Counter,
 }
 
 impl TcpMetrics {
@@ -340,14 +334,6 @@ impl TcpMetrics {
         StreamMetrics {
             read: bytes("read"),
             written: bytes("write"),
-            idle_closed: self.closed.get_or_create_owned(&ClosedLabels {
-                direction: labels.direction,
-                reason: "idle",
-            }),
-            silent_closed: self.closed.get_or_create_owned(&ClosedLabels {
-                direction: labels.direction,
-                reason: "header-timeout",
-            }),
             open: self.open.get_or_create_owned(&labels),
             total: self.total.get_or_create_owned(&labels),
         }
@@ -446,7 +432,6 @@ impl Metrics {
         );
         let tcp = TcpMetrics {
             bytes: transport.bytes.clone(),
-            closed: transport.closed.clone(),
             ..TcpMetrics::default()
         };
         r.register(

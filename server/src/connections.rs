@@ -128,10 +128,12 @@ pub struct Activity {
     opened: Instant,
     /// Requests whose response has not ended (body finished or dropped).
     in_flight: AtomicU32,
-    /// Whether any request head has arrived.
+    /// Whether any request head has arrived, or an opaque stream has moved
+    /// a byte.
     started: AtomicBool,
-    /// When the last response ended, in milliseconds after `opened`.
-    last_response_ms: AtomicU64,
+    /// When the connection last went idle, in milliseconds after
+    /// `opened`: its last response ended, or its stream last moved a byte.
+    idle_from_ms: AtomicU64,
     /// Set by every read and write, taken by the watchdog.
     moved: AtomicBool,
     /// When an HTTP/1 head that arrives in parts began, in milliseconds
@@ -150,7 +152,7 @@ impl Activity {
             opened,
             in_flight: AtomicU32::new(0),
             started: AtomicBool::new(false),
-            last_response_ms: AtomicU64::new(0),
+            idle_from_ms: AtomicU64::new(0),
             moved: AtomicBool::new(false),
             head_begun_ms: AtomicU64::new(0),
             shed: Notify::new(),
@@ -177,6 +179,15 @@ impl Activity {
     /// Bytes were read or written.
     pub fn moved(&self) {
         self.moved.store(true, Ordering::Relaxed);
+    }
+
+    /// An opaque stream moved bytes: it is idle from now, as a connection
+    /// is from the end of its last response.
+    pub fn stream_moved(&self) {
+        let since_open = Instant::now().duration_since(self.opened);
+        let ms = u64::try_from(since_open.as_millis()).unwrap_or(u64::MAX);
+        self.idle_from_ms.store(ms, Ordering::Relaxed);
+        self.started.store(true, Ordering::Relaxed);
     }
 
     /// An HTTP/1 head is arriving in parts: from now it has the header
@@ -209,7 +220,7 @@ impl Activity {
         if !self.started.load(Ordering::Relaxed) {
             return self.opened;
         }
-        self.opened + Duration::from_millis(self.last_response_ms.load(Ordering::Relaxed))
+        self.opened + Duration::from_millis(self.idle_from_ms.load(Ordering::Relaxed))
     }
 
     /// What the watchdog should do now; `last_progress` is its own record
@@ -249,6 +260,24 @@ impl Activity {
             Verdict::CheckAt(head_deadline.map_or(deadline, |d| d.min(deadline)))
         }
     }
+
+    /// What the watchdog of an opaque stream should do now. A stream has no
+    /// requests: it is silent until its first byte moves (for the shorter
+    /// of the two limits), then idle from its last.
+    pub fn stream_verdict(&self, now: Instant, limits: &Limits) -> Verdict {
+        let (deadline, verdict) = match self.started.load(Ordering::Relaxed) {
+            false => (
+                self.opened + limits.header_read.min(limits.idle),
+                Verdict::Silent,
+            ),
+            true => (self.idle_since() + limits.idle, Verdict::Idle),
+        };
+        if now >= deadline {
+            verdict
+        } else {
+            Verdict::CheckAt(deadline)
+        }
+    }
 }
 
 /// What becomes of a connection when its watchdog looks.
@@ -257,9 +286,11 @@ pub enum Verdict {
     /// Nothing yet: look again then.
     CheckAt(Instant),
     /// No request head within the first-request limit, or a later head
-    /// not whole within the header read limit of its first part: cut.
+    /// not whole within the header read limit of its first part (for a
+    /// stream, no byte ever moved): cut.
     Silent,
-    /// Nothing to do for the idle limit: closed gracefully.
+    /// Nothing to do for the idle limit: closed gracefully (a stream is
+    /// cut).
     Idle,
     /// Requests in flight and no byte moved for the stall limit: cut.
     Stalled,
@@ -273,7 +304,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
         let since_open = Instant::now().duration_since(activity.opened);
-        activity.last_response_ms.store(
+        activity.idle_from_ms.store(
             u64::try_from(since_open.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -505,6 +536,49 @@ mod tests {
         assert!(table.admit(Instant::now()).is_none());
         drop(busy);
         assert_eq!(table.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_silent_until_its_first_byte_then_idle_from_its_last() {
+        let table = Table::new(2);
+        let admitted = table.admit(Instant::now()).unwrap();
+        let activity = &admitted.activity;
+        let start = Instant::now();
+        assert_eq!(
+            activity.stream_verdict(start, &limits()),
+            Verdict::CheckAt(start + Duration::from_secs(10))
+        );
+        assert_eq!(
+            activity.stream_verdict(start + Duration::from_secs(10), &limits()),
+            Verdict::Silent
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.stream_moved();
+        let moved = Instant::now();
+        assert_eq!(
+            activity.stream_verdict(moved + Duration::from_secs(59), &limits()),
+            Verdict::CheckAt(moved + Duration::from_secs(60))
+        );
+        assert_eq!(
+            activity.stream_verdict(moved + Duration::from_secs(60), &limits()),
+            Verdict::Idle
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_the_stream_quiet_the_longest_makes_room() {
+        let table = Table::new(2);
+        let chatty = table.admit(Instant::now()).unwrap();
+        let quiet = table.admit(Instant::now()).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        quiet.activity.stream_moved();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Opened first, but moved a byte last.
+        chatty.activity.stream_moved();
+        let _newcomer = table.admit(Instant::now()).expect("a stream makes room");
+        tokio::time::timeout(Duration::from_millis(1), quiet.activity.shed())
+            .await
+            .expect("the quieter stream is shed");
     }
 
     #[test]

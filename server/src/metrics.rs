@@ -5,13 +5,31 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 /// The `result` of an operation: config reloads (`ok`, `error`) and the like.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+/// Counts one more of something open in a gauge until dropped, however
+/// its task ends: finished, cut, or dropped by a listener that sheds it.
+#[derive(Debug)]
+pub struct OpenGuard(Gauge);
+
+impl OpenGuard {
+    pub fn new(gauge: Gauge) -> OpenGuard {
+        gauge.inc();
+        OpenGuard(gauge)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// `registry` in the OpenMetrics text format.

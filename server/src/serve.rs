@@ -32,6 +32,7 @@ use remora_certs::verify::ALPN_OPAQUE;
 
 use crate::connections::{Activity, Admitted, InFlight, Limits, Table, Verdict};
 use crate::detect::{self, Protocol};
+use crate::metrics::OpenGuard;
 use crate::smuggling::{AmbiguousFraming, Framing};
 use crate::tls::ServerTls;
 use crate::{Body, HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, MAX_HEADER_BYTES};
@@ -417,9 +418,13 @@ where
         }
     }
 
-    /// An opaque stream, handed to the listener's owner. It counts as busy
-    /// for as long as it lasts, so that it is never shed for a newcomer:
-    /// its owner keeps its own idle limit.
+    /// An opaque stream, handed to the listener's owner until it ends or
+    /// moves no byte for too long: none within the first-request limit
+    /// (as a connection that sends no request), or none for the idle
+    /// limit. Between bytes it is idle: at the cap, the stream quiet the
+    /// longest is shed like any idle connection, so that silent streams
+    /// (which a permissive inbound makes of silent connections) cannot
+    /// lock real clients out.
     async fn opaque(
         &self,
         opaque: &Arc<dyn OpaqueStreams>,
@@ -427,8 +432,36 @@ where
         peer: Peer,
         activity: &Arc<Activity>,
     ) {
-        let _busy = activity.request_started();
-        opaque.clone().serve(io, peer).await
+        let addr = peer.addr;
+        let io = Box::new(Streamed {
+            inner: io,
+            activity: activity.clone(),
+        });
+        let mut serving = std::pin::pin!(opaque.clone().serve(io, peer));
+        let limits = &self.settings.limits;
+        let closed = self.settings.metrics.as_ref().map(|m| &m.closed);
+        loop {
+            match activity.stream_verdict(Instant::now(), limits) {
+                Verdict::CheckAt(at) => tokio::select! {
+                    () = serving.as_mut() => return,
+                    () = tokio::time::sleep_until(at) => {}
+                },
+                Verdict::Silent => {
+                    tracing::debug!(peer = %addr, limit = ?limits.header_read, "stream cut: no byte moved in time");
+                    if let Some(closed) = closed {
+                        closed.header_timeout.inc();
+                    }
+                    return;
+                }
+                Verdict::Idle | Verdict::Stalled => {
+                    tracing::debug!(peer = %addr, limit = ?limits.idle, "idle stream cut");
+                    if let Some(closed) = closed {
+                        closed.idle.inc();
+                    }
+                    return;
+                }
+            }
+        }
     }
 
     async fn http<IO>(&self, io: IO, peer: Peer, activity: &Arc<Activity>)
@@ -436,15 +469,15 @@ where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let metrics = self.settings.metrics.as_ref();
-        let open = metrics.map(|m| {
+        // Dropped with this future, also when the connection is shed.
+        let _open = metrics.map(|m| {
             let (open, total) = if peer.identity.is_some() {
                 &m.tls
             } else {
                 &m.plain
             };
             total.inc();
-            open.inc();
-            open
+            OpenGuard::new(open.clone())
         });
         let (framing, verdicts) = Framing::new();
         let io = TokioIo::new(Counted {
@@ -527,9 +560,6 @@ where
         };
         if let Err(e) = ended {
             tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-        }
-        if let Some(open) = open {
-            open.dec();
         }
     }
 }
@@ -649,5 +679,49 @@ impl<IO: AsyncWrite> AsyncWrite for Counted<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// An opaque stream's connection, telling its activity when bytes move
+/// either way: its watchdog and the listener's cap read its idleness.
+struct Streamed {
+    inner: OpaqueIo,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Streamed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.stream_moved();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Streamed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.stream_moved();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

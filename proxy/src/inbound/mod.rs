@@ -34,7 +34,6 @@ use crate::identity::Identity;
 use crate::metrics::{
     Direction, HttpMetrics, PeerLabels, RouteLabels, TcpMetrics, TransportMetrics,
 };
-use crate::tcp::StreamLimits;
 
 use self::policy::Policy;
 
@@ -114,8 +113,6 @@ pub struct StreamSettings {
     pub detect_timeout: Duration,
     /// The app's ports whose connections are opaque streams, never HTTP.
     pub opaque_ports: Vec<u16>,
-    /// How long a stream may go without moving a byte.
-    pub limits: StreamLimits,
     pub metrics: TcpMetrics,
 }
 

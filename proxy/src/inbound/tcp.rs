@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::{Inbound, StreamSettings, APP_CONNECT_TIMEOUT};
 use crate::metrics::{Direction, StreamLabels, TcpMetrics};
-use crate::tcp::{self, StreamLimits};
+use crate::tcp;
 
 pub(super) struct Streams {
     detect_timeout: Duration,
@@ -26,7 +26,6 @@ pub(super) struct Streams {
     opaque_port: bool,
     /// Declared opaque by the service's protocol, as the mesh view says.
     opaque_protocol: AtomicBool,
-    limits: StreamLimits,
     metrics: TcpMetrics,
     app: SocketAddr,
 }
@@ -37,7 +36,6 @@ impl Streams {
             detect_timeout: settings.detect_timeout,
             opaque_port: settings.opaque_ports.contains(&app.port()),
             opaque_protocol: AtomicBool::new(false),
-            limits: settings.limits,
             metrics: settings.metrics,
             app,
         }
@@ -94,6 +92,6 @@ impl Inbound {
             peer: caller.label.clone(),
         };
         let metrics = streams.metrics.stream(labels);
-        tcp::splice(downstream, Box::new(app), streams.limits, metrics).await;
+        tcp::splice(downstream, Box::new(app), metrics).await;
     }
 }

@@ -20,8 +20,8 @@ use super::attempt::feed_breaker;
 use super::breaker::Fault;
 use super::snapshot::Service;
 use super::Outbound;
-use crate::metrics::{Direction, RetryLabels, StreamLabels, TcpMetrics};
-use crate::tcp::{self, StreamLimits};
+use crate::metrics::{Direction, RetryLabels, StreamLabels, TcpMetrics, TransportMetrics};
+use crate::tcp;
 
 /// Endpoints tried for one stream, at most, before the caller's
 /// connection is closed.
@@ -32,9 +32,12 @@ pub fn serve(
     streams: Arc<TcpStreams>,
     listener: TcpListener,
     settings: ServerSettings,
+    transport: &TransportMetrics,
     drain: Drain,
 ) -> JoinHandle<()> {
     let settings = ServerSettings {
+        // Its connections are closed, shed and refused as the outbound's.
+        metrics: Some(transport.listener(Direction::Outbound, false)),
         opaque: Some(streams),
         ..settings
     };
@@ -43,8 +46,6 @@ pub fn serve(
 
 /// What every opaque stream out of the app needs.
 pub struct Streams {
-    /// How long a stream may go without moving a byte.
-    pub limits: StreamLimits,
     pub metrics: TcpMetrics,
 }
 
@@ -139,7 +140,7 @@ impl Streams {
                     .unwrap_or_else(|| outbound.unmeshed.clone()),
             };
             let metrics = self.metrics.stream(labels);
-            tcp::splice(downstream, upstream, self.limits, metrics).await;
+            tcp::splice(downstream, upstream, metrics).await;
             return;
         }
         tracing::warn!(service = %service.name, peer = %peer.addr, "stream closed: no endpoint could be reached");
