@@ -228,6 +228,7 @@ async fn both_serve(
 }
 
 const ORDERS_SA: &str = "spiffe://cluster.local/ns/shop/sa/orders";
+const WEB_SA: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
 #[tokio::test]
 async fn replicas_serve_the_same_endpoints_from_endpointslices() {
@@ -501,8 +502,32 @@ async fn a_sidecar_calls_a_pod_that_only_the_api_server_named() {
             .headers
             .get("remora-peer-identity")
             .and_then(|v| v.to_str().ok()),
-        Some("spiffe://cluster.local/ns/shop/sa/web"),
+        Some(WEB_SA),
         "carried over mutual TLS, the caller known by its service account"
     );
     assert!(fake.requests("create tokenreviews") >= 2);
+
+    // A service Kubernetes knows takes registrations only from its pods'
+    // service accounts: web's cannot pose as an endpoint of orders.
+    let register = |as_who: &str| {
+        let req = Request::put(format!("{}/v1/registrations/orders/extra", b.url()))
+            .body(Bytes::from_static(
+                br#"{"address": "127.0.0.1:9", "ttl_seconds": 30}"#,
+            ))
+            .unwrap();
+        let caller = ApiCaller::As(remora_e2e::mesh_client::credentials(&issuer, as_who));
+        let b = &b;
+        async move { b.call(req, caller).await.expect("PUT a registration") }
+    };
+    let refused = register(WEB_SA).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        error_of(&refused),
+        format!(
+            "{WEB_SA} may not register endpoints of orders: its endpoints come from Kubernetes, \
+             and only its pods' service accounts may ({ORDERS_SA}); to add an instance outside \
+             the cluster, give orders an identity in mesh.yaml"
+        )
+    );
+    assert_eq!(register(ORDERS_SA).await.status, StatusCode::OK);
 }

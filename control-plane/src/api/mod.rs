@@ -22,7 +22,7 @@ use remora_server::{full, Body};
 
 use crate::ca::Authority;
 use crate::metrics::{Metrics, RequestLabels, ViewMetrics};
-use crate::state::{Kind, State};
+use crate::state::{Kind, Registrants, State};
 use fanout::ThreadViews;
 use remora_api::SpiffeId;
 
@@ -142,13 +142,31 @@ impl Api {
         };
         match target {
             Target::Register(service, _) | Target::Deregister(service, _) => {
-                match self.state.identity_of(service) {
-                    Some(owner) if &owner != caller => Err((
+                let refused = |why: String| {
+                    Err((
                         StatusCode::FORBIDDEN,
-                        format!(
-                            "{caller} may not register endpoints of {service}: only {owner} may"
-                        ),
-                    )),
+                        format!("{caller} may not register endpoints of {service}: {why}"),
+                    ))
+                };
+                match self.state.registrants(service) {
+                    Registrants::Declared(owner) if &owner != caller => {
+                        refused(format!("only {owner} may"))
+                    }
+                    Registrants::Pods(pods) if !pods.contains(caller) => {
+                        let who = match pods.is_empty() {
+                            true => "it has no pods yet".to_string(),
+                            false => format!(
+                                "only its pods' service accounts may ({})",
+                                pods.iter()
+                                    .map(SpiffeId::as_str)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        };
+                        refused(format!(
+                            "its endpoints come from Kubernetes, and {who}; to add an instance outside the cluster, give {service} an identity in mesh.yaml"
+                        ))
+                    }
                     _ => Ok(()),
                 }
             }

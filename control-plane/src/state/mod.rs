@@ -147,6 +147,19 @@ impl Resource {
     }
 }
 
+/// Who may register endpoints of a service.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registrants {
+    /// The identity `mesh.yaml` gives the service.
+    Declared(SpiffeId),
+    /// The service accounts of the pods of a service Kubernetes knows
+    /// (none while it has none).
+    Pods(BTreeSet<SpiffeId>),
+    /// Any identity of the mesh: a service with no identity, outside
+    /// Kubernetes.
+    Anyone,
+}
+
 /// The control plane's whole state, shared by the sources that change it
 /// and the API that serves it. The lock is never held across an `.await`.
 pub struct State {
@@ -162,6 +175,9 @@ struct Inner {
     /// Service → the addresses that stand for it as a whole (Kubernetes
     /// Services' ClusterIPs), for the listing.
     virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Service → the identities of its pods, for each service Kubernetes
+    /// knows: who may register its endpoints.
+    pod_identities: BTreeMap<String, BTreeSet<SpiffeId>>,
     resources: HashMap<Key, Resource>,
     /// Service → the services whose outbound views include it (through a
     /// split), so an endpoint change refreshes exactly those.
@@ -189,6 +205,7 @@ impl State {
                 registrations: Table::new(quotas),
                 discovered: BTreeMap::new(),
                 virtual_ips: BTreeMap::new(),
+                pod_identities: BTreeMap::new(),
                 resources: HashMap::new(),
                 dependents: HashMap::new(),
                 next_version: first_version,
@@ -279,6 +296,12 @@ impl State {
         self.lock().virtual_ips = virtual_ips;
     }
 
+    /// Replaces the identities of each Kubernetes service's pods: only the
+    /// checks of registrations read them.
+    pub fn set_pod_identities(&self, pod_identities: BTreeMap<String, BTreeSet<SpiffeId>>) {
+        self.lock().pod_identities = pod_identities;
+    }
+
     /// Replaces everything the discovery source found: each service it
     /// knows, with its endpoints (none when none is ready). Only the views
     /// of the services whose endpoints changed are published; the number
@@ -346,12 +369,20 @@ impl State {
             .subscribe()
     }
 
-    /// The identity `mesh.yaml` gives `service`, which alone may register
-    /// its endpoints; `None` when it gives none.
-    pub fn identity_of(&self, service: &str) -> Option<remora_api::SpiffeId> {
+    /// Who may register endpoints of `service`: the identity `mesh.yaml`
+    /// gives it; else, for a service Kubernetes knows, its pods' service
+    /// accounts; else any identity of the mesh.
+    pub fn registrants(&self, service: &str) -> Registrants {
         let inner = self.lock();
-        let name = inner.mesh.services.get(service)?.identity.as_deref()?;
-        remora_api::SpiffeId::resolve(name, &inner.mesh.trust_domain).ok()
+        let declared = inner.mesh.services.get(service).and_then(|s| {
+            let name = s.identity.as_deref()?;
+            SpiffeId::resolve(name, &inner.mesh.trust_domain).ok()
+        });
+        match (declared, inner.pod_identities.get(service)) {
+            (Some(identity), _) => Registrants::Declared(identity),
+            (None, Some(pods)) => Registrants::Pods(pods.clone()),
+            (None, None) => Registrants::Anyone,
+        }
     }
 
     /// What `kind/service` holds now.

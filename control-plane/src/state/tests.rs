@@ -387,3 +387,37 @@ fn discovery_publishes_only_the_services_it_changed() {
     );
     assert!(!s.listing(Instant::now()).services.contains_key("payments"));
 }
+
+#[test]
+fn a_services_registrants_are_its_declared_identity_else_its_pods_else_anyone() {
+    let s = state(MESH);
+    let id = |name: &str| -> SpiffeId {
+        format!("spiffe://cluster.local/ns/shop/sa/{name}")
+            .parse()
+            .unwrap()
+    };
+    s.set_pod_identities(
+        [
+            ("orders".to_string(), [id("pods")].into()),
+            ("web".to_string(), [id("web")].into()),
+            ("scaled-to-zero".to_string(), BTreeSet::new()),
+        ]
+        .into(),
+    );
+    assert_eq!(
+        s.registrants("orders"),
+        Registrants::Declared(
+            "spiffe://cluster.local/ns/default/sa/orders"
+                .parse()
+                .unwrap()
+        ),
+        "mesh.yaml's identity wins over Kubernetes'"
+    );
+    assert_eq!(s.registrants("web"), Registrants::Pods([id("web")].into()));
+    assert_eq!(
+        s.registrants("scaled-to-zero"),
+        Registrants::Pods(BTreeSet::new())
+    );
+    assert_eq!(s.registrants("users"), Registrants::Anyone);
+    assert_eq!(s.registrants("elsewhere"), Registrants::Anyone);
+}

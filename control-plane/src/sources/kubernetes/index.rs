@@ -275,6 +275,9 @@ pub struct Mapped {
     pub shared_names: BTreeMap<String, BTreeSet<String>>,
     /// Each mesh service's ClusterIPs.
     pub virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Each mesh service's pods' identities, ready or not: who may
+    /// register its endpoints.
+    pub pod_identities: BTreeMap<String, BTreeSet<SpiffeId>>,
 }
 
 impl Index {
@@ -283,9 +286,11 @@ impl Index {
         let mut services: BTreeMap<String, BTreeMap<SocketAddr, Discovered>> = BTreeMap::new();
         let mut namespaces: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut virtual_ips: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut pod_identities: BTreeMap<String, BTreeSet<SpiffeId>> = BTreeMap::new();
         for (key, service) in &self.services.items {
             if is_valid_service_name(&key.name) {
                 services.entry(key.name.clone()).or_default();
+                pod_identities.entry(key.name.clone()).or_default();
                 if !service.cluster_ips.is_empty() {
                     virtual_ips
                         .entry(key.name.clone())
@@ -310,6 +315,15 @@ impl Index {
             let Some(endpoints) = services.get_mut(&slice.service) else {
                 continue;
             };
+            // A pod's sidecar registers before its pod is ready.
+            let identities = slice.endpoints.iter().filter_map(|e| {
+                let pod = e.pod.as_ref()?;
+                self.identity(pod, trust_domain)
+            });
+            pod_identities
+                .entry(slice.service.clone())
+                .or_default()
+                .extend(identities);
             let app_port = slice.port(service.first_port.as_ref());
             for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
                 let Some(found) = self.dialled(endpoint, app_port, trust_domain) else {
@@ -336,7 +350,19 @@ impl Index {
                 .filter(|(_, namespaces)| namespaces.len() > 1)
                 .collect(),
             virtual_ips,
+            pod_identities,
         }
+    }
+
+    /// The identity of the pod `key` runs as, once the pod is seen.
+    fn identity(&self, key: &ObjectKey, trust_domain: &str) -> Option<SpiffeId> {
+        let pod = self.pods.get(key)?;
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            key.namespace, pod.service_account
+        )
+        .parse()
+        .ok()
     }
 
     /// How an endpoint is dialled, or `None` when it cannot be yet.
@@ -359,12 +385,7 @@ impl Index {
         let instance = Some(pod_key.to_string());
         match pod.inbound_port {
             Some(port) => {
-                let identity = format!(
-                    "spiffe://{trust_domain}/ns/{}/sa/{}",
-                    pod_key.namespace, pod.service_account
-                )
-                .parse::<SpiffeId>()
-                .ok()?;
+                let identity = self.identity(pod_key, trust_domain)?;
                 Some(Dialled {
                     port,
                     identity: Some(identity),

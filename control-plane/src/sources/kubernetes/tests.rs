@@ -172,6 +172,22 @@ fn only_ready_endpoints_of_seen_pods_of_known_services_are_served() {
         "a Service with no endpoint is a service still"
     );
     assert!(!mapped.services.contains_key("users"));
+    let identities = |service: &str| -> Vec<String> {
+        mapped.pod_identities[service]
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(
+        identities("orders"),
+        [
+            // Not ready yet, but its sidecar registers before it is.
+            "spiffe://cluster.local/ns/shop/sa/default",
+            "spiffe://cluster.local/ns/shop/sa/orders",
+        ]
+    );
+    assert_eq!(identities("idle"), [] as [String; 0], "no pods: no one");
+    assert!(!mapped.pod_identities.contains_key("users"));
 }
 
 #[test]
