@@ -454,9 +454,10 @@ async fn the_injected_sidecar_runs_as_written() {
 
     // The init container: `remora-proxy init`, from the init image (the
     // proxy's version, with iptables: the sidecar's image has none), as
-    // root with only NET_ADMIN and NET_RAW, the ports the annotation
-    // skips in its environment. With no pod's network namespace here, its
-    // rules are printed, not installed.
+    // root with only NET_ADMIN and NET_RAW, the app's port (the only one
+    // redirected inbound) and the ports the annotation skips in its
+    // environment. With no pod's network namespace here, its rules are
+    // printed, not installed.
     let init = &spec["initContainers"][0];
     assert_eq!(init["name"], "remora-init");
     let proxy_image = sidecar["image"].as_str().unwrap();
@@ -487,7 +488,14 @@ async fn the_injected_sidecar_runs_as_written() {
         .iter()
         .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
         .collect();
-    assert_eq!(init_env, [("REMORA_SKIP_OUTBOUND_PORTS", "5432")]);
+    let app_port = app.addr.port().to_string();
+    assert_eq!(
+        init_env,
+        [
+            ("REMORA_INBOUND_PORTS", app_port.as_str()),
+            ("REMORA_SKIP_OUTBOUND_PORTS", "5432")
+        ]
+    );
     let rules = Command::new(binary("remora-proxy"))
         .args(&args)
         .arg("--dry-run")
@@ -498,7 +506,9 @@ async fn the_injected_sidecar_runs_as_written() {
     assert!(rules.status.success(), "{rules:?}");
     let rules = String::from_utf8(rules.stdout).unwrap();
     assert!(
-        rules.contains("--dports 5432 -j RETURN") && rules.contains("--uid-owner 2102"),
+        rules.contains("--dports 5432 -j RETURN")
+            && rules.contains(&format!("--dports {app_port} -j REDIRECT --to-ports 4143"))
+            && rules.contains("--uid-owner 2102"),
         "{rules}"
     );
     assert_eq!(

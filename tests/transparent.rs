@@ -65,7 +65,8 @@ while True:
 "#;
 
 /// An app that answers `GET` with the caller's identity, as its sidecar
-/// named it.
+/// named it (`none` when no sidecar did): `PORT [ADDRESS]`, on loopback
+/// unless told.
 const WHO_CALLED: &str = r#"
 import http.server, sys
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -77,7 +78,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+address = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+http.server.ThreadingHTTPServer((address, int(sys.argv[1])), Handler).serve_forever()
 "#;
 
 /// The namespaces of one run, named after its process, deleted on drop.
@@ -364,6 +366,12 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
                 .spawn()
                 .unwrap(),
         );
+        // A second port, as a metrics endpoint, on every address.
+        apps.push(
+            inside(pod, &python, &[script.to_str().unwrap(), "9090", "0.0.0.0"])
+                .spawn()
+                .unwrap(),
+        );
     }
     apps.push(
         inside(
@@ -381,7 +389,12 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
         (web, "web", web_ip, "8080"),
         (cache, "cache", cache_ip, "6379"),
     ] {
-        let init = output(inside(pod, &binary("remora-proxy"), &["init"])).await;
+        // The web pod's rules as inject asks for them: its app's port only.
+        let init_args: &[&str] = match service {
+            "web" => &["init", "--inbound-ports", "8080"],
+            _ => &["init"],
+        };
+        let init = output(inside(pod, &binary("remora-proxy"), init_args)).await;
         assert!(
             init.status.success(),
             "init: {}",
@@ -589,5 +602,12 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
     assert_eq!(status, "000", "plaintext from outside the mesh is refused");
     let (status, _) = curl(&ns.hub, &format!("http://{web_ip}:4191/ready")).await;
     assert_eq!(status, "200");
+    // The web pod's other port is its app's, as without a mesh: only the
+    // app's port was redirected. The client pod's rules took every port,
+    // so the same call meets its sidecar.
+    let (status, body) = curl(&ns.hub, &format!("http://{web_ip}:9090/")).await;
+    assert_eq!((status.as_str(), body.as_str()), ("200", "none"));
+    let (status, _) = curl(&ns.hub, &format!("http://{client_ip}:9090/")).await;
+    assert_eq!(status, "000", "every port redirected to the sidecar");
     drop(apps);
 }

@@ -76,6 +76,13 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 4191)]
     pub admin_port: u16,
 
+    /// The only inbound ports redirected (`8080`), at most 15: the app's
+    /// port, which the sidecar serves, so that the pod's other ports (a
+    /// metrics port, a second listener) are reached as without a mesh.
+    /// Default: every port.
+    #[arg(long, env = "REMORA_INBOUND_PORTS", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_ports: Vec<u16>,
+
     /// Inbound ports not redirected (`22,9100`).
     #[arg(long, env = "REMORA_SKIP_INBOUND_PORTS", value_delimiter = ',')]
     pub skip_inbound_ports: Vec<u16>,

@@ -3,7 +3,8 @@
 //! same). In the `nat` table, two chains of our own: `REMORA_INBOUND`,
 //! from `PREROUTING`, redirects the pod's inbound TCP to the inbound
 //! listener; `REMORA_OUTBOUND`, from `OUTPUT`, redirects the app's
-//! outbound TCP to the outbound listener. The proxy's own connections
+//! outbound TCP to the outbound listener (inbound, only the ports asked,
+//! when asked: `inject` asks for the app's). The proxy's own connections
 //! (by its uid), loopback, the admin port and the ports asked are left
 //! alone. Run again, it flushes and refills its chains and adds no second
 //! jump: the rules are the same however often it runs.
@@ -65,10 +66,27 @@ fn steps(args: &InitArgs) -> Vec<Step> {
                 "RETURN",
             ],
         )),
-        Step::Run(rule(
-            INBOUND_CHAIN,
-            &["-p", "tcp", "-j", "REDIRECT", "--to-ports", &inbound],
-        )),
+        Step::Run(match args.inbound_ports.is_empty() {
+            true => rule(
+                INBOUND_CHAIN,
+                &["-p", "tcp", "-j", "REDIRECT", "--to-ports", &inbound],
+            ),
+            false => rule(
+                INBOUND_CHAIN,
+                &[
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "multiport",
+                    "--dports",
+                    &ports(&args.inbound_ports),
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    &inbound,
+                ],
+            ),
+        }),
         Step::Once(jump("PREROUTING", INBOUND_CHAIN)),
         Step::Chain(OUTBOUND_CHAIN),
         Step::Run(flush(OUTBOUND_CHAIN)),
@@ -170,11 +188,25 @@ fn run_step(program: &str, step: &Step) -> Result<(), String> {
     }
 }
 
+/// The most ports one `-m multiport` rule matches.
+const MULTIPORT_MAX: usize = 15;
+
 /// Where the kernel lists its IPv6 addresses: absent when it has no IPv6
 /// (booted with `ipv6.disable=1`), where ip6tables has nothing to set.
 const IPV6_ADDRESSES: &str = "/proc/net/if_inet6";
 
 pub fn run(args: &InitArgs) -> ExitCode {
+    // iptables' multiport match takes at most 15 ports.
+    for (flag, ports) in [
+        ("--inbound-ports", args.inbound_ports.len()),
+        ("--skip-inbound-ports", args.skip_inbound_ports.len() + 1),
+        ("--skip-outbound-ports", args.skip_outbound_ports.len()),
+    ] {
+        if ports > MULTIPORT_MAX {
+            eprintln!("remora-proxy init: {flag} names more ports than iptables can match in one rule ({MULTIPORT_MAX}, the admin port included in --skip-inbound-ports)");
+            return ExitCode::FAILURE;
+        }
+    }
     let mut programs = vec!["iptables"];
     match (args.no_ipv6, std::path::Path::new(IPV6_ADDRESSES).exists()) {
         (false, true) => programs.push("ip6tables"),
@@ -197,8 +229,12 @@ pub fn run(args: &InitArgs) -> ExitCode {
         }
     }
     if !args.dry_run {
+        let inbound = match args.inbound_ports.is_empty() {
+            true => "inbound TCP".to_string(),
+            false => format!("inbound TCP to ports {:?}", args.inbound_ports),
+        };
         eprintln!(
-            "remora-proxy init: inbound TCP redirected to port {}, outbound to port {}, except uid {}'s",
+            "remora-proxy init: {inbound} redirected to port {}, outbound to port {}, except uid {}'s",
             args.inbound_port, args.outbound_port, args.proxy_uid
         );
     }
@@ -246,5 +282,22 @@ mod tests {
         // the same rules.
         let flush = script.find("-F REMORA_OUTBOUND").unwrap();
         assert!(flush < script.find("--uid-owner").unwrap());
+    }
+
+    #[test]
+    fn inbound_ports_asked_are_the_only_ones_redirected() {
+        let args = init_args(&["--inbound-ports", "8080,9000"]);
+        let script: Vec<String> = steps(&args).iter().map(|s| shell("iptables", s)).collect();
+        let inbound: Vec<&String> = script
+            .iter()
+            .filter(|l| l.contains("-A REMORA_INBOUND"))
+            .collect();
+        assert_eq!(
+            inbound,
+            [
+                "iptables -t nat -A REMORA_INBOUND -p tcp -m multiport --dports 4191 -j RETURN",
+                "iptables -t nat -A REMORA_INBOUND -p tcp -m multiport --dports 8080,9000 -j REDIRECT --to-ports 4143",
+            ]
+        );
     }
 }

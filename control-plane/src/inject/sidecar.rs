@@ -186,7 +186,7 @@ pub fn plan(document: &Value, workload: &Workload, settings: &Settings) -> Resul
     // classic: remora-init first among init containers, remora-proxy
     // first among containers. Switching modes moves only remora-proxy.
     if transparent {
-        let init = init_container(settings, &overrides);
+        let init = init_container(settings, &overrides, app_port);
         ensure_item(&mut edits, &spec_at, "initContainers", init, At::First)?;
     } else {
         remove_named(&mut edits, &spec_at, "initContainers", INIT_CONTAINER);
@@ -616,23 +616,26 @@ fn identity_volumes(settings: &Settings, token_secret: Option<&str>) -> Vec<Valu
 
 /// `remora-proxy init` as the pod's first init container, from the init
 /// image (the proxy's has no iptables): as root with only the capabilities
-/// iptables needs, the ports the annotations skip in its environment.
-fn init_container(settings: &Settings, overrides: &Overrides) -> Value {
+/// iptables needs. Inbound, only the app's port is redirected: the sidecar
+/// hands whatever it takes to that port, so the pod's other ports are left
+/// to be reached as without a mesh. The ports the annotations skip are in
+/// its environment too.
+fn init_container(settings: &Settings, overrides: &Overrides, app_port: u16) -> Value {
     let mut c = Mapping::new();
     c.insert("name".into(), INIT_CONTAINER.into());
     c.insert("image".into(), settings.init_image.as_str().into());
     c.insert("imagePullPolicy".into(), "IfNotPresent".into());
     c.insert("args".into(), Value::Sequence(vec!["init".into()]));
+    let app_port = Some(app_port.to_string());
     let env: Vec<Value> = [
+        ("REMORA_INBOUND_PORTS", &app_port),
         ("REMORA_SKIP_INBOUND_PORTS", &overrides.skip_inbound_ports),
         ("REMORA_SKIP_OUTBOUND_PORTS", &overrides.skip_outbound_ports),
     ]
     .into_iter()
     .filter_map(|(name, ports)| Some(env_value(name, ports.as_deref()?)))
     .collect();
-    if !env.is_empty() {
-        c.insert("env".into(), Value::Sequence(env));
-    }
+    c.insert("env".into(), Value::Sequence(env));
     c.insert(
         "resources".into(),
         map([

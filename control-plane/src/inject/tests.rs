@@ -692,6 +692,9 @@ image: {DEFAULT_INIT_IMAGE}
 imagePullPolicy: IfNotPresent
 args: [init]
 env:
+# Only the app's port goes to the sidecar: its other ports stay the app's.
+- name: REMORA_INBOUND_PORTS
+  value: '8000'
 - name: REMORA_SKIP_INBOUND_PORTS
   value: 22,9100
 - name: REMORA_SKIP_OUTBOUND_PORTS
@@ -718,11 +721,13 @@ volumeMounts:
     let volumes = spec["volumes"].as_sequence().unwrap();
     assert_eq!(volumes[3]["name"], "remora-xtables-lock");
     assert_eq!(volumes[3]["emptyDir"], Value::Mapping(Default::default()));
-    // Without the annotations, no env at all.
+    // Without the annotations, only the app's port.
     let plain = &documents(&run(DEPLOYMENT).output)[0];
-    assert!(plain["spec"]["template"]["spec"]["initContainers"][0]
-        .get("env")
-        .is_none());
+    let plain_env = &plain["spec"]["template"]["spec"]["initContainers"][0]["env"];
+    assert_eq!(
+        *plain_env,
+        serde_yaml::from_str::<Value>("[{name: REMORA_INBOUND_PORTS, value: '8000'}]").unwrap()
+    );
     // Another port list replaces it where it stands.
     let other = inject(&out.replace("'22, 9100'", "'2222'"), &settings(&[]))
         .unwrap()
