@@ -504,14 +504,14 @@ async fn registrations_are_put_renewed_deleted_and_expire() {
     let held = Held::start(&Client::http1(), &cp, "outbound/orders", v0, "25s");
     wait_for_watches(&cp, "outbound", 1.0).await;
 
-    let body = r#"{"address": "127.0.0.1:4143", "labels": {"version": "v2"}, "ttl_seconds": 30}"#;
+    let body = r#"{"address": "127.0.0.1:4143", "labels": {"version": "v2"}, "app_port": 8080, "ttl_seconds": 30}"#;
     let r = cp.register("orders", "pod-1", body).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         json(&r),
         serde_json::json!({
             "service": "orders", "instance": "pod-1", "address": "127.0.0.1:4143",
-            "labels": {"version": "v2"}, "ttl_seconds": 30
+            "labels": {"version": "v2"}, "app_port": 8080, "ttl_seconds": 30
         })
     );
     let (r, _) = held.join().await;
@@ -523,6 +523,8 @@ async fn registrations_are_put_renewed_deleted_and_expire() {
     // A registered endpoint of a service with an identity carries it.
     assert_eq!(endpoint["identity"], "orders");
     assert_eq!(endpoint["labels"]["version"], "v2");
+    // Where its app is, behind the sidecar at its address.
+    assert_eq!(endpoint["app_port"], 8080);
 
     // A renewal changes no view.
     assert_eq!(cp.register("orders", "pod-1", body).await.status, 200);
@@ -546,6 +548,7 @@ async fn registrations_are_put_renewed_deleted_and_expire() {
     assert_eq!(pod1["instance"], "pod-1");
     assert_eq!(pod1["health"], "alive");
     assert_eq!(pod1["identity"], "orders");
+    assert_eq!(pod1["app_port"], 8080);
     let expires = pod1["expires_in_seconds"].as_f64().unwrap();
     assert!(expires > 0.0 && expires <= 30.0, "{expires}");
     let file = &listing["services"]["orders-next"]["endpoints"][0];

@@ -290,10 +290,16 @@ async fn replicas_serve_the_same_endpoints_from_endpointslices() {
     assert_eq!(first["instance"], "shop/orders-1");
     assert_eq!(first["labels"]["version"], "v1");
     assert_eq!(listing["services"]["orders"]["in_config"], false);
-    // Its ClusterIP, which transparent mode takes for the whole service.
+    // The meshed pod's app is at the Service's port, behind its sidecar.
+    assert_eq!(first["app_port"], 8080, "{listing}");
+    assert!(listing["services"]["orders"]["endpoints"][1]
+        .get("app_port")
+        .is_none());
+    // Its ClusterIP at its port, which transparent mode takes for the
+    // whole service.
     assert_eq!(
-        listing["services"]["orders"]["virtual_ips"],
-        serde_json::json!(["10.96.0.10"]),
+        listing["services"]["orders"]["virtual_addresses"],
+        serde_json::json!(["10.96.0.10:80"]),
         "{listing}"
     );
 

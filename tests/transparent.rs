@@ -609,5 +609,21 @@ async fn calls_by_pod_ip_are_intercepted_carried_over_mutual_tls_and_counted() {
     assert_eq!((status.as_str(), body.as_str()), ("200", "none"));
     let (status, _) = curl(&ns.hub, &format!("http://{client_ip}:9090/")).await;
     assert_eq!(status, "000", "every port redirected to the sidecar");
+    // From inside the mesh too: the client's sidecar knows the web pod's
+    // app is at 8080 (its registration says), so it goes around the web
+    // pod's sidecar to the other port, as it is.
+    let (status, body) = curl(client, &format!("http://{web_ip}:9090/")).await;
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("200", "none"),
+        "{}",
+        logs()
+    );
+    let caller = metrics(client).await;
+    assert_eq!(
+        requests(&caller, &["service=\"passthrough\"", "tls=\"false\""]),
+        4.0,
+        "{caller}"
+    );
     drop(apps);
 }

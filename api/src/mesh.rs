@@ -170,6 +170,12 @@ pub struct Endpoint {
     pub identity: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// For a meshed endpoint (a sidecar's inbound), the port of the app
+    /// behind it, which is all its sidecar serves: a transparent caller
+    /// that dials the endpoint's IP at another port goes around the
+    /// sidecar, as it would to any other port of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<std::num::NonZeroU16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

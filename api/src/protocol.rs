@@ -66,6 +66,9 @@ pub struct Registration {
     pub address: SocketAddr,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The port of the app behind `address`, a sidecar's inbound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<std::num::NonZeroU16>,
     #[serde(default = "default_registration_ttl")]
     pub ttl_seconds: u64,
 }
@@ -92,10 +95,11 @@ pub struct ServiceStatus {
     pub in_config: bool,
     pub endpoints: Vec<EndpointStatus>,
     /// The addresses that stand for the whole service rather than one
-    /// endpoint (a Kubernetes Service's ClusterIPs): a connection that
-    /// transparent mode intercepts on its way to one is for the service.
+    /// endpoint (a Kubernetes Service's ClusterIPs, at the port of the
+    /// Service that the mesh serves): a connection that transparent mode
+    /// intercepts on its way to one is for the service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub virtual_ips: Vec<std::net::IpAddr>,
+    pub virtual_addresses: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,6 +110,8 @@ pub struct EndpointStatus {
     pub identity: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<std::num::NonZeroU16>,
     pub source: EndpointSource,
     /// The registering instance, or for an endpoint from Kubernetes its
     /// pod (`NAMESPACE/NAME`); absent for endpoints from the file.

@@ -444,6 +444,7 @@ fn registration(config: &Config, inbound: SocketAddr) -> anyhow::Result<(String,
     let registration = Registration {
         address: advertise,
         labels: config.labels.iter().cloned().collect(),
+        app_port: std::num::NonZeroU16::new(config.app.port()),
         ttl_seconds,
     };
     Ok((instance, registration))

@@ -142,6 +142,7 @@ services:
         let reg = Registration {
             address: ([127, 0, 0, 1], port).into(),
             labels: Default::default(),
+            app_port: None,
             ttl_seconds: 30,
         };
         let sidecar = crate::state::Registrant::Address(std::net::Ipv4Addr::LOCALHOST.into());

@@ -120,7 +120,7 @@ pub async fn put(
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("the body is not a registration ({{\"address\": \"IP:PORT\", \"labels\": {{...}}, \"ttl_seconds\": N}}): {e}"),
+                format!("the body is not a registration ({{\"address\": \"IP:PORT\", \"labels\": {{...}}, \"app_port\": PORT, \"ttl_seconds\": N}}): {e}"),
             )
         }
     };

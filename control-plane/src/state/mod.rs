@@ -7,7 +7,8 @@
 //! body is serialized once however many watch it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -130,6 +131,8 @@ pub struct Discovered {
     pub labels: BTreeMap<String, String>,
     /// What it is, for people: a pod's `NAMESPACE/NAME`.
     pub instance: Option<String>,
+    /// A meshed pod's app port, behind its sidecar at `address`.
+    pub app_port: Option<NonZeroU16>,
 }
 
 struct Resource {
@@ -173,8 +176,8 @@ struct Inner {
     /// them; a service the source knows with no endpoint ready maps to none.
     discovered: BTreeMap<String, Vec<Discovered>>,
     /// Service → the addresses that stand for it as a whole (Kubernetes
-    /// Services' ClusterIPs), for the listing.
-    virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Services' ClusterIPs at the port the mesh serves), for the listing.
+    virtual_addresses: BTreeMap<String, BTreeSet<SocketAddr>>,
     /// Service → the identities of its pods, for each service Kubernetes
     /// knows: who may register its endpoints.
     pod_identities: BTreeMap<String, BTreeSet<SpiffeId>>,
@@ -204,7 +207,7 @@ impl State {
                 mesh: Arc::default(),
                 registrations: Table::new(quotas),
                 discovered: BTreeMap::new(),
-                virtual_ips: BTreeMap::new(),
+                virtual_addresses: BTreeMap::new(),
                 pod_identities: BTreeMap::new(),
                 resources: HashMap::new(),
                 dependents: HashMap::new(),
@@ -292,8 +295,8 @@ impl State {
 
     /// Replaces the addresses that stand for services as a whole: only the
     /// listing shows them, so no view changes.
-    pub fn set_virtual_ips(&self, virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>) {
-        self.lock().virtual_ips = virtual_ips;
+    pub fn set_virtual_addresses(&self, addresses: BTreeMap<String, BTreeSet<SocketAddr>>) {
+        self.lock().virtual_addresses = addresses;
     }
 
     /// Replaces the identities of each Kubernetes service's pods: only the
@@ -422,6 +425,7 @@ impl State {
                         address: e.address,
                         identity: e.identity.clone(),
                         labels: e.labels.clone(),
+                        app_port: e.app_port,
                         source: EndpointSource::File,
                         instance: None,
                         health: EndpointHealth::Static,
@@ -433,6 +437,7 @@ impl State {
                         address: d.address,
                         identity: d.identity.as_ref().map(|id| id.as_str().to_string()),
                         labels: d.labels.clone(),
+                        app_port: d.app_port,
                         source: EndpointSource::Kubernetes,
                         instance: d.instance.clone(),
                         health: EndpointHealth::Ready,
@@ -444,6 +449,7 @@ impl State {
                         address: r.address,
                         identity: identity.clone(),
                         labels: r.labels.clone(),
+                        app_port: r.app_port,
                         source: EndpointSource::Registration,
                         instance: Some(instance.clone()),
                         health: EndpointHealth::Alive,
@@ -460,10 +466,10 @@ impl State {
                     version,
                     in_config: from_file.is_some(),
                     endpoints,
-                    virtual_ips: inner
-                        .virtual_ips
+                    virtual_addresses: inner
+                        .virtual_addresses
                         .get(name)
-                        .map(|ips| ips.iter().copied().collect())
+                        .map(|addresses| addresses.iter().copied().collect())
                         .unwrap_or_default(),
                 };
                 (name.to_string(), status)
@@ -542,6 +548,7 @@ impl Inner {
                     address: d.address,
                     identity: d.identity.as_ref().map(|id| id.as_str().to_string()),
                     labels: d.labels.clone(),
+                    app_port: d.app_port,
                 });
             }
         }
@@ -552,6 +559,7 @@ impl Inner {
                         address: r.address,
                         identity: service.identity.clone(),
                         labels: r.labels.clone(),
+                        app_port: r.app_port,
                     });
                 }
             }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU16, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use remora_api::protocol::Registration;
@@ -94,6 +94,7 @@ impl OverQuota {
 pub struct Registered {
     pub address: SocketAddr,
     pub labels: BTreeMap<String, String>,
+    pub app_port: Option<NonZeroU16>,
     pub ttl: Duration,
     pub expires_at: Instant,
     /// Who made (or last renewed) it.
@@ -157,6 +158,7 @@ impl Table {
         let fresh = Registered {
             address: reg.address,
             labels: reg.labels.clone(),
+            app_port: reg.app_port,
             ttl,
             expires_at,
             registrant: registrant.clone(),
@@ -172,7 +174,7 @@ impl Table {
             release(&mut self.registrants, &old.registrant, service);
             hold(&mut self.registrants, registrant, service);
         }
-        if old.address == reg.address && old.labels == reg.labels {
+        if old.address == reg.address && old.labels == reg.labels && old.app_port == reg.app_port {
             Ok(Put::Renewed)
         } else {
             Ok(Put::Changed)
@@ -305,6 +307,7 @@ mod tests {
         Registration {
             address: address.parse().unwrap(),
             labels: [("version".to_string(), version.to_string())].into(),
+            app_port: None,
             ttl_seconds,
         }
     }

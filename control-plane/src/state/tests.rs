@@ -29,6 +29,7 @@ fn reg(address: &str, ttl_seconds: u64) -> Registration {
     Registration {
         address: address.parse().unwrap(),
         labels: [("version".to_string(), "v2".to_string())].into(),
+        app_port: None,
         ttl_seconds,
     }
 }
@@ -288,6 +289,7 @@ fn discovered(address: &str, identity: Option<&str>, pod: &str) -> Discovered {
         identity: identity.map(|id| id.parse().unwrap()),
         labels: [("app".to_string(), "orders".to_string())].into(),
         instance: Some(format!("shop/{pod}")),
+        app_port: None,
     }
 }
 

@@ -90,7 +90,7 @@ pub struct Outbound {
     destinations: Mutex<HashMap<SocketAddr, Arc<snapshot::Service>>>,
     /// Virtual IPs (ClusterIPs) of services, as the control plane listed
     /// them.
-    virtual_ips: Mutex<HashMap<std::net::IpAddr, String>>,
+    virtual_addresses: Mutex<HashMap<SocketAddr, String>>,
     /// Names of intercepted requests that the control plane's listing
     /// lacked, and when.
     unlisted: Mutex<HashMap<String, std::time::Instant>>,
@@ -172,7 +172,7 @@ impl Outbound {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             clients: Clients::default(),
             destinations: Mutex::default(),
-            virtual_ips: Mutex::default(),
+            virtual_addresses: Mutex::default(),
             unlisted: Mutex::default(),
             applied: tokio::sync::watch::channel(0).0,
             discovery: None,

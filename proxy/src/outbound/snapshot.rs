@@ -4,6 +4,8 @@
 //! swapped in whole, so a request reads one consistent view.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,9 @@ pub struct Service {
     pub routes: Vec<Route>,
     /// Every endpoint of the service, for health checks and gauges.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The app's port behind each meshed endpoint that tells it: all its
+    /// sidecar serves, for transparent mode.
+    app_ports: HashMap<SocketAddr, NonZeroU16>,
     pub health_check: Option<HealthCheck>,
     pending: Arc<Pending>,
 }
@@ -217,11 +222,17 @@ impl Compiler<'_> {
             .iter()
             .map(|e| self.endpoint(mesh, svc, e))
             .collect();
+        let app_ports = svc
+            .endpoints
+            .iter()
+            .filter_map(|e| Some((e.address, e.app_port?)))
+            .collect();
         Service {
             name: name.into(),
             opaque: svc.protocol == Protocol::Tcp,
             routes,
             endpoints,
+            app_ports,
             health_check: svc.health_check.clone(),
             pending,
         }
@@ -316,6 +327,21 @@ impl Snapshot {
             Some((service, endpoint))
         })
     }
+
+    /// The mesh endpoint that serves `destination`, a pod's IP and port: an
+    /// endpoint at that IP whose app is at that port, or that does not
+    /// say where its app is. Another port of a meshed pod is not its
+    /// sidecar's to serve.
+    pub fn endpoint_serving(
+        &self,
+        destination: SocketAddr,
+    ) -> Option<(&Arc<Service>, &Arc<Endpoint>)> {
+        let (service, endpoint) = self.endpoint_at(destination.ip())?;
+        match service.app_ports.get(&endpoint.address) {
+            Some(app) if app.get() != destination.port() => None,
+            _ => Some((service, endpoint)),
+        }
+    }
 }
 
 impl Service {
@@ -345,6 +371,7 @@ impl Service {
                 fault: None,
             }],
             endpoints: vec![endpoint],
+            app_ports: HashMap::new(),
             health_check: None,
             pending: Arc::new(Pending {
                 count: AtomicU32::new(0),

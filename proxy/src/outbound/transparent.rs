@@ -3,13 +3,15 @@
 //! its original destination. One that speaks HTTP is served as any
 //! request, its authority first: a mesh service it names is routed as
 //! always. Otherwise, and for a connection that does not speak HTTP, the
-//! original destination decides: a service's virtual IP (a ClusterIP) is
-//! that service; an endpoint of the mesh at that IP is reached through
-//! its sidecar over mutual TLS; anything else as it is.
+//! original destination decides: a service's virtual address (a
+//! ClusterIP and port) is that service; an endpoint of the mesh at that
+//! IP, at its app's port, is reached through its sidecar over mutual TLS;
+//! anything else as it is (another port of a meshed pod, too: its
+//! sidecar serves only its app's).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,14 +51,14 @@ impl OpaqueStreams for Intercepted {
             return Detection::Http;
         };
         let outbound = &self.outbound;
-        let known = outbound.virtual_service(destination.ip());
+        let known = outbound.virtual_service(destination);
         let known = known.or_else(|| outbound.destinations().get(&destination).cloned());
         let known_opaque = match known {
             Some(service) => service.opaque,
             None => outbound
                 .snapshot
                 .load()
-                .endpoint_at(destination.ip())
+                .endpoint_serving(destination)
                 .is_some_and(|(service, _)| service.opaque),
         };
         match known_opaque {
@@ -134,33 +136,33 @@ impl Outbound {
         self.unlisted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Where traffic to `destination` goes: the service whose virtual IP
-    /// it is (a Kubernetes Service's ClusterIP), balanced as any call to
-    /// it; or a service of one endpoint, the mesh's endpoint at its IP,
-    /// reached over mutual TLS when it is meshed (either found in the
-    /// control plane's listing, and watched, on first sight); else
-    /// `destination` itself, unmeshed.
+    /// Where traffic to `destination` goes: the service whose virtual
+    /// address it is (a Kubernetes Service's ClusterIP and port), balanced
+    /// as any call to it; or a service of one endpoint, the mesh's
+    /// endpoint at its IP, reached over mutual TLS when it is meshed, if
+    /// its app is at that port (either found in the control plane's
+    /// listing, and watched, on first sight); else `destination` itself,
+    /// unmeshed.
     pub(super) async fn destination(&self, destination: SocketAddr) -> Arc<Service> {
-        let ip = destination.ip();
-        if let Some(service) = self.virtual_service(ip) {
+        if let Some(service) = self.virtual_service(destination) {
             return service;
         }
         if let Some(known) = self.destinations().get(&destination) {
             return known.clone();
         }
-        if self.snapshot.load().endpoint_at(ip).is_none() {
-            if let Some(service) = self.discover_at(ip).await {
-                let mut virtual_ips = self.virtual_ips();
-                if virtual_ips.len() >= MAX_DESTINATIONS {
-                    virtual_ips.clear();
+        if self.snapshot.load().endpoint_at(destination.ip()).is_none() {
+            if let Some(service) = self.discover_at(destination).await {
+                let mut virtual_addresses = self.virtual_addresses();
+                if virtual_addresses.len() >= MAX_DESTINATIONS {
+                    virtual_addresses.clear();
                 }
-                virtual_ips.insert(ip, service);
+                virtual_addresses.insert(destination, service);
             }
-            if let Some(service) = self.virtual_service(ip) {
+            if let Some(service) = self.virtual_service(destination) {
                 return service;
             }
         }
-        let service = match self.snapshot.load().endpoint_at(ip) {
+        let service = match self.snapshot.load().endpoint_serving(destination) {
             Some((service, endpoint)) => {
                 Service::to_one(&service.name, endpoint.clone(), service.opaque)
             }
@@ -184,27 +186,31 @@ impl Outbound {
         service
     }
 
-    /// The service whose virtual IP `ip` is known to be, as the snapshot
-    /// has it now.
-    fn virtual_service(&self, ip: IpAddr) -> Option<Arc<Service>> {
-        let name = self.virtual_ips().get(&ip)?.clone();
+    /// The service whose virtual address `destination` is known to be, as
+    /// the snapshot has it now.
+    fn virtual_service(&self, destination: SocketAddr) -> Option<Arc<Service>> {
+        let name = self.virtual_addresses().get(&destination)?.clone();
         self.snapshot.load().services.get(&name).cloned()
     }
 
-    fn virtual_ips(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, String>> {
-        self.virtual_ips.lock().unwrap_or_else(|e| e.into_inner())
+    fn virtual_addresses(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, String>> {
+        self.virtual_addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Watches the service whose virtual IP `ip` is, or that has an
-    /// endpoint at `ip`, if the control plane lists one, and waits for its
-    /// view; the service's name when `ip` is its virtual IP.
-    async fn discover_at(&self, ip: IpAddr) -> Option<String> {
+    /// Watches the service whose virtual address `destination` is, or
+    /// that has an endpoint at its IP, if the control plane lists one, and
+    /// waits for its view; the service's name when `destination` is its
+    /// virtual address.
+    async fn discover_at(&self, destination: SocketAddr) -> Option<String> {
         let listing = self.listing().await?;
         let virtual_of = listing
             .services
             .iter()
-            .find(|(_, s)| s.virtual_ips.contains(&ip))
+            .find(|(_, s)| s.virtual_addresses.contains(&destination))
             .map(|(name, _)| name.clone());
+        let ip = destination.ip();
         let service = virtual_of.clone().or_else(|| {
             listing
                 .services

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
 
 use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -64,8 +65,9 @@ pub struct ServiceSummary {
     /// The name of its first TCP port (`None`: unnamed, as a Service with
     /// one port may leave it), or no port at all.
     pub first_port: Option<Option<String>>,
-    /// Its ClusterIPs; none for a headless Service.
-    pub cluster_ips: Vec<IpAddr>,
+    /// Its ClusterIPs at its first TCP port, the one the mesh serves; none
+    /// for a headless Service.
+    pub virtual_addresses: Vec<SocketAddr>,
 }
 
 impl ServiceSummary {
@@ -76,12 +78,13 @@ impl ServiceSummary {
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             return None;
         }
-        let first_port = spec
+        let first = spec
             .and_then(|s| s.ports.as_ref())
-            .and_then(|ports| ports.iter().find(|p| is_tcp(p.protocol.as_deref())))
-            .map(|p| named(p.name.as_deref()));
+            .and_then(|ports| ports.iter().find(|p| is_tcp(p.protocol.as_deref())));
+        let first_port = first.map(|p| named(p.name.as_deref()));
+        let port_number = first.and_then(|p| u16::try_from(p.port).ok());
         // `clusterIPs` holds `clusterIP` first; `None` marks a headless one.
-        let cluster_ips = spec
+        let virtual_addresses = spec
             .and_then(|s| {
                 s.cluster_ips
                     .clone()
@@ -89,11 +92,11 @@ impl ServiceSummary {
             })
             .unwrap_or_default()
             .iter()
-            .filter_map(|ip| ip.parse().ok())
+            .filter_map(|ip| Some(SocketAddr::new(ip.parse().ok()?, port_number?)))
             .collect();
         Some(ServiceSummary {
             first_port,
-            cluster_ips,
+            virtual_addresses,
         })
     }
 }
@@ -273,8 +276,8 @@ pub struct Mapped {
     /// Names that Services of more than one namespace share: their
     /// endpoints are served together, which may not be what was meant.
     pub shared_names: BTreeMap<String, BTreeSet<String>>,
-    /// Each mesh service's ClusterIPs.
-    pub virtual_ips: BTreeMap<String, BTreeSet<IpAddr>>,
+    /// Each mesh service's ClusterIPs, at the port the mesh serves.
+    pub virtual_addresses: BTreeMap<String, BTreeSet<SocketAddr>>,
     /// Each mesh service's pods' identities, ready or not: who may
     /// register its endpoints.
     pub pod_identities: BTreeMap<String, BTreeSet<SpiffeId>>,
@@ -285,17 +288,17 @@ impl Index {
     pub fn map(&self, trust_domain: &str) -> Mapped {
         let mut services: BTreeMap<String, BTreeMap<SocketAddr, Discovered>> = BTreeMap::new();
         let mut namespaces: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut virtual_ips: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut virtual_addresses: BTreeMap<String, BTreeSet<SocketAddr>> = BTreeMap::new();
         let mut pod_identities: BTreeMap<String, BTreeSet<SpiffeId>> = BTreeMap::new();
         for (key, service) in &self.services.items {
             if is_valid_service_name(&key.name) {
                 services.entry(key.name.clone()).or_default();
                 pod_identities.entry(key.name.clone()).or_default();
-                if !service.cluster_ips.is_empty() {
-                    virtual_ips
+                if !service.virtual_addresses.is_empty() {
+                    virtual_addresses
                         .entry(key.name.clone())
                         .or_default()
-                        .extend(&service.cluster_ips);
+                        .extend(&service.virtual_addresses);
                 }
                 namespaces
                     .entry(key.name.clone())
@@ -336,6 +339,7 @@ impl Index {
                         identity: found.identity.clone(),
                         labels: found.labels.clone(),
                         instance: found.instance.clone(),
+                        app_port: found.app_port,
                     });
                 }
             }
@@ -349,7 +353,7 @@ impl Index {
                 .into_iter()
                 .filter(|(_, namespaces)| namespaces.len() > 1)
                 .collect(),
-            virtual_ips,
+            virtual_addresses,
             pod_identities,
         }
     }
@@ -378,6 +382,7 @@ impl Index {
                 identity: None,
                 labels: BTreeMap::new(),
                 instance: None,
+                app_port: None,
             });
         };
         // Not seen yet: it comes shortly, and with it how to dial it.
@@ -391,6 +396,7 @@ impl Index {
                     identity: Some(identity),
                     labels: pod.labels.clone(),
                     instance,
+                    app_port: app_port.and_then(NonZeroU16::new),
                 })
             }
             None => Some(Dialled {
@@ -398,6 +404,7 @@ impl Index {
                 identity: None,
                 labels: pod.labels.clone(),
                 instance,
+                app_port: None,
             }),
         }
     }
@@ -408,6 +415,8 @@ struct Dialled {
     identity: Option<SpiffeId>,
     labels: BTreeMap<String, String>,
     instance: Option<String>,
+    /// Behind a sidecar at `port`: the app's, the slice's port.
+    app_port: Option<NonZeroU16>,
 }
 
 /// Kubernetes' default protocol is TCP.

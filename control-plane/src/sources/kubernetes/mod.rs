@@ -236,7 +236,7 @@ async fn publish(
         }
         shared_names = mapped.shared_names;
         let services = mapped.services.len();
-        state.set_virtual_ips(mapped.virtual_ips);
+        state.set_virtual_addresses(mapped.virtual_addresses);
         state.set_pod_identities(mapped.pod_identities);
         let changed = state.set_discovered(mapped.services);
         if changed > 0 || !*synced.borrow() {

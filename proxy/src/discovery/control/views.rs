@@ -400,6 +400,7 @@ mod tests {
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], *p)),
                 identity: None,
                 labels: Default::default(),
+                app_port: None,
             })
             .collect();
         view
