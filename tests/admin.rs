@@ -514,3 +514,76 @@ async fn the_apps_probes_are_forwarded_and_nothing_else() {
         503
     );
 }
+
+/// The kubelet's other probes, of real servers: gRPC's health service
+/// (grpcio), HTTPS with a certificate no one trusts (Python's), and TCP.
+#[tokio::test]
+async fn grpc_https_and_tcp_probes_are_asked_as_the_kubelet_asks() {
+    let Some(python) = remora_e2e::python::python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("app.crt"), dir.path().join("app.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (mut app, grpc) = remora_e2e::python::Script::serving(
+        &python,
+        "probe_targets.py",
+        &[cert.to_str().unwrap(), key.to_str().unwrap()],
+    )
+    .await;
+    let https = app.next(Duration::from_secs(5)).await["https_port"]
+        .as_u64()
+        .unwrap();
+    let closed = dead_address().await.port();
+    let grpc = grpc.port();
+    let probes = [
+        format!("grpc:{grpc}"),
+        format!("grpc:{grpc}/shop.Orders"),
+        format!("grpc:{grpc}/shop.Sick"),
+        format!("grpc:{grpc}/shop.Unknown"),
+        format!("https:{https}/healthz"),
+        format!("https:{https}/other"),
+        format!("tcp:{grpc}"),
+        format!("tcp:{closed}"),
+    ];
+    let proxy = Proxy::start_with(
+        "services: {}\n",
+        dead_address().await,
+        &["--app-probes", &probes.join(",")],
+    )
+    .await;
+    let client = Client::http1();
+    let probe = |target: &str, header: Option<&str>| {
+        let mut req = Request::get(proxy.admin_url(&format!("/app-probe/{target}")));
+        if let Some(value) = header {
+            req = req.header("x-probe", value);
+        }
+        let (client, req) = (client.clone(), req.body(body("")).unwrap());
+        async move { client.send(req).await.unwrap() }
+    };
+    for (target, status) in [
+        (format!("grpc:{grpc}"), 200),
+        (format!("grpc:{grpc}/shop.Orders"), 200),
+        (format!("grpc:{grpc}/shop.Sick"), 503),
+        (format!("grpc:{grpc}/shop.Unknown"), 503),
+        (format!("https:{https}/other"), 500),
+        (format!("tcp:{grpc}"), 200),
+        (format!("tcp:{closed}"), 503),
+        // Not given: never asked.
+        (format!("grpc:{grpc}/shop.Other"), 404),
+        (format!("tcp:{https}"), 404),
+    ] {
+        let r = probe(&target, None).await;
+        assert_eq!(r.status, status, "{target}: {}", r.text());
+    }
+    // The probe's headers (its httpHeaders, which the kubelet sends to the
+    // admin port) reach the app.
+    let healthz = format!("https:{https}/healthz");
+    assert_eq!(probe(&healthz, None).await.status, 403);
+    let r = probe(&healthz, Some("from-the-kubelet")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "the app answered 200 OK\n");
+    drop(app);
+}

@@ -63,6 +63,8 @@ spec:
             periodSeconds: 5
           readinessProbe:
             httpGet: {port: 8000, path: '/ready?deep=1'}
+          startupProbe:
+            tcpSocket: {port: http}
 ---
 apiVersion: v1
 kind: Service
@@ -209,7 +211,12 @@ fn every_kind_of_workload_gets_a_native_sidecar_and_nothing_else_changes() {
         // Only lines added, but for the app's probes' ports and paths:
         // every other line the document had is still there, in order,
         // comments included.
-        let probe_lines = ["port: http", "path: /healthz", "httpGet: {port: 8000"];
+        let probe_lines = [
+            "port: http",
+            "path: /healthz",
+            "httpGet: {port: 8000",
+            "tcpSocket:",
+        ];
         let mut lines = now.lines();
         for line in was.lines() {
             if probe_lines.iter().any(|p| line.trim_start().starts_with(p)) {
@@ -403,6 +410,8 @@ async fn the_injected_sidecar_runs_as_written() {
     for (probe, path) in [
         ("livenessProbe", format!("/app-probe/{port}/healthz")),
         ("readinessProbe", format!("/app-probe/{port}/ready?deep=1")),
+        // A tcpSocket probe: the proxy connects to the app's port.
+        ("startupProbe", format!("/app-probe/tcp:{port}")),
     ] {
         let get = &app_container[probe]["httpGet"];
         assert_eq!(get["port"].as_u64(), Some(4191), "{probe}");

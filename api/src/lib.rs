@@ -9,6 +9,7 @@ pub mod labels;
 pub mod load;
 pub mod locate;
 pub mod mesh;
+pub mod probe;
 pub mod protocol;
 
 pub use duration::HumanDuration;

@@ -77,7 +77,7 @@ impl Admin {
                     .path_and_query()
                     .map_or(path, |p| p.as_str())
                     .trim_start_matches(app_probes::PREFIX);
-                self.app_probes.forward(target).await
+                self.app_probes.forward(target, req.headers()).await
             }
             (_, "/metrics" | "/live" | "/ready" | "/config" | "/log-level" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")

@@ -227,13 +227,13 @@ pub struct Config {
     #[arg(long, env = "REMORA_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
 
-    /// The app's HTTP probes the admin listener forwards to it, as
-    /// `PORT/PATH` (`8080/healthz`), comma-separated: `GET
-    /// /app-probe/8080/healthz` on the admin port asks the app at
-    /// 127.0.0.1:8080. `inject` points the kubelet's probes there in
-    /// transparent mode, where the app's own port takes only mTLS.
+    /// The app's probes the admin listener forwards to it, comma-separated:
+    /// `PORT/PATH` (an HTTP GET: `GET /app-probe/8080/healthz` on the admin
+    /// port asks the app at 127.0.0.1:8080), `https:PORT/PATH`, `tcp:PORT`
+    /// or `grpc:PORT[/SERVICE]`. `inject` points the kubelet's probes there
+    /// in transparent mode, where the app's own port meets the inbound.
     #[arg(long, env = "REMORA_APP_PROBES", value_delimiter = ',')]
-    pub app_probes: Vec<crate::app_probes::Target>,
+    pub app_probes: Vec<remora_api::probe::ProbeTarget>,
 
     /// Listener for /metrics, /ready, /live, /config, /log-level, /shutdown.
     #[arg(long, env = "REMORA_ADMIN", default_value = DEFAULT_ADMIN)]

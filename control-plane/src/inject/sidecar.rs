@@ -4,6 +4,7 @@
 //! annotations, decided from the inject settings and the pod's own
 //! `remora.io/*` annotations, as a list of edits.
 
+use remora_api::probe::ProbeTarget;
 use serde_yaml::{Mapping, Value};
 
 use super::edit::{Edit, Edits};
@@ -46,8 +47,9 @@ pub const INIT_MEMORY_LIMIT: &str = "32Mi";
 
 /// The kubelet's probes of a container.
 const PROBES: [&str; 3] = ["livenessProbe", "readinessProbe", "startupProbe"];
-/// Where a probe pointed at the proxy's admin port asks for `PORT/PATH`;
-/// the proxy's `/app-probe/` (`proxy/src/app_probes.rs`).
+/// Where a probe pointed at the proxy's admin port names its target
+/// (`remora_api::probe::ProbeTarget`): the proxy's `/app-probe/`
+/// (`proxy/src/app_probes.rs`).
 pub const APP_PROBE_PREFIX: &str = "/app-probe/";
 
 /// The annotations that steer injection, on the pod template (or on the
@@ -172,7 +174,7 @@ pub fn plan(document: &Value, workload: &Workload, settings: &Settings) -> Resul
     // Each edit is made on the pod as those before it left it.
     let mut edits = Edits::new(pod);
     let spec_at = [Step::Key("spec".into())];
-    let app_probes = app_probes(&mut edits, transparent)?;
+    let app_probes = app_probes(&mut edits, transparent, app_port)?;
     let sidecar = container(
         settings,
         &overrides,
@@ -681,26 +683,32 @@ fn init_container(settings: &Settings, overrides: &Overrides, app_port: u16) -> 
     c.into()
 }
 
-/// What a kubelet's `httpGet` probe of an app's container asks for.
-enum HttpProbe {
-    /// The app's `PORT/PATH`, which the kubelet would reach through the
-    /// inbound listener.
-    App(String),
-    /// Already pointed at the proxy's admin port, for the app's
-    /// `PORT/PATH`.
-    Forwarded(String),
-    /// HTTPS, another host, or the admin port itself: left as it is.
+/// What a kubelet's probe of an app's container asks for.
+enum Probed {
+    /// The app's port, by `handler` (`httpGet`, `tcpSocket`, `grpc`):
+    /// the kubelet would reach it through the inbound listener.
+    App {
+        handler: &'static str,
+        target: ProbeTarget,
+    },
+    /// Already pointed at the proxy's admin port, for the app's `target`.
+    Forwarded(ProbeTarget),
+    /// `exec`, another host, or the admin port itself: left as it is.
     Other,
 }
 
-/// The `PORT/PATH` targets the proxy forwards from its admin port
+/// The targets the proxy forwards from its admin port
 /// (`REMORA_APP_PROBES`): those of the app's probes already pointed there,
-/// and, when `rewrite` (transparent mode), those of its plain-HTTP probes,
-/// which are pointed there now. The kubelet's probes come from outside
-/// the pod, and would meet the inbound listener, which takes only mutual
-/// TLS; the admin port is never redirected. Probes other than `httpGet`
-/// are left as they are.
-fn app_probes(edits: &mut Edits, rewrite: bool) -> Result<Vec<String>, String> {
+/// and, when `rewrite` (transparent mode), those of its probes of
+/// `app_port`, which are pointed there now. The kubelet probes from
+/// outside the pod, and iptables sends what it sends to the app's port to
+/// the inbound listener, which takes no plaintext, takes a TLS handshake
+/// for mutual TLS and accepts a connection whether the app is up or not;
+/// the admin port is never redirected. Each `httpGet`, `tcpSocket` and
+/// `grpc` probe of the app's port becomes an `httpGet` of the admin port's
+/// `/app-probe/TARGET`; probes of the pod's other ports, which are not
+/// redirected, and `exec` probes are left as they are.
+fn app_probes(edits: &mut Edits, rewrite: bool, app_port: u16) -> Result<Vec<String>, String> {
     let containers_at = [Step::Key("spec".into()), Step::Key("containers".into())];
     let containers = edits
         .get(&containers_at)
@@ -717,39 +725,59 @@ fn app_probes(edits: &mut Edits, rewrite: bool) -> Result<Vec<String>, String> {
             continue;
         }
         for kind in PROBES {
-            let Some(get) = container.get(kind).and_then(|p| p.get("httpGet")) else {
+            let Some(probe) = container.get(kind) else {
                 continue;
             };
             // Without transparent mode, only a probe already pointed at
             // the proxy matters; one the kubelet sends to the app as it
             // stands is the app's business.
-            let probe = match http_probe(container, get) {
-                Ok(probe) => probe,
+            let probed = match read_probe(container, probe) {
+                Ok(probed) => probed,
                 Err(e) if rewrite => return Err(format!("container {name}: {kind}: {e}")),
                 Err(_) => continue,
             };
-            let target = match probe {
-                HttpProbe::Other => continue,
-                HttpProbe::Forwarded(target) => target,
-                HttpProbe::App(_) if !rewrite => continue,
-                HttpProbe::App(target) => {
+            let target = match probed {
+                Probed::Other => continue,
+                Probed::Forwarded(target) => target,
+                Probed::App { target, .. } if !rewrite || target.port() != app_port => continue,
+                Probed::App { handler, target } => {
+                    let text = target.to_string();
+                    if text.contains(',') {
+                        return Err(format!(
+                            "container {name}: {kind}: {text:?} has a comma, which the proxy's list of probes (REMORA_APP_PROBES) cannot hold; set {}: disabled, or probe another path",
+                            annotation::TRANSPARENT
+                        ));
+                    }
                     let mut at = containers_at.to_vec();
-                    at.extend([
-                        Step::Index(index),
-                        Step::Key(kind.into()),
-                        Step::Key("httpGet".into()),
-                    ]);
+                    at.extend([Step::Index(index), Step::Key(kind.into())]);
                     let path = format!("{APP_PROBE_PREFIX}{target}");
-                    edits.push(Edit::SetEntries {
-                        map: at,
-                        entries: [("path", path.into()), ("port", ADMIN_PORT.into())]
-                            .into_iter()
-                            .map(|(k, v): (&str, Value)| (k.into(), v))
-                            .collect(),
-                    });
+                    let tls = matches!(target, ProbeTarget::Http { tls: true, .. });
+                    if handler == "httpGet" {
+                        at.push(Step::Key("httpGet".into()));
+                        let mut entries = Mapping::new();
+                        entries.insert("path".into(), path.into());
+                        entries.insert("port".into(), ADMIN_PORT.into());
+                        if tls {
+                            entries.insert("scheme".into(), "HTTP".into());
+                        }
+                        edits.push(Edit::SetEntries { map: at, entries });
+                    } else {
+                        // Added before the handler goes: a probe is never
+                        // an empty mapping, which text cannot add to.
+                        edits.push(Edit::AddEntry {
+                            map: at.clone(),
+                            key: "httpGet".into(),
+                            value: map([("port", ADMIN_PORT.into()), ("path", path.into())]),
+                        });
+                        edits.push(Edit::RemoveEntry {
+                            map: at,
+                            key: handler.into(),
+                        });
+                    }
                     target
                 }
             };
+            let target = target.to_string();
             if !targets.contains(&target) {
                 targets.push(target);
             }
@@ -758,25 +786,47 @@ fn app_probes(edits: &mut Edits, rewrite: bool) -> Result<Vec<String>, String> {
     Ok(targets)
 }
 
-/// Reads an `httpGet` probe of `container`, as the kubelet would: a named
-/// port is one of the container's `ports`, a missing path is `/`.
-fn http_probe(container: &Value, get: &Value) -> Result<HttpProbe, String> {
+/// Reads a probe of `container`, as the kubelet would: a named port is
+/// one of the container's `ports`, an HTTP probe's missing path is `/`.
+fn read_probe(container: &Value, probe: &Value) -> Result<Probed, String> {
+    if let Some(get) = probe.get("httpGet") {
+        return http_probe(container, get);
+    }
+    if let Some(tcp) = probe.get("tcpSocket") {
+        let host = tcp.get("host").and_then(Value::as_str).unwrap_or_default();
+        if !host.is_empty() {
+            return Ok(Probed::Other);
+        }
+        let port = probe_port(container, tcp.get("port"), "tcpSocket")?;
+        return Ok(Probed::App {
+            handler: "tcpSocket",
+            target: ProbeTarget::Tcp { port },
+        });
+    }
+    if let Some(grpc) = probe.get("grpc") {
+        // The kubelet's gRPC probe takes a port number only.
+        let port = probe_port(container, grpc.get("port"), "grpc")?;
+        let service = match grpc.get("service") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(service)) => service.clone(),
+            Some(other) => return Err(format!("grpc service {other:?} is not a string")),
+        };
+        return Ok(Probed::App {
+            handler: "grpc",
+            target: ProbeTarget::Grpc { port, service },
+        });
+    }
+    Ok(Probed::Other)
+}
+
+/// An `httpGet` probe: of the app, or already of the proxy's admin port.
+fn http_probe(container: &Value, get: &Value) -> Result<Probed, String> {
     let scheme = get.get("scheme").and_then(Value::as_str).unwrap_or("HTTP");
     let host = get.get("host").and_then(Value::as_str).unwrap_or_default();
-    if scheme != "HTTP" || !host.is_empty() {
-        return Ok(HttpProbe::Other);
+    if !host.is_empty() || !matches!(scheme, "HTTP" | "HTTPS") {
+        return Ok(Probed::Other);
     }
-    let port = match get.get("port") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("port {n} is not a port number"))?,
-        Some(Value::String(name)) => named_port(container, name)
-            .or_else(|| name.parse::<u16>().ok().filter(|p| *p > 0))
-            .ok_or_else(|| format!("port {name:?} is the name of none of the container's ports"))?,
-        _ => return Err("httpGet has no port".into()),
-    };
+    let port = probe_port(container, get.get("port"), "httpGet")?;
     let path = match get.get("path") {
         None | Some(Value::Null) => "/".to_string(),
         Some(Value::String(path)) if path.starts_with('/') => path.clone(),
@@ -786,29 +836,41 @@ fn http_probe(container: &Value, get: &Value) -> Result<HttpProbe, String> {
     };
     if port == ADMIN_PORT {
         return Ok(match path.strip_prefix(APP_PROBE_PREFIX) {
-            Some(target) if is_probe_target(target) => HttpProbe::Forwarded(target.into()),
-            Some(_) => {
-                return Err(format!(
-                    "path {path:?} on the proxy's admin port is not {APP_PROBE_PREFIX}PORT/PATH"
-                ))
-            }
-            None => HttpProbe::Other,
+            Some(target) => match target.parse::<ProbeTarget>() {
+                Ok(target) => Probed::Forwarded(target),
+                Err(_) => {
+                    return Err(format!(
+                        "path {path:?} on the proxy's admin port is not {APP_PROBE_PREFIX}TARGET (PORT/PATH, https:PORT/PATH, tcp:PORT or grpc:PORT[/SERVICE])"
+                    ))
+                }
+            },
+            None => Probed::Other,
         });
     }
-    if path.contains(',') {
-        return Err(format!(
-            "path {path:?} has a comma, which the proxy's list of probes (REMORA_APP_PROBES) cannot hold; set {}: disabled, or probe another path",
-            annotation::TRANSPARENT
-        ));
-    }
-    Ok(HttpProbe::App(format!("{port}{path}")))
+    Ok(Probed::App {
+        handler: "httpGet",
+        target: ProbeTarget::Http {
+            port,
+            path,
+            tls: scheme == "HTTPS",
+        },
+    })
 }
 
-/// `PORT/PATH`, as the proxy's `--app-probes` takes it.
-fn is_probe_target(target: &str) -> bool {
-    target
-        .split_once('/')
-        .is_some_and(|(port, _)| port.parse::<u16>().is_ok_and(|p| p > 0) && !target.contains(','))
+/// A probe's `port`, as the kubelet reads it: a number, or the name of one
+/// of the container's ports.
+fn probe_port(container: &Value, port: Option<&Value>, handler: &str) -> Result<u16, String> {
+    match port {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("port {n} is not a port number")),
+        Some(Value::String(name)) => named_port(container, name)
+            .or_else(|| name.parse::<u16>().ok().filter(|p| *p > 0))
+            .ok_or_else(|| format!("port {name:?} is the name of none of the container's ports")),
+        _ => Err(format!("{handler} has no port")),
+    }
 }
 
 /// The `containerPort` of the container's port named `name`.

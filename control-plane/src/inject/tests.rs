@@ -473,9 +473,10 @@ fn a_token_secret_annotation_mounts_that_secret_instead_of_the_projected_token()
     );
 }
 
-/// A pod whose probes are of every kind: by port number and by name, with
-/// and without a path, with a query, in flow style; and those inject leaves
-/// alone (HTTPS, another host, tcpSocket, grpc, exec).
+/// A pod whose probes are of every kind: of the app's port (8080), by
+/// number and by name, with and without a path, with a query, in flow
+/// style, over HTTPS, tcpSocket and grpc; and those inject leaves alone
+/// (of another port, which is not redirected; another host; exec).
 const PROBED: &str = "\
 apiVersion: v1
 kind: Pod
@@ -510,14 +511,16 @@ spec:
     livenessProbe:
       httpGet:
         scheme: HTTPS
-        port: 8443
+        port: 8080
         path: /healthz
     readinessProbe:
       tcpSocket:
-        port: 7000
+        port: 8080
+      periodSeconds: 2
     startupProbe:
       grpc:
-        port: 7001
+        port: 8080
+        service: shop.Api
   - name: side
     image: side:1
     livenessProbe:
@@ -564,22 +567,34 @@ fn http_probes_are_pointed_at_the_proxy_which_is_told_their_targets() {
         asked(probe_get(&pod, 0, "readinessProbe")),
         rewritten("8080/ready?deep=1")
     );
-    // No path: the kubelet's `/`.
-    assert_eq!(
-        asked(probe_get(&pod, 0, "startupProbe")),
-        rewritten("9000/")
-    );
     // A path without its `/`, as the kubelet reads it.
     assert_eq!(
         asked(probe_get(&pod, 2, "startupProbe")),
         rewritten("8080/healthz")
     );
-    // Left as they were.
+    // HTTPS, asked in plain HTTP of the proxy, which asks the app in TLS.
+    let https = probe_get(&pod, 1, "livenessProbe");
+    assert_eq!(asked(https), rewritten("https:8080/healthz"));
+    assert_eq!(https["scheme"], "HTTP");
+    // tcpSocket and grpc become HTTP probes of the proxy; the rest of the
+    // probe stays.
+    let worker = &pod["spec"]["containers"][1];
+    assert_eq!(
+        asked(probe_get(&pod, 1, "readinessProbe")),
+        rewritten("tcp:8080")
+    );
+    assert!(worker["readinessProbe"].get("tcpSocket").is_none());
+    assert_eq!(worker["readinessProbe"]["periodSeconds"], 2);
+    assert_eq!(
+        asked(probe_get(&pod, 1, "startupProbe")),
+        rewritten("grpc:8080/shop.Api")
+    );
+    assert!(worker["startupProbe"].get("grpc").is_none());
+    // Left as they were: of another port (no path: the kubelet's `/`),
+    // exec, another host.
     let was: Value = serde_yaml::from_str(PROBED).unwrap();
     for (container, probe) in [
-        (1, "livenessProbe"),
-        (1, "readinessProbe"),
-        (1, "startupProbe"),
+        (0, "startupProbe"),
         (2, "livenessProbe"),
         (2, "readinessProbe"),
     ] {
@@ -593,7 +608,7 @@ fn http_probes_are_pointed_at_the_proxy_which_is_told_their_targets() {
     let sidecar = &pod["spec"]["initContainers"][1];
     assert_eq!(
         env(sidecar, "REMORA_APP_PROBES"),
-        Some("8080/healthz,8080/ready?deep=1,9000/")
+        Some("8080/healthz,8080/ready?deep=1,https:8080/healthz,tcp:8080,grpc:8080/shop.Api")
     );
     // Only the probes' own lines are new: a block probe keeps its keys'
     // order and the lines around them, comments included.
@@ -608,7 +623,7 @@ fn http_probes_are_pointed_at_the_proxy_which_is_told_their_targets() {
         "{out}"
     );
     assert!(
-        out.contains("      httpGet:\n        port: 4191\n        path: /app-probe/9000/\n  - name: worker\n"),
+        out.contains("    readinessProbe:\n      periodSeconds: 2\n      httpGet:\n        port: 4191\n        path: /app-probe/tcp:8080\n"),
         "{out}"
     );
     // Rewritten twice is rewritten once.
@@ -629,10 +644,9 @@ fn probes_are_rewritten_in_classic_mode_too_and_kept_when_transparent_mode_goes(
         probe_get(&pod, 1, "livenessProbe")["path"],
         "/app-probe/8080/healthz"
     );
-    assert_eq!(
-        env(&containers[0], "REMORA_APP_PROBES"),
-        Some("8080/healthz,8080/ready?deep=1,9000/")
-    );
+    let targets =
+        Some("8080/healthz,8080/ready?deep=1,https:8080/healthz,tcp:8080,grpc:8080/shop.Api");
+    assert_eq!(env(&containers[0], "REMORA_APP_PROBES"), targets);
     // A probe already pointed at the proxy still needs it: without
     // transparent mode it stays, and so does its target.
     let opaque = inject(
@@ -645,7 +659,7 @@ fn probes_are_rewritten_in_classic_mode_too_and_kept_when_transparent_mode_goes(
     assert!(pod["spec"].get("initContainers").is_none(), "{opaque}");
     assert_eq!(
         env(&pod["spec"]["containers"][0], "REMORA_APP_PROBES"),
-        Some("8080/healthz,8080/ready?deep=1,9000/")
+        targets
     );
 }
 
@@ -664,7 +678,7 @@ fn a_probe_of_a_port_the_container_does_not_name_is_an_error_naming_both() {
     let e = inject(&input, &settings(&[])).unwrap_err();
     assert!(
         e.message
-            .contains("container api: livenessProbe: path \"/healthz,deep\" has a comma"),
+            .contains("container api: livenessProbe: \"8080/healthz,deep\" has a comma"),
         "{e}"
     );
     // Without transparent mode, probes are not read.
