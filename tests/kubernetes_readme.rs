@@ -3,9 +3,9 @@
 //! server's part as far as a file can: every object it is asked to apply
 //! is checked against Kubernetes' own schemas (`kubernetes-validate
 //! --strict`) and kept for the test to read, and every file a Secret is
-//! made from must exist. `helm`, `remora-certs`, `remora-control`,
-//! `openssl` and `sha256sum` are the real ones; `cargo install` is skipped
-//! (the test runs the binaries this build made).
+//! made from must exist. `helm`, `remora-certs` and `remora-control` are
+//! the real ones; `cargo install` is skipped (the test runs the binaries
+//! this build made).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,8 +127,8 @@ fn the_readme_walkthrough_installs_the_chart_and_a_meshed_workload() {
 
     let commands = std::fs::read_to_string(log.join("commands")).unwrap();
     let commands: Vec<&str> = commands.lines().collect();
-    // Two installs, two namespaces, three Secrets, two applies.
-    assert_eq!(commands.len(), 9, "{commands:#?}");
+    // Two installs, two namespaces, the issuer's Secret, two applies.
+    assert_eq!(commands.len(), 7, "{commands:#?}");
     assert_eq!(
         commands
             .iter()
@@ -138,21 +138,30 @@ fn the_readme_walkthrough_installs_the_chart_and_a_meshed_workload() {
         "{commands:#?}"
     );
 
-    // The tokens file grants the token the workload's Secret holds.
-    let token = std::fs::read_to_string(cwd.join("web.token")).unwrap();
-    let tokens = std::fs::read_to_string(cwd.join("tokens.yaml")).unwrap();
-    let hash = tokens
-        .trim()
-        .strip_prefix("web.shop: ")
-        .expect("web.shop's grant");
-    assert_eq!(hash.len(), 64);
-    assert_eq!(token.len(), 64, "a token with no newline");
-
-    // What the chart applied: the control plane, with the tokens and the
-    // trust anchors where the sidecars of `shop` find them.
+    // What the chart applied: the control plane, watching `shop` and
+    // checking its pods' tokens with TokenReview (nothing else grants an
+    // identity), and the trust anchors where the sidecars of `shop` find
+    // them.
     let chart = documents(&log.join("applied-0.yaml"));
     let deployment = kubernetes::find_doc(&chart, "Deployment", "remora-control");
     assert_eq!(deployment["metadata"]["namespace"], "remora");
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("the control plane's args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--kubernetes"), "{args:?}");
+    assert!(!args.contains(&"--tokens"), "{args:?}");
+    let reviews = chart.iter().any(|d| {
+        d["kind"] == "ClusterRole"
+            && d["rules"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|r| r["resources"][0] == "tokenreviews")
+    });
+    assert!(reviews, "RBAC for TokenReview");
     let anchors = chart
         .iter()
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "remora-trust-anchors")
@@ -164,8 +173,8 @@ fn the_readme_walkthrough_installs_the_chart_and_a_meshed_workload() {
         Some(ca.trim())
     );
 
-    // What inject applied: the workload, with its sidecar and the Secret
-    // of its token.
+    // What inject applied: the workload, with its sidecar and its service
+    // account's token, projected for the control plane.
     let workload = documents(&log.join("applied-1.yaml"));
     let web = kubernetes::find_doc(&workload, "Deployment", "web");
     let spec = &web["spec"]["template"]["spec"];
@@ -177,5 +186,7 @@ fn the_readme_walkthrough_installs_the_chart_and_a_meshed_workload() {
         .iter()
         .find(|v| v["name"] == "remora-token")
         .expect("the token's volume");
-    assert_eq!(token_volume["secret"]["secretName"], "web-remora-token");
+    let projected = &token_volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(projected["audience"], "remora-control", "{token_volume:?}");
+    assert_eq!(spec["serviceAccountName"], "web");
 }
