@@ -106,6 +106,34 @@ async fn redis_is_reached_over_mutual_tls_and_counted() {
     if remora_e2e::promtool::have_promtool() {
         remora_e2e::promtool::promtool_check(&metrics).unwrap();
     }
+
+    // One access-log line a stream, on both sides, with what it carried.
+    let streams = |proxy: &Proxy| -> Vec<serde_json::Value> {
+        proxy
+            .access_log()
+            .into_iter()
+            .filter(|l| l["message"] == "stream")
+            .collect()
+    };
+    let (out, into) = (streams(caller), streams(callee));
+    assert_eq!((out.len(), into.len()), (4, 4), "{out:#?}\n{into:#?}");
+    for (line, direction, peer) in out
+        .iter()
+        .map(|l| (l, "outbound", cache.as_str()))
+        .chain(into.iter().map(|l| (l, "inbound", client.as_str())))
+    {
+        assert_eq!(line["direction"], direction, "{line}");
+        assert_eq!(line["service"], "cache", "{line}");
+        assert_eq!(line["peer"], peer, "{line}");
+        assert_eq!(line["ended"], "closed", "{line}");
+    }
+    let sent_big = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .any(|l| l["bytes_read"].as_u64().unwrap_or(0) > 1 << 20)
+    };
+    assert!(sent_big(&out) && sent_big(&into), "{out:#?}\n{into:#?}");
+    assert_eq!(into[0]["endpoint"], server.addr.to_string());
 }
 
 #[tokio::test]
@@ -289,6 +317,19 @@ async fn a_stream_idle_past_the_timeout_is_cut() {
         "remora_connections_closed_total{direction=\"inbound\",reason=\"idle\"}",
     );
     assert!(cut >= 1.0, "{caller}\n{callee}");
+    // And its access-log line says so.
+    remora_e2e::eventually(
+        Duration::from_secs(5),
+        "a line for the cut stream",
+        || async {
+            m.caller()
+                .access_log()
+                .iter()
+                .chain(m.callee.access_log().iter())
+                .any(|l| l["message"] == "stream" && l["ended"] == "cut")
+        },
+    )
+    .await;
 }
 
 /// An echo server that prefixes what it echoes with its name.

@@ -17,7 +17,8 @@ use remora_server::serve::{Detection, OpaqueIo, OpaqueStreams, Peer};
 use tokio::net::TcpStream;
 
 use super::{Inbound, StreamSettings, APP_CONNECT_TIMEOUT};
-use crate::metrics::{Direction, StreamLabels, TcpMetrics};
+use crate::access_log::StreamLog;
+use crate::metrics::{Direction, TcpMetrics};
 use crate::tcp;
 
 pub(super) struct Streams {
@@ -67,6 +68,7 @@ impl OpaqueStreams for Inbound {
 
 impl Inbound {
     async fn stream(&self, downstream: OpaqueIo, peer: Peer) {
+        let client = peer.addr;
         let caller = self.caller(peer);
         if let Err(denied) = self.authorize(&self.policy.load(), &caller) {
             tracing::info!(service = %self.labels.service, caller = %denied.caller, rule = %denied.rule, "stream refused");
@@ -86,12 +88,13 @@ impl Inbound {
             }
         };
         let _ = app.set_nodelay(true);
-        let labels = StreamLabels {
-            direction: Direction::Inbound,
-            service: self.labels.service.clone(),
-            peer: caller.label.clone(),
-        };
-        let metrics = streams.metrics.stream(labels);
-        tcp::splice(downstream, Box::new(app), metrics).await;
+        let log = StreamLog::new(
+            Direction::Inbound,
+            self.labels.service.clone(),
+            caller.label.clone(),
+            client,
+            self.app_label.as_str().into(),
+        );
+        tcp::splice(downstream, Box::new(app), &streams.metrics, log).await;
     }
 }

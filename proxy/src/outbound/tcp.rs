@@ -20,7 +20,8 @@ use super::attempt::feed_breaker;
 use super::breaker::Fault;
 use super::snapshot::Service;
 use super::Outbound;
-use crate::metrics::{Direction, RetryLabels, StreamLabels, TcpMetrics, TransportMetrics};
+use crate::access_log::StreamLog;
+use crate::metrics::{Direction, RetryLabels, TcpMetrics, TransportMetrics};
 use crate::tcp;
 
 /// Endpoints tried for one stream, at most, before the caller's
@@ -130,17 +131,18 @@ impl Streams {
                 }
             };
             feed_breaker(backend, &mut in_flight, None, &outbound.metrics);
-            let labels = StreamLabels {
-                direction: Direction::Outbound,
-                service: service.name.clone(),
-                peer: endpoint
+            let log = StreamLog::new(
+                Direction::Outbound,
+                service.name.clone(),
+                endpoint
                     .peer
                     .clone()
                     .filter(|_| endpoint.is_meshed())
                     .unwrap_or_else(|| outbound.unmeshed.clone()),
-            };
-            let metrics = self.metrics.stream(labels);
-            tcp::splice(downstream, upstream, metrics).await;
+                peer.addr,
+                endpoint.label.clone(),
+            );
+            tcp::splice(downstream, upstream, &self.metrics, log).await;
             return;
         }
         tracing::warn!(service = %service.name, peer = %peer.addr, "stream closed: no endpoint could be reached");

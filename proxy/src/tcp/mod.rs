@@ -6,46 +6,61 @@
 
 pub mod dial;
 
+use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use prometheus_client::metrics::counter::Counter;
 use remora_server::metrics::OpenGuard;
 use remora_server::serve::OpaqueIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
-use crate::metrics::StreamMetrics;
+use crate::access_log::StreamLog;
+use crate::metrics::{StreamLabels, TcpMetrics};
 
 /// Splices `downstream` (the accepted connection) and `upstream` until
 /// both directions have ended, or the listener drops the stream. Bytes
-/// read from and written to `downstream` are counted in `metrics`.
-pub async fn splice(downstream: OpaqueIo, mut upstream: OpaqueIo, metrics: StreamMetrics) {
+/// read from and written to `downstream` are counted in `metrics`, under
+/// `labels`, and in its access-log line, which `log` writes when it ends.
+pub async fn splice(
+    downstream: OpaqueIo,
+    mut upstream: OpaqueIo,
+    metrics: &TcpMetrics,
+    mut log: StreamLog,
+) {
+    let labels = StreamLabels {
+        direction: log.direction,
+        service: log.service.clone(),
+        peer: log.peer.clone(),
+    };
+    let metrics = metrics.stream(labels);
     metrics.total.inc();
     let _open = OpenGuard::new(metrics.open);
-    let started = Instant::now();
     let mut downstream = Counted {
         inner: downstream,
-        read: metrics.read.clone(),
-        written: metrics.written.clone(),
+        read: metrics.read,
+        written: metrics.written,
+        log: &log,
     };
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((read, written)) => {
-            tracing::debug!(read, written, lasted = ?started.elapsed(), "stream closed")
-        }
-        Err(e) => tracing::debug!(error = %e, "stream failed"),
-    }
+    let copied = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    drop(downstream);
+    log.ended = match copied {
+        Ok(_) => Cow::Borrowed("closed"),
+        Err(e) => Cow::Owned(format!("failed: {e}")),
+    };
 }
 
 /// The accepted side of a stream, counting its bytes.
-struct Counted {
+struct Counted<'a> {
     inner: OpaqueIo,
     read: Counter,
     written: Counter,
+    log: &'a StreamLog,
 }
 
-impl AsyncRead for Counted {
+impl AsyncRead for Counted<'_> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -56,12 +71,13 @@ impl AsyncRead for Counted {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.read.inc_by(n as u64);
+            self.log.read.fetch_add(n as u64, Ordering::Relaxed);
         }
         result
     }
 }
 
-impl AsyncWrite for Counted {
+impl AsyncWrite for Counted<'_> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -71,6 +87,7 @@ impl AsyncWrite for Counted {
         if let Poll::Ready(Ok(n)) = result {
             if n > 0 {
                 self.written.inc_by(n as u64);
+                self.log.written.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
         result
