@@ -404,6 +404,33 @@ async fn replicas_serve_the_same_endpoints_from_endpointslices() {
             cp.logs().iter().any(|l| l.contains("410 Gone")),
             "the relist is logged"
         );
+        // And counted: two lists of slices, the 410 between them, the
+        // slices and pods known now.
+        let metrics = cp.metrics().await;
+        let event = |kind: &str, event: &str| {
+            remora_e2e::metric_value(
+                &metrics,
+                &format!(
+                    "remora_control_kubernetes_events_total{{kind=\"{kind}\",event=\"{event}\"}}"
+                ),
+            )
+        };
+        assert_eq!(event("endpointslices", "listed"), 2.0, "{metrics}");
+        assert!(event("endpointslices", "expired") >= 1.0, "{metrics}");
+        assert!(event("endpointslices", "applied") >= 2.0, "{metrics}");
+        assert_eq!(event("endpointslices", "deleted"), 1.0, "{metrics}");
+        let objects = |kind: &str| {
+            remora_e2e::metric_value(
+                &metrics,
+                &format!("remora_control_kubernetes_objects{{kind=\"{kind}\"}}"),
+            )
+        };
+        // orders-x2 in shop; the staging namespace is not watched.
+        assert_eq!(objects("endpointslices"), 1.0, "{metrics}");
+        assert_eq!(objects("services"), 1.0, "{metrics}");
+        if remora_e2e::promtool::have_promtool() {
+            remora_e2e::promtool::promtool_check(&metrics).unwrap();
+        }
     }
 
     // The Service deleted: no mesh service of that name.

@@ -30,6 +30,30 @@ pub struct RequestLabels {
     pub status_code: u16,
 }
 
+/// What a watch of the Kubernetes API saw: `kind` is `services`,
+/// `endpointslices` or `pods`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubernetesEventLabels {
+    pub kind: &'static str,
+    /// `listed` (a whole list, the first or a relist), `applied`,
+    /// `deleted`, `expired` (410 Gone: listed again), `failed` (retried
+    /// with backoff).
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubernetesKindLabels {
+    pub kind: &'static str,
+}
+
+/// The Kubernetes source's health, for `--kubernetes`.
+#[derive(Clone, Debug, Default)]
+pub struct KubernetesMetrics {
+    pub events: Family<KubernetesEventLabels, Counter>,
+    /// Objects of each kind known now, in every watched namespace.
+    pub objects: Family<KubernetesKindLabels, Gauge>,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn push_histogram() -> Histogram {
@@ -56,6 +80,7 @@ pub struct Metrics {
     /// Registrations alive now.
     pub registrations: Gauge,
     pub requests: Family<RequestLabels, Counter>,
+    pub kubernetes: KubernetesMetrics,
 }
 
 impl Metrics {
@@ -92,6 +117,17 @@ impl Metrics {
             "API requests answered, by resource and status",
             requests.clone(),
         );
+        let kubernetes = KubernetesMetrics::default();
+        r.register(
+            "control_kubernetes_events",
+            "What the watches of the Kubernetes API saw, by kind and event",
+            kubernetes.events.clone(),
+        );
+        r.register(
+            "control_kubernetes_objects",
+            "Objects of each kind the Kubernetes watches know now",
+            kubernetes.objects.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -100,6 +136,7 @@ impl Metrics {
             watches,
             registrations,
             requests,
+            kubernetes,
         }
     }
 

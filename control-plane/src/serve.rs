@@ -84,7 +84,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let authority = authority(&args, &trust_domain, kubernetes.as_ref())?;
     let kubernetes_listed = kubernetes.map(|client| {
-        sources::kubernetes::start(client, &namespaces, &trust_domain, state.clone())
+        let metrics = metrics.kubernetes.clone();
+        sources::kubernetes::start(client, &namespaces, &trust_domain, state.clone(), metrics)
     });
     let api_tls = match &authority {
         Some(authority) => Some(api_tls(authority.clone(), &trust_domain)?),

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 
 use self::index::{Index, ObjectKey, PodSummary, ServiceSummary, SliceSummary, Table};
+use crate::metrics::{KubernetesEventLabels, KubernetesKindLabels, KubernetesMetrics};
 use crate::state::State;
 
 /// A kind the source watches: how an object is summarized, and where.
@@ -83,6 +84,7 @@ struct Shared {
     index: Mutex<Watching>,
     /// Told after every change of the index; the publisher coalesces.
     changed: Notify,
+    metrics: KubernetesMetrics,
 }
 
 struct Watching {
@@ -113,6 +115,7 @@ pub fn start(
     namespaces: &[String],
     trust_domain: &str,
     state: Arc<State>,
+    metrics: KubernetesMetrics,
 ) -> watch::Receiver<bool> {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
@@ -125,6 +128,7 @@ pub fn start(
             unlisted: 3 * scopes.len(),
         }),
         changed: Notify::new(),
+        metrics,
     });
     for scope in &scopes {
         tokio::spawn(follow::<Service>(&client, scope, shared.clone()));
@@ -162,6 +166,22 @@ where
             std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
         let mut listing: Option<Vec<(ObjectKey, K::Summary)>> = None;
         let mut listed_once = false;
+        let metrics = &shared.metrics;
+        let count = |event| {
+            metrics
+                .events
+                .get_or_create(&KubernetesEventLabels {
+                    kind: K::PLURAL,
+                    event,
+                })
+                .inc();
+        };
+        let objects = metrics
+            .objects
+            .get_or_create_owned(&KubernetesKindLabels { kind: K::PLURAL });
+        let counted = |table: &Table<K::Summary>| {
+            objects.set(i64::try_from(table.len()).unwrap_or(i64::MAX));
+        };
         while let Some(event) = events.next().await {
             match event {
                 // A list is buffered and replaces what was known at its
@@ -173,6 +193,7 @@ where
                     }
                 }
                 Ok(Event::InitDone) => {
+                    count("listed");
                     let listed = listing.take().unwrap_or_default();
                     tracing::info!(
                         kind = K::PLURAL,
@@ -182,24 +203,38 @@ where
                     );
                     let first = !std::mem::replace(&mut listed_once, true);
                     shared.change(|watching| {
-                        K::table(&mut watching.index).replace(namespace.as_deref(), listed);
+                        let table = K::table(&mut watching.index);
+                        table.replace(namespace.as_deref(), listed);
+                        counted(table);
                         if first {
                             watching.unlisted -= 1;
                         }
                     });
                 }
                 Ok(Event::Apply(object)) => {
+                    count("applied");
                     let (key, summary) = (ObjectKey::of(&object), object.summarize());
-                    shared.change(|watching| K::table(&mut watching.index).apply(key, summary));
+                    shared.change(|watching| {
+                        let table = K::table(&mut watching.index);
+                        table.apply(key, summary);
+                        counted(table);
+                    });
                 }
                 Ok(Event::Delete(object)) => {
+                    count("deleted");
                     let key = ObjectKey::of(&object);
-                    shared.change(|watching| K::table(&mut watching.index).delete(&key));
+                    shared.change(|watching| {
+                        let table = K::table(&mut watching.index);
+                        table.delete(&key);
+                        counted(table);
+                    });
                 }
                 Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                    count("expired");
                     tracing::info!(kind = K::PLURAL, namespace = scope, reason = %status.message, "kubernetes: the watch expired (410 Gone): listing again");
                 }
                 Err(e) => {
+                    count("failed");
                     tracing::warn!(kind = K::PLURAL, namespace = scope, error = %e, "kubernetes: watch failed; retrying with backoff, the last view keeps serving");
                 }
             }
