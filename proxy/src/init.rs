@@ -29,19 +29,27 @@ enum Step {
 
 /// The steps of one address family.
 fn steps(args: &InitArgs) -> Vec<Step> {
-    let rule = |chain: &str, rest: &[&str]| -> Vec<String> {
-        ["-t", "nat", "-A", chain]
-            .iter()
-            .chain(rest)
-            .map(|s| s.to_string())
-            .collect()
+    // `-A CHAIN` for TCP to `ports` (all when empty), then `target`.
+    let tcp = |chain: &str, ports: &[u16], target: &[&str]| -> Step {
+        let mut rule: Vec<String> = ["-t", "nat", "-A", chain, "-p", "tcp"]
+            .map(String::from)
+            .to_vec();
+        if !ports.is_empty() {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            rule.extend(["-m", "multiport", "--dports"].map(String::from));
+            rule.push(list.join(","));
+        }
+        rule.extend(target.iter().map(|s| s.to_string()));
+        Step::Run(rule)
     };
-    let ports = |ports: &[u16]| {
-        ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+    let rule = |chain: &str, rest: &[&str]| -> Step {
+        Step::Run(
+            ["-t", "nat", "-A", chain]
+                .iter()
+                .chain(rest)
+                .map(|s| s.to_string())
+                .collect(),
+        )
     };
     let (inbound, outbound) = (
         args.inbound_port.to_string(),
@@ -53,70 +61,35 @@ fn steps(args: &InitArgs) -> Vec<Step> {
     let mut steps = vec![
         Step::Chain(INBOUND_CHAIN),
         Step::Run(flush(INBOUND_CHAIN)),
-        Step::Run(rule(
+        tcp(INBOUND_CHAIN, &skip_inbound, &["-j", "RETURN"]),
+        tcp(
             INBOUND_CHAIN,
-            &[
-                "-p",
-                "tcp",
-                "-m",
-                "multiport",
-                "--dports",
-                &ports(&skip_inbound),
-                "-j",
-                "RETURN",
-            ],
-        )),
-        Step::Run(match args.inbound_ports.is_empty() {
-            true => rule(
-                INBOUND_CHAIN,
-                &["-p", "tcp", "-j", "REDIRECT", "--to-ports", &inbound],
-            ),
-            false => rule(
-                INBOUND_CHAIN,
-                &[
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "multiport",
-                    "--dports",
-                    &ports(&args.inbound_ports),
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    &inbound,
-                ],
-            ),
-        }),
+            &args.inbound_ports,
+            &["-j", "REDIRECT", "--to-ports", &inbound],
+        ),
         Step::Once(jump("PREROUTING", INBOUND_CHAIN)),
         Step::Chain(OUTBOUND_CHAIN),
         Step::Run(flush(OUTBOUND_CHAIN)),
         // The proxy's own connections go where they are sent.
-        Step::Run(rule(
+        rule(
             OUTBOUND_CHAIN,
             &["-m", "owner", "--uid-owner", &uid, "-j", "RETURN"],
-        )),
+        ),
         // Loopback: the app's calls to itself, and to this sidecar.
-        Step::Run(rule(OUTBOUND_CHAIN, &["-o", "lo", "-j", "RETURN"])),
+        rule(OUTBOUND_CHAIN, &["-o", "lo", "-j", "RETURN"]),
     ];
     if !args.skip_outbound_ports.is_empty() {
-        steps.push(Step::Run(rule(
+        steps.push(tcp(
             OUTBOUND_CHAIN,
-            &[
-                "-p",
-                "tcp",
-                "-m",
-                "multiport",
-                "--dports",
-                &ports(&args.skip_outbound_ports),
-                "-j",
-                "RETURN",
-            ],
-        )));
+            &args.skip_outbound_ports,
+            &["-j", "RETURN"],
+        ));
     }
-    steps.push(Step::Run(rule(
+    steps.push(tcp(
         OUTBOUND_CHAIN,
-        &["-p", "tcp", "-j", "REDIRECT", "--to-ports", &outbound],
-    )));
+        &[],
+        &["-j", "REDIRECT", "--to-ports", &outbound],
+    ));
     steps.push(Step::Once(jump("OUTPUT", OUTBOUND_CHAIN)));
     steps
 }
