@@ -223,15 +223,18 @@ async fn kill_hang_slow_and_restart_cost_no_idempotent_request() {
     );
     // Each fault's cost is gone within its phase: by its last second,
     // traffic stays off the hung or slow endpoint. What may remain is the
-    // probation try that follows each of its ejections (1s, 2s, 4s...):
-    // at most 1% of requests wait out a per-try timeout.
+    // probation try that follows each of its ejections (1s, 2s, 4s...),
+    // and, for a hung endpoint that the balancer already avoids, the rare
+    // try that still reaches it before its fifth failure in a row ejects
+    // it: 0 to 4 of about 280 requests here, so at most 2% may wait out a
+    // per-try timeout. (At 1%, about one run in five failed.)
     for (name, waited, n) in recovered {
         assert!(
             n > 20,
             "{name}: only {n} requests in its last second\n{report}"
         );
         assert!(
-            waited * 100 <= n,
+            waited * 100 <= 2 * n,
             "{name}: {waited} of {n} requests in its last second waited out a per-try timeout\n{report}"
         );
     }
