@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
-use remora_certs::authority::{self, Generated};
+use remora_certs::authority;
 use remora_certs::verify::TrustAnchors;
 use remora_certs::{inspect, leaf, pem};
 use remora_e2e::control::ApiCaller;
-use remora_e2e::identity::{grant_tokens, token_file};
+use remora_e2e::identity::{grant_tokens, issuer_files, token_file, IssuerFiles};
 use remora_e2e::mesh_client;
 use remora_e2e::process::binary;
 use remora_e2e::{eventually, metric_value, Client, ControlPlane, Proxy, Reply, Upstream};
@@ -115,42 +115,13 @@ async fn bad_tokens_and_csrs_are_refused_with_reasons() {
 #[tokio::test]
 async fn a_given_issuer_signs_and_its_anchor_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let Generated {
-        anchor_cert,
-        issuer_cert,
-        issuer_key,
-        ..
-    } = authority::generate(
-        "cluster.local",
-        Duration::from_secs(86400),
-        Duration::from_secs(86400),
-    )
-    .unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
-    let (anchors, cert, key) = (
-        write("ca.crt", &anchor_cert),
-        write("issuer.crt", &issuer_cert),
-        write("issuer.key", &issuer_key),
-    );
+    let IssuerFiles {
+        flags, issuer_cert, ..
+    } = issuer_files(dir.path());
     let tokens = tokens_file(dir.path());
-    let cp = ControlPlane::start_with(
-        MESH,
-        &[
-            "--tokens",
-            &tokens,
-            "--issuer-cert",
-            &cert,
-            "--issuer-key",
-            &key,
-            "--trust-anchors",
-            &anchors,
-        ],
-    )
-    .await;
+    let mut args = vec!["--tokens", &tokens];
+    args.extend(flags.iter().map(String::as_str));
+    let cp = ControlPlane::start_with(MESH, &args).await;
     assert!(!cp.logs().iter().any(|l| l.contains("DEVELOPMENT")));
     let request = leaf::new_request().unwrap();
     let r = ask(&cp, Some(FRONTEND_TOKEN), &request.csr_pem).await;

@@ -18,11 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
-use remora_certs::authority::{self, Generated};
 use remora_certs::leaf;
 use remora_e2e::control::ApiCaller;
 use remora_e2e::fake_kube::{self, FakeKube};
-use remora_e2e::identity::grant_tokens;
+use remora_e2e::identity::{grant_tokens, issuer_files, IssuerFiles};
 use remora_e2e::{eventually, Client, ControlPlane, Proxy, Reply, Upstream};
 use serde_json::Value;
 
@@ -47,37 +46,6 @@ fn kubernetes_flags(fake: &FakeKube) -> Vec<String> {
         "--kubernetes-namespace".into(),
         "shop".into(),
     ]
-}
-
-/// A mesh CA written to `dir`: the flags that give it to a control plane,
-/// and the issuer, for a test to play an operator with.
-fn shared_issuer(dir: &std::path::Path) -> (Vec<String>, remora_certs::authority::Issuer) {
-    let Generated {
-        anchor_cert,
-        issuer_cert,
-        issuer_key,
-        ..
-    } = authority::generate(
-        "cluster.local",
-        Duration::from_secs(86400),
-        Duration::from_secs(86400),
-    )
-    .unwrap();
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
-    let flags = vec![
-        "--issuer-cert".into(),
-        write("issuer.crt", &issuer_cert),
-        "--issuer-key".into(),
-        write("issuer.key", &issuer_key),
-        "--trust-anchors".into(),
-        write("ca.crt", &anchor_cert),
-    ];
-    let issuer = remora_certs::authority::Issuer::from_pem(&issuer_cert, &issuer_key).unwrap();
-    (flags, issuer)
 }
 
 async fn start(flags: &[String]) -> ControlPlane {
@@ -448,7 +416,11 @@ async fn a_sidecar_calls_a_pod_that_only_the_api_server_named() {
     fake.service_account_token(ORDERS_TOKEN, "shop", "orders", &["remora-control"]);
     fake.service_account_token(WEB_TOKEN, "shop", "web", &["remora-control"]);
     let dir = tempfile::tempdir().unwrap();
-    let (issuer_flags, issuer) = shared_issuer(dir.path());
+    let IssuerFiles {
+        flags: issuer_flags,
+        issuer,
+        ..
+    } = issuer_files(dir.path());
     let mut flags = vec![
         "--tokens".to_string(),
         grant_tokens(dir.path(), &[]),

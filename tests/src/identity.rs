@@ -1,9 +1,53 @@
 //! Identities for tests: bearer tokens, the `tokens.yaml` that grants
-//! them, and the token files sidecars read.
+//! them, the token files sidecars read, and a mesh CA given to a control
+//! plane as an operator gives it.
 
 use std::path::Path;
+use std::time::Duration;
 
+use remora_certs::authority::{self, Generated, Issuer};
 use sha2::{Digest, Sha256};
+
+/// A mesh CA written to a directory, as `remora-certs init` would.
+pub struct IssuerFiles {
+    /// `--issuer-cert`, `--issuer-key` and `--trust-anchors`, with the
+    /// paths of the files.
+    pub flags: Vec<String>,
+    /// The issuer's certificate, in PEM.
+    pub issuer_cert: String,
+    /// The issuer itself, for a test to play an operator with.
+    pub issuer: Issuer,
+}
+
+/// Generates a CA of `cluster.local` and writes it in `dir`.
+pub fn issuer_files(dir: &Path) -> IssuerFiles {
+    let day = Duration::from_secs(86400);
+    let Generated {
+        anchor_cert,
+        issuer_cert,
+        issuer_key,
+        ..
+    } = authority::generate("cluster.local", day, day).expect("a CA");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("a CA file");
+        p.display().to_string()
+    };
+    let flags = vec![
+        "--issuer-cert".into(),
+        write("issuer.crt", &issuer_cert),
+        "--issuer-key".into(),
+        write("issuer.key", &issuer_key),
+        "--trust-anchors".into(),
+        write("ca.crt", &anchor_cert),
+    ];
+    let issuer = Issuer::from_pem(&issuer_cert, &issuer_key).expect("the issuer");
+    IssuerFiles {
+        flags,
+        issuer_cert,
+        issuer,
+    }
+}
 
 /// Writes in `dir` a token file for each `(identity, token)` and a
 /// `tokens.yaml` granting each identity to the SHA-256 of its token, as the
