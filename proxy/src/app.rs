@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::outbound::balance::EndpointRegistry;
 use crate::outbound::health::HealthChecks;
 use crate::outbound::snapshot::Compiler;
-use crate::outbound::tcp::{Streams, TcpStreams};
+use crate::outbound::tcp::TcpStreams;
 use crate::outbound::{self, Discovery, Intercepted, Outbound};
 
 /// How long the admin server may take to close once traffic has drained.
@@ -179,15 +179,11 @@ impl Proxy {
         };
         let (traffic_drain, traffic_draining) = drain_channel();
         let (admin_drain, admin_draining) = drain_channel();
-        let streams = || Streams {
-            metrics: self.metrics.tcp.clone(),
-        };
         let mut traffic = vec![
             outbound::serve(
                 Arc::new(Intercepted {
                     outbound: self.outbound.clone(),
                     detect_timeout: config.detect_timeout.get(),
-                    streams: streams(),
                 }),
                 self.listeners.outbound,
                 settings.clone(),
@@ -207,7 +203,6 @@ impl Proxy {
             let streams = TcpStreams {
                 outbound: self.outbound.clone(),
                 service,
-                streams: streams(),
             };
             let serving = outbound::tcp::serve(
                 Arc::new(streams),

@@ -44,7 +44,9 @@ use crate::http::deadline::Deadline;
 use crate::http::errors::{self, ProxyError};
 use crate::http::headers;
 use crate::http::{boxed, Body};
-use crate::metrics::{Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, TransportMetrics};
+use crate::metrics::{
+    Direction, HttpMetrics, Metrics, RetryLabels, RouteLabels, TcpMetrics, TransportMetrics,
+};
 
 /// The outbound direction, top to bottom: accept on `listener` (the local
 /// app's calls, in plaintext) → HTTP/1.1 or HTTP/2 → per request,
@@ -98,6 +100,8 @@ pub struct Outbound {
     applied: tokio::sync::watch::Sender<u64>,
     discovery: Option<Discovery>,
     metrics: HttpMetrics,
+    /// Its opaque streams' series.
+    tcp: TcpMetrics,
     /// How long the app's request body may go without progress.
     caller_body_idle: Duration,
     unmeshed: Arc<str>,
@@ -158,6 +162,7 @@ impl Outbound {
         caller_body_idle: Duration,
     ) -> Arc<Outbound> {
         let mut outbound = Outbound::new(metrics.http.clone(), caller_body_idle);
+        outbound.tcp = metrics.tcp.clone();
         outbound.discovery = discovery;
         outbound.clients = clients;
         let outbound = Arc::new(outbound);
@@ -177,6 +182,7 @@ impl Outbound {
             applied: tokio::sync::watch::channel(0).0,
             discovery: None,
             metrics,
+            tcp: TcpMetrics::default(),
             caller_body_idle,
             unmeshed: UNMESHED.into(),
         }

@@ -21,7 +21,7 @@ use super::breaker::Fault;
 use super::snapshot::Service;
 use super::Outbound;
 use crate::access_log::StreamLog;
-use crate::metrics::{Direction, RetryLabels, TcpMetrics, TransportMetrics};
+use crate::metrics::{Direction, RetryLabels, TransportMetrics};
 use crate::tcp;
 
 /// Endpoints tried for one stream, at most, before the caller's
@@ -45,16 +45,10 @@ pub fn serve(
     tokio::spawn(server::serve_opaque(listener, settings, drain))
 }
 
-/// What every opaque stream out of the app needs.
-pub struct Streams {
-    pub metrics: TcpMetrics,
-}
-
 /// One `--tcp-listen` service's streams.
 pub struct TcpStreams {
     pub outbound: Arc<Outbound>,
     pub service: String,
-    pub streams: Streams,
 }
 
 impl OpaqueStreams for TcpStreams {
@@ -79,22 +73,14 @@ impl OpaqueStreams for TcpStreams {
                     return;
                 }
             };
-            self.streams
-                .forward(&self.outbound, &service, io, peer)
-                .await
+            self.outbound.forward_stream(&service, io, peer).await
         })
     }
 }
 
-impl Streams {
+impl Outbound {
     /// Carries one stream from `peer` to an endpoint of `service`.
-    pub async fn forward(
-        &self,
-        outbound: &Outbound,
-        service: &Service,
-        downstream: OpaqueIo,
-        peer: Peer,
-    ) {
+    pub async fn forward_stream(&self, service: &Service, downstream: OpaqueIo, peer: Peer) {
         // A service's streams take its one default route: a tcp service has
         // no routes of its own.
         let Some(route) = service.routes.first() else {
@@ -110,8 +96,7 @@ impl Streams {
                 break;
             };
             if attempt > 0 {
-                outbound
-                    .metrics
+                self.metrics
                     .retries
                     .get_or_create(&RetryLabels {
                         route: route.labels.clone(),
@@ -125,12 +110,12 @@ impl Streams {
                 Err(reason) => {
                     tracing::info!(service = %service.name, endpoint = %endpoint.label, %reason, "cannot connect; trying another endpoint");
                     let fault = Some(Fault::Unreachable);
-                    feed_breaker(backend, &mut in_flight, fault, &outbound.metrics);
+                    feed_breaker(backend, &mut in_flight, fault, &self.metrics);
                     avoid = Some(endpoint);
                     continue;
                 }
             };
-            feed_breaker(backend, &mut in_flight, None, &outbound.metrics);
+            feed_breaker(backend, &mut in_flight, None, &self.metrics);
             let log = StreamLog::new(
                 Direction::Outbound,
                 service.name.clone(),
@@ -138,11 +123,11 @@ impl Streams {
                     .peer
                     .clone()
                     .filter(|_| endpoint.is_meshed())
-                    .unwrap_or_else(|| outbound.unmeshed.clone()),
+                    .unwrap_or_else(|| self.unmeshed.clone()),
                 peer.addr,
                 endpoint.label.clone(),
             );
-            tcp::splice(downstream, upstream, &self.metrics, log).await;
+            tcp::splice(downstream, upstream, &self.tcp, log).await;
             return;
         }
         tracing::warn!(service = %service.name, peer = %peer.addr, "stream closed: no endpoint could be reached");

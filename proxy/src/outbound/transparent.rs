@@ -21,7 +21,6 @@ use remora_server::serve::{Detection, OpaqueIo, OpaqueStreams, Peer};
 
 use super::balance::Endpoint;
 use super::snapshot::Service;
-use super::tcp::Streams;
 use super::{target, Outbound};
 use crate::http::client::ClientSettings;
 
@@ -39,7 +38,6 @@ pub struct Intercepted {
     /// How long an intercepted connection's first bytes may take to show
     /// that it speaks HTTP.
     pub detect_timeout: Duration,
-    pub streams: Streams,
 }
 
 impl OpaqueStreams for Intercepted {
@@ -77,9 +75,7 @@ impl OpaqueStreams for Intercepted {
                 return;
             };
             let service = self.outbound.destination(destination).await;
-            self.streams
-                .forward(&self.outbound, &service, io, peer)
-                .await
+            self.outbound.forward_stream(&service, io, peer).await
         })
     }
 }
