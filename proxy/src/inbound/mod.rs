@@ -96,7 +96,7 @@ pub fn serve(
 pub struct Inbound {
     policy: ArcSwap<Policy>,
     app_authority: http::uri::Authority,
-    app_label: String,
+    app_label: Arc<str>,
     http1: HttpClient,
     http2: HttpClient,
     labels: RouteLabels,
@@ -136,7 +136,7 @@ impl Inbound {
             policy: ArcSwap::from_pointee(Policy::default()),
             streams: tcp::Streams::new(streams, app),
             app_authority: crate::http::authority_of(app),
-            app_label: app.to_string(),
+            app_label: app.to_string().into(),
             http1: clients.to(settings(false), app, None),
             http2: clients.to(settings(true), app, None),
             labels: RouteLabels::new(Direction::Inbound, service, INBOUND_ROUTE),
@@ -331,7 +331,7 @@ impl Inbound {
                     }
                 };
                 let e = ProxyError::AppUnreachable {
-                    endpoint: self.app_label.clone(),
+                    endpoint: self.app_label.to_string(),
                     reason,
                 };
                 (e.into_response(), Some("app-unreachable"))

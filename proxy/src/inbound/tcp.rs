@@ -93,7 +93,7 @@ impl Inbound {
             self.labels.service.clone(),
             caller.label.clone(),
             client,
-            self.app_label.as_str().into(),
+            self.app_label.clone(),
         );
         tcp::splice(downstream, Box::new(app), &streams.metrics, log).await;
     }
