@@ -447,7 +447,8 @@ where
                     () = tokio::time::sleep_until(at) => {}
                 },
                 Verdict::Silent => {
-                    tracing::debug!(peer = %addr, limit = ?limits.header_read, "stream cut: no byte moved in time");
+                    let limit = limits.header_read.min(limits.idle);
+                    tracing::debug!(peer = %addr, ?limit, "stream cut: no byte moved in time");
                     if let Some(closed) = closed {
                         closed.header_timeout.inc();
                     }
